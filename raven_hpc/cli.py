@@ -1,0 +1,2 @@
+def main(argv=None):
+    raise SystemExit("raven-hpc: CLI under construction")

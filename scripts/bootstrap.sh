@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or reuse) ./.venv with raven-hpc, the MPICH wheel and test tools.
+# Sourced by data/demo.sh, tests/run.sh and .ci/run; safe to run again.
+#   RAVEN_VENV      venv folder (default: <repo>/.venv)
+#   RAVEN_EXTRAS    pip extras to install (default: mpich,test)
+#   RAVEN_PYTHON    interpreter to create the venv with (default: python3)
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${RAVEN_VENV:-$repo/.venv}"
+extras="${RAVEN_EXTRAS:-mpich,test}"
+py="${RAVEN_PYTHON:-python3}"
+stamp="$venv/.raven-stamp"
+want="$(cat "$repo/setup.cfg" "$repo/pyproject.toml" | sha1sum | cut -c1-12)-$extras"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "[bootstrap] creating $venv"
+  "$py" -m venv "$venv"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[bootstrap] installing raven-hpc[$extras] into $venv (first time: ~1 min)"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"
