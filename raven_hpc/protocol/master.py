@@ -1,0 +1,325 @@
+"""The master (rank 0): owns the model, the optimizer and the schedule.
+
+One loop drives everything: it asks the :class:`Scheduler` what to send,
+sends it without blocking, matches whatever arrives from any rank
+(``Improbe`` on any source and tag), receives it with ``Message.Irecv``, and
+feeds results back to the scheduler.  It never blocks on one rank, and when
+nothing happens it sleeps a little longer each round instead of spinning.
+When every task of a step is accepted it averages the float64 accumulator,
+takes an optimizer step and sends the new parameter version to every worker.
+
+When it is the only rank (or ``cluster.master_computes = "yes"``) the master
+also appears in the scheduler as a worker and runs its tasks inline with the
+same :class:`TaskRunner` the workers use.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ProtocolError, RavenError
+from ..kernels.reduce import accumulate, all_finite, mean_into, warm_up
+from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
+from .plan import eval_tasks, make_plan
+from .scheduler import Scheduler, Task
+from .transport import Backoff, Outbox, hostname, raise_remote
+from .worker import TaskRunner
+
+__all__ = ["Master", "TrainState"]
+
+STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
+STOP_TIMEOUT_S = 30.0
+
+
+class TrainingDiverged(RavenError):
+    """The loss or gradients became non-finite on every rank that tried."""
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in checkpoints."""
+
+    epoch: int = 0              # epoch in progress (or next to start)
+    step_in_epoch: int = 0      # steps of that epoch already applied
+    step: int = 0               # steps applied in total (= parameter version)
+    samples: int = 0            # training samples applied in total
+    history: list = field(default_factory=list)   # per-epoch metric dicts
+
+
+@dataclass
+class _Pending:
+    """A result being received."""
+
+    request: object
+    buf: ResultBuffer
+    rank: int
+
+
+class Master:
+    def __init__(self, comm, cfg: dict, model, optimizer, ds, splits: dict, recorder,
+                 state: TrainState | None = None, clock: Callable[[], float] = time.monotonic):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm
+        self.cfg = cfg
+        self.model = model
+        self.opt = optimizer
+        self.ds = ds
+        self.splits = splits
+        self.rec = recorder
+        self.state = state or TrainState()
+        self.clock = clock
+        cl = cfg["cluster"]
+        self.size = comm.Get_size()
+        self.worker_ranks = list(range(1, self.size))
+        mode = cl["master_computes"]
+        self.master_computes = mode == "yes" or (mode == "auto" and self.size == 1)
+        ranks = self.worker_ranks + ([0] if self.master_computes else [])
+        if not ranks:
+            raise ProtocolError("no rank computes: set cluster.master_computes = \"yes\" or run more ranks")
+        self.sched = Scheduler(ranks, redundancy=1, prefetch=cl["prefetch"])
+        self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
+        self.outbox = Outbox()
+        self.runner = TaskRunner(model, splits)
+        self.hosts = {0: hostname()}
+        self.n = model.num_params
+        self.acc = np.zeros(self.n, np.float64)
+        self._param_pool: list[ParamsBuffer] = []
+        self._result_pool: dict[int, list[ResultBuffer]] = {}
+        self._receiving: list[_Pending] = []
+        self._local: list[Task] = []
+        self._next_task_id = 1
+        self._status = MPI.Status()
+        self._nonfinite: dict[int, set] = {}
+        self.stats = {"messages": 0, "bytes_in": 0, "bytes_out": 0}
+        warm_up()
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        """Wait for every worker's hello, then send the first parameters."""
+        waiting = set(self.worker_ranks)
+        t0 = self.clock()
+        while waiting:
+            got = self._poll(hello=waiting)
+            if not got:
+                if self.clock() - t0 > STARTUP_TIMEOUT_S:
+                    raise ProtocolError(
+                        f"ranks {sorted(waiting)} did not start within {STARTUP_TIMEOUT_S:.0f} s")
+                self.backoff.idle()
+            else:
+                self.backoff.busy()
+        self._send_params()
+
+    def stop(self) -> bool:
+        """Tell every worker to leave; True when all stop messages were delivered."""
+        for r in self.worker_ranks:
+            self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
+        ok = self.outbox.flush(self.backoff, STOP_TIMEOUT_S)
+        if not ok:
+            self.outbox.cancel_all()
+        return ok
+
+    # -- messages -------------------------------------------------------------
+    def _send_params(self) -> None:
+        buf = next((b for b in self._param_pool if not self.outbox.holds(b)), None)
+        if buf is None:
+            buf = ParamsBuffer(self.n)
+            self._param_pool.append(buf)
+        buf.pack(self.state.step, self.model.params)
+        for r in self.sched.live_workers():
+            if r != 0:
+                self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
+                self.stats["bytes_out"] += buf.raw.nbytes
+
+    def _result_buffer(self, nbytes: int) -> ResultBuffer:
+        pool = self._result_pool.setdefault(nbytes, [])
+        busy = {id(p.buf) for p in self._receiving}
+        for b in pool:
+            if id(b) not in busy:
+                return b
+        b = ResultBuffer.for_nbytes(nbytes)
+        pool.append(b)
+        return b
+
+    def _poll(self, hello: set | None = None) -> list[tuple[int, ResultBuffer]]:
+        """Match everything that has arrived; return completed results."""
+        MPI = self.MPI
+        st = self._status
+        while True:
+            msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            if msg is None:
+                break
+            src, tag = st.Get_source(), st.Get_tag()
+            self.stats["messages"] += 1
+            if tag == TAG_RESULT:
+                nbytes = st.Get_count(MPI.BYTE)
+                buf = self._result_buffer(nbytes)
+                self._receiving.append(_Pending(msg.Irecv([buf.raw, MPI.BYTE]), buf, src))
+                self.stats["bytes_in"] += nbytes
+            elif tag == TAG_CTRL:
+                self._control(src, msg.recv(), hello)
+            else:
+                raise ProtocolError(f"unexpected message tag {tag} from rank {src}")
+        done = []
+        if self._receiving:
+            still = []
+            for p in self._receiving:
+                (done if p.request.Test() else still).append(p)
+            self._receiving = still
+        self.outbox.progress()
+        return [(p.rank, p.buf) for p in done]
+
+    def _control(self, src: int, obj: dict, hello: set | None) -> None:
+        kind = obj.get("type")
+        if kind == "error":
+            raise_remote(obj)
+        elif kind == "ready":
+            self.hosts[src] = obj["host"]
+            if obj["num_params"] != self.n:
+                raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
+                                    f"the master has {self.n}")
+            if hello is not None:
+                hello.discard(src)
+        elif kind == "skipped":
+            self.sched.complete(src, obj["task"], self.clock(), ok=False, reason="parameters stale")
+        else:
+            raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
+
+    # -- running a batch of tasks ---------------------------------------------
+    def _new_tasks(self, groups, kind: str, split: str) -> list[Task]:
+        sizes = self.splits[split].snippets["count"]
+        tasks = []
+        for g in groups:
+            tasks.append(Task(self._next_task_id, self.state.step, g, kind=kind, split=split,
+                              version=self.state.step, samples=int(sizes[list(g)].sum())))
+            self._next_task_id += 1
+        return tasks
+
+    def run_tasks(self, tasks: list[Task]) -> dict:
+        """Run tasks to completion; returns summed loss, correct, samples (and
+        leaves the gradient sum of grad tasks in ``self.acc``)."""
+        self.acc.fill(0.0)
+        total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
+        open_ids = {t.task_id for t in tasks}
+        self.sched.submit(tasks)
+        while open_ids:
+            now = self.clock()
+            for rank, task in self.sched.assign(now):
+                if rank == 0:
+                    self._local.append(task)
+                else:
+                    msg = task.message()
+                    msg["type"] = "task"
+                    self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
+            results = self._poll()
+            if not results and self._local:
+                task = self._local.pop(0)
+                buf = self._result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == "grad" else 0))
+                self.runner.run(task.message(), buf)
+                results = [(0, buf)]
+            for rank, buf in results:
+                self._take(rank, buf, open_ids, total)
+            if results:
+                self.backoff.busy()
+            else:
+                self.backoff.idle()
+        self.sched.forget(t.task_id for t in tasks)
+        return total
+
+    def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:
+        tid = int(buf.get("task"))
+        is_grad = int(buf.get("kind")) != KIND_EVAL
+        finite = bool(buf.get("finite")) and np.isfinite(buf.get("loss_sum"))
+        if is_grad:
+            if buf.grad.shape[0] != self.n:
+                raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
+            finite = finite and all_finite(buf.grad)
+        verdict = self.sched.complete(rank, tid, self.clock(), ok=finite,
+                                      reason="" if finite else "non-finite result")
+        if not finite:
+            self._diverged_check(tid, rank)
+        if not verdict.accept:
+            return
+        if is_grad:
+            accumulate(self.acc, buf.grad)
+        total["loss_sum"] += buf.get("loss_sum")
+        total["correct"] += buf.get("correct")
+        total["samples"] += int(buf.get("samples"))
+        total["compute_s"] += buf.get("compute_s")
+        open_ids.discard(tid)
+
+    def _diverged_check(self, tid: int, rank: int) -> None:
+        ranks = self._nonfinite.setdefault(tid, set())
+        ranks.add(rank)
+        if len(ranks) >= min(2, len(self.sched.live_workers())):
+            raise TrainingDiverged(
+                f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
+                f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
+                "lower [optimizer] lr or check the data")
+
+    # -- training -------------------------------------------------------------
+    def train(self) -> TrainState:
+        cfg, st = self.cfg, self.state
+        tr = cfg["train"]
+        train = self.splits[cfg["data"]["train_split"]]
+        snippet_size = int(self.ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
+        max_steps = tr["max_steps"]
+        self.rec.begin(self)
+        while st.epoch < tr["epochs"]:
+            plan = make_plan(train.num_snippets, st.epoch, seed=tr["seed"], batch_size=tr["batch_size"],
+                             snippet_size=snippet_size, task_snippets=tr["task_snippets"])
+            window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
+            while st.step_in_epoch < plan.num_steps:
+                if max_steps and st.step >= max_steps:
+                    break
+                tasks = self._new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
+                total = self.run_tasks(tasks)
+                self.apply_update(total["samples"])
+                for k in window:
+                    window[k] += total[k]
+                if st.step % tr["log_every"] == 0 or st.step_in_epoch == plan.num_steps:
+                    self.rec.on_step(st, window, plan.num_steps)
+                    window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
+                ck = cfg["run"]["checkpoint_every_steps"]
+                if ck and st.step % ck == 0 and st.step_in_epoch < plan.num_steps:
+                    self.rec.checkpoint(self)
+            stopped_early = bool(max_steps and st.step >= max_steps and st.step_in_epoch < plan.num_steps)
+            if not stopped_early:
+                st.epoch += 1
+                st.step_in_epoch = 0
+            last = stopped_early or st.epoch >= tr["epochs"]
+            ev = tr["eval_every"]
+            metrics = {"epoch": st.epoch, "step": st.step}
+            if last or (ev and st.epoch % ev == 0):
+                metrics.update(self.evaluate())
+            st.history.append(metrics)
+            self.rec.on_epoch(st, metrics)
+            self.rec.checkpoint(self)
+            if stopped_early:
+                break
+        return st
+
+    def apply_update(self, samples: int) -> None:
+        if samples <= 0:
+            raise ProtocolError(f"step {self.state.step} finished with no samples")
+        mean_into(self.model.grads, self.acc, float(samples))
+        self.opt.step(self.model.params, self.model.grads)
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        self.state.samples += samples
+        self._send_params()
+
+    def evaluate(self) -> dict:
+        name = self.cfg["data"]["test_split"]
+        if not name:
+            return {}
+        split = self.splits[name]
+        groups = eval_tasks(split.num_snippets, self.cfg["train"]["eval_task_snippets"])
+        total = self.run_tasks(self._new_tasks(groups, "eval", name))
+        n = max(1, total["samples"])
+        return {"test_loss": total["loss_sum"] / n, "test_accuracy": total["correct"] / n,
+                "test_samples": total["samples"]}

@@ -1,0 +1,146 @@
+"""The thin layer over mpi4py: polling without burning a core, sends that
+are tracked until complete, and ending a job cleanly from any rank.
+
+Measured on these machines: every MPI implementation busy-polls inside a
+blocking call, so a rank waiting in ``Recv``/``Wait`` burns a full core.
+Every wait here is ``Improbe``/``Test`` plus a short sleep that grows from
+``poll_min_us`` to ``poll_max_us`` while nothing happens (and goes back to
+the minimum as soon as something does).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from ..errors import ProtocolError, RavenError, WorkerError
+from .messages import TAG_CTRL
+
+__all__ = ["Backoff", "Outbox", "hostname", "error_message", "raise_remote", "abort", "wait_until"]
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+class Backoff:
+    """Sleep a little longer each idle round, up to a ceiling.
+
+    The first ``spins`` idle rounds do not sleep at all (a result that is
+    about to land costs no latency); then the sleep starts at ``min_s`` and
+    doubles up to ``max_s``.  ``busy()`` resets it.
+    """
+
+    def __init__(self, min_s: float = 50e-6, max_s: float = 1e-3, spins: int = 20):
+        self.min_s = max(0.0, float(min_s))
+        self.max_s = max(self.min_s, float(max_s))
+        self.spins = int(spins)
+        self._idle = 0
+        self._delay = self.min_s
+        self.slept_s = 0.0
+
+    def busy(self) -> None:
+        self._idle = 0
+        self._delay = self.min_s
+
+    def idle(self) -> None:
+        self._idle += 1
+        if self._idle <= self.spins:
+            return
+        if self._delay > 0:
+            time.sleep(self._delay)
+            self.slept_s += self._delay
+        self._delay = min(self.max_s, max(self._delay * 2, 1e-6))
+
+
+def wait_until(done: Callable[[], bool], backoff: Backoff, timeout_s: float | None, what: str) -> None:
+    """Poll ``done()`` with backoff; ProtocolError after ``timeout_s``."""
+    start = time.monotonic()
+    while not done():
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise ProtocolError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        backoff.idle()
+    backoff.busy()
+
+
+class Outbox:
+    """Nonblocking sends kept alive (request + buffer) until they complete."""
+
+    def __init__(self):
+        self._pending: list[tuple[Any, Any]] = []
+
+    def add(self, request, keepalive=None) -> None:
+        self._pending.append((request, keepalive))
+
+    def progress(self) -> int:
+        """Complete what can be completed; returns how many are still pending."""
+        if self._pending:
+            self._pending = [(r, k) for r, k in self._pending if not r.Test()]
+        return len(self._pending)
+
+    def holds(self, buffer) -> bool:
+        return any(k is buffer for _, k in self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def flush(self, backoff: Backoff, timeout_s: float) -> bool:
+        """Wait (without spinning) until every send completed; False on timeout."""
+        start = time.monotonic()
+        while self.progress():
+            if time.monotonic() - start > timeout_s:
+                return False
+            backoff.idle()
+        return True
+
+    def cancel_all(self) -> None:
+        for r, _ in self._pending:
+            try:
+                r.Cancel()
+            except Exception:  # noqa: BLE001 - best effort at shutdown
+                pass
+        self._pending.clear()
+
+
+def error_message(rank: int, exc: BaseException) -> dict:
+    """A worker's exception as a control message for the master."""
+    return {
+        "type": "error",
+        "rank": rank,
+        "host": hostname(),
+        "kind": type(exc).__name__,
+        "message": str(exc),
+        "detail": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "user_error": isinstance(exc, RavenError),
+    }
+
+
+def raise_remote(msg: dict) -> None:
+    """Re-raise a worker's error (a control message) on the master."""
+    raise WorkerError(msg["rank"], msg["host"], msg["kind"], msg["message"], msg.get("detail", ""))
+
+
+def send_error(comm, exc: BaseException) -> None:
+    """Best effort: tell the master about an exception, without blocking forever."""
+    try:
+        req = comm.issend(error_message(comm.Get_rank(), exc), dest=0, tag=TAG_CTRL)
+        deadline = time.monotonic() + 10.0
+        while not req.Test():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+    except Exception:  # noqa: BLE001 - the error path must not raise
+        pass
+
+
+def abort(comm, code: int) -> None:  # pragma: no cover - ends the process
+    """End every rank of the job now (used only when a clean stop failed)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        comm.Abort(code)
+    finally:
+        os._exit(code)

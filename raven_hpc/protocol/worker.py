@@ -1,0 +1,171 @@
+"""Worker ranks: receive the model spec once and parameter versions as they
+come, compute the tasks they are given, send back gradient sums.
+
+The loop reads the master's messages in the order they were sent (one
+``Improbe`` on any tag from rank 0), so a parameter version always arrives
+before the tasks that need it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+
+import numpy as np
+
+from ..errors import ProtocolError
+from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
+from .transport import Backoff, Outbox, hostname, send_error
+
+__all__ = ["TaskRunner", "run_worker", "await_stop"]
+
+
+class TaskRunner:
+    """Computes one task on a model and fills a :class:`ResultBuffer`.
+
+    Shared by worker ranks and by the master when it trains alone, so both
+    compute exactly the same thing.
+    """
+
+    def __init__(self, model, splits: dict):
+        self.model = model
+        self.splits = splits
+
+    def run(self, task: dict, out: ResultBuffer) -> None:
+        split = self.splits.get(task["split"])
+        if split is None:
+            raise ProtocolError(f"task {task['task']} names split {task['split']!r}, which this rank has not opened")
+        t0 = time.perf_counter()
+        x, y = split.read_snippets(task["snippets"])
+        if task["kind"] == "eval":
+            loss_sum, correct = self.model.evaluate(x, y)
+            kind, grad_sq, finite = KIND_EVAL, 0.0, float(np.isfinite(loss_sum))
+        else:
+            self.model.zero_grad()
+            loss_sum, correct = self.model.loss_and_grad(x, y)
+            np.copyto(out.grad, self.model.grads)
+            grad_sq = float(np.dot(out.grad, out.grad))
+            finite = float(np.isfinite(grad_sq) and np.isfinite(loss_sum))
+            kind = KIND_GRAD
+        out.set(kind=kind, step=task["step"], task=task["task"], version=task["version"],
+                samples=len(y), loss_sum=loss_sum, correct=correct,
+                compute_s=time.perf_counter() - t0, finite=finite, grad_sq=grad_sq)
+
+
+def open_splits(cfg: dict):
+    """Open the dataset and the splits this run uses (cached if configured)."""
+    from ..data import open_dataset
+
+    ds = open_dataset(cfg["data"]["path"])
+    splits = {}
+    for key in ("train_split", "test_split"):
+        name = cfg["data"][key]
+        if name:
+            s = ds.split(name)
+            if cfg["data"]["cache"]:
+                s.cache_all()
+            splits[name] = s
+    return ds, splits
+
+
+def run_worker(comm, cfg: dict) -> None:
+    """The worker's whole life.  Exceptions are sent to the master, then re-raised."""
+    try:
+        _worker_loop(comm, cfg)
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
+        send_error(comm, exc)
+        raise
+
+
+def _worker_loop(comm, cfg: dict) -> None:
+    from mpi4py import MPI
+
+    from ..engine import build_model
+
+    rank = comm.Get_rank()
+    cl = cfg["cluster"]
+    backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
+    outbox = Outbox()
+
+    ds, splits = open_splits(cfg)
+    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
+    runner = TaskRunner(model, splits)
+    pbuf = ParamsBuffer(model.num_params)
+    grad_bufs = [ResultBuffer(model.num_params) for _ in range(cl["prefetch"] + 1)]
+    eval_bufs = [ResultBuffer(0) for _ in range(cl["prefetch"] + 1)]
+    version = -1
+    queue: deque = deque()
+    status = MPI.Status()
+
+    outbox.add(comm.isend({"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(),
+                           "num_params": model.num_params}, dest=0, tag=TAG_CTRL))
+    while True:
+        # 1. Read everything the master sent, in order.
+        progressed = False
+        while True:
+            msg = comm.Improbe(source=0, tag=MPI.ANY_TAG, status=status)
+            if msg is None:
+                break
+            progressed = True
+            tag = status.Get_tag()
+            if tag == TAG_PARAMS:
+                msg.Recv([pbuf.raw, MPI.BYTE])
+                np.copyto(model.params, pbuf.params)
+                version = pbuf.version
+            elif tag == TAG_CTRL:
+                obj = msg.recv()
+                if obj["type"] == "task":
+                    queue.append(obj)
+                elif obj["type"] == "stop":
+                    outbox.flush(backoff, timeout_s=30.0)
+                    return
+                else:
+                    raise ProtocolError(f"rank {rank}: unknown control message {obj['type']!r}")
+            else:
+                raise ProtocolError(f"rank {rank}: unexpected message tag {tag} from the master")
+        outbox.progress()
+        # 2. Compute the oldest task whose parameters are here.
+        if queue and queue[0]["version"] <= version:
+            task = queue.popleft()
+            if task["version"] < version:
+                # Its parameters are gone: the master closed that version.
+                outbox.add(comm.isend({"type": "skipped", "task": task["task"]}, dest=0, tag=TAG_CTRL))
+                continue
+            pool = eval_bufs if task["kind"] == "eval" else grad_bufs
+            buf = next((b for b in pool if not outbox.holds(b)), None)
+            while buf is None:  # every buffer still in flight: wait for one
+                backoff.idle()
+                outbox.progress()
+                buf = next((b for b in pool if not outbox.holds(b)), None)
+            runner.run(task, buf)
+            outbox.add(comm.Isend([buf.raw, MPI.BYTE], dest=0, tag=TAG_RESULT), buf)
+            backoff.busy()
+        elif progressed:
+            backoff.busy()
+        else:
+            backoff.idle()
+
+
+def await_stop(comm, timeout_s: float = 60.0) -> bool:
+    """After a worker failed: discard the master's messages until it says stop.
+
+    Keeps the failed rank alive (and polite to MPI) while the master reports
+    the error and stops the others; True if the stop came in time.
+    """
+    from mpi4py import MPI
+
+    backoff = Backoff(1e-4, 5e-3)
+    status = MPI.Status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        msg = comm.Improbe(source=0, tag=MPI.ANY_TAG, status=status)
+        if msg is None:
+            backoff.idle()
+            continue
+        backoff.busy()
+        if status.Get_tag() == TAG_CTRL:
+            if msg.recv().get("type") == "stop":
+                return True
+        else:
+            msg.Recv([np.empty(status.Get_count(MPI.BYTE), np.uint8), MPI.BYTE])
+    return False

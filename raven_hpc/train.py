@@ -1,0 +1,270 @@
+"""The training job: start-up checks on rank 0, the run directory, metrics,
+checkpoints, and the split into master and workers.
+
+Nothing here prints: progress goes to an ``on_event(kind, info)`` callback
+(the CLI turns it into a bar or lines) and to machine-readable files in the
+run directory::
+
+    metrics.jsonl   one JSON object per logged step and per epoch
+    summary.json    final accuracy, throughput, wall and master CPU seconds
+    checkpoint.h5   parameters + optimizer state + position, written atomically
+    config.toml     the resolved configuration
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from .config import load_config, to_toml, validate
+from .errors import CheckpointError, ConfigError, RavenError
+
+__all__ = ["setup_run", "run_training", "Recorder", "broadcast_setup"]
+
+EventFn = Callable[[str, dict], None]
+
+
+def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | None = None,
+              resume: bool | None = None) -> dict:
+    """Rank 0's start-up checks: config, dataset layout, model, optimizer.
+
+    Raises a :class:`RavenError` naming the problem; returns the resolved config.
+    """
+    overrides = list(overrides or [])
+    if run_dir is not None:
+        overrides.append(f"run.dir={json.dumps(str(Path(run_dir).resolve()))}")
+    if resume is not None:
+        overrides.append(f"run.resume={'true' if resume else 'false'}")
+    cfg = load_config(config_path, overrides)
+    from .data import open_dataset
+
+    with open_dataset(cfg["data"]["path"]) as ds:
+        for key in ("train_split", "test_split"):
+            if cfg["data"][key]:
+                ds.split(cfg["data"][key])
+        shape, classes = tuple(ds.feature_shape), int(ds.num_classes)
+    validate(cfg, shape, classes)
+    cfg["meta"]["input_shape"] = list(shape)
+    cfg["meta"]["num_classes"] = classes
+    return cfg
+
+
+def broadcast_setup(comm, fn: Callable[[], dict]) -> dict:
+    """Run ``fn`` on rank 0 and hand its result -- or its error -- to every rank.
+
+    A bad config therefore ends every rank at once with the same error,
+    and only rank 0 reports it.
+    """
+    result, error = None, None
+    if comm.Get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks
+            error = exc
+    result, error_text = comm.bcast((result, None if error is None else (type(error).__name__, str(error))), root=0)
+    if error is not None:
+        raise error
+    if error_text is not None:
+        raise _Silent(error_text[1])
+    return result
+
+
+class _Silent(RavenError):
+    """Raised on ranks != 0 when rank 0 already reported the error."""
+
+
+class Recorder:
+    """Writes metrics.jsonl / summary.json / checkpoints and emits events."""
+
+    def __init__(self, run_dir: Path, cfg: dict, on_event: EventFn | None, ranks: int):
+        self.dir = Path(run_dir)
+        self.cfg = cfg
+        self.on_event = on_event or (lambda kind, info: None)
+        self.ranks = ranks
+        self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()
+        self.train_s = 0.0
+        self.eval_s = 0.0
+        self._last = None
+        self._metrics = None
+
+    def begin(self, master) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        self.t0 = time.monotonic()
+        self.cpu0 = time.process_time()
+        self._last = (self.t0, master.state.samples)
+        self._samples0 = master.state.samples
+        self.on_event("begin", {"ranks": self.ranks, "workers": len(master.worker_ranks),
+                                "num_params": master.n, "run_dir": str(self.dir),
+                                "resumed_at_step": master.state.step, "epochs": self.cfg["train"]["epochs"]})
+
+    def _write(self, rec: dict) -> None:
+        self._metrics.write(json.dumps(rec) + "\n")
+
+    def on_step(self, st, window: dict, steps_per_epoch: int) -> None:
+        now = time.monotonic()
+        t_prev, s_prev = self._last
+        self._last = (now, st.samples)
+        n = max(1, window["samples"])
+        rec = {"event": "step", "step": st.step, "epoch": st.epoch, "loss": window["loss_sum"] / n,
+               "train_accuracy": window["correct"] / n, "samples": st.samples,
+               "wall_s": round(now - self.t0, 4),
+               "samples_per_s": round((st.samples - s_prev) / max(now - t_prev, 1e-9), 1)}
+        self._write(rec)
+        self.on_event("step", dict(rec, steps_per_epoch=steps_per_epoch, step_in_epoch=st.step_in_epoch))
+
+    def on_epoch(self, st, metrics: dict) -> None:
+        rec = {"event": "epoch", "step": st.step, "epoch": st.epoch, "samples": st.samples,
+               "wall_s": round(time.monotonic() - self.t0, 4)}
+        rec.update(metrics)
+        last_loss = None
+        for line in reversed(_read_jsonl(self.dir / "metrics.jsonl")):
+            if line.get("event") == "step":
+                last_loss = line["loss"]
+                break
+        rec["loss"] = last_loss
+        self._write(rec)
+        self.on_event("epoch", rec)
+
+    def checkpoint(self, master) -> Path:
+        from .checkpoint import save_checkpoint
+
+        p = save_checkpoint(self.dir / "checkpoint.h5", params=master.model.params,
+                            param_info=master.model.param_info, optimizer_state=master.opt.state_dict(),
+                            train_state=asdict(master.state), config=_jsonable(self.cfg),
+                            model_spec=master.model.spec)
+        self.on_event("checkpoint", {"path": str(p), "step": master.state.step})
+        return p
+
+    def finish(self, master) -> dict:
+        wall = time.monotonic() - self.t0
+        cpu = time.process_time() - self.cpu0
+        st = master.state
+        final = next((h for h in reversed(st.history) if "test_accuracy" in h), {})
+        trained = st.samples - self._samples0
+        summary = {
+            "final_test_accuracy": final.get("test_accuracy"),
+            "final_test_loss": final.get("test_loss"),
+            "epochs": st.epoch,
+            "steps": st.step,
+            "samples": st.samples,
+            "samples_this_run": trained,
+            "samples_per_s": round(trained / wall, 1) if wall > 0 else None,
+            "ranks": self.ranks,
+            "workers": len(master.worker_ranks),
+            "master_computes": master.master_computes,
+            "wall_s": round(wall, 3),
+            "master_cpu_s": round(cpu, 3),
+            "master_cpu_fraction": round(cpu / wall, 4) if wall > 0 else None,
+            "num_params": master.n,
+            "hosts": {str(k): v for k, v in sorted(master.hosts.items())},
+            "messages": master.stats["messages"],
+            "bytes_in": master.stats["bytes_in"],
+            "bytes_out": master.stats["bytes_out"],
+            "history": st.history,
+        }
+        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.on_event("end", summary)
+        if self._metrics:
+            self._metrics.close()
+        return summary
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _jsonable(cfg: dict) -> dict:
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | None:
+    """Rank 0 runs the master and returns the summary; other ranks work and return None."""
+    if comm.Get_rank() != 0:
+        from .protocol.worker import run_worker
+
+        run_worker(comm, cfg)
+        return None
+    return _master_main(comm, cfg, on_event)
+
+
+def _master_main(comm, cfg: dict, on_event: EventFn | None) -> dict:
+    from .engine import build_model, make_optimizer
+    from .protocol.master import Master, TrainState
+    from .protocol.worker import open_splits
+
+    run_dir = Path(cfg["run"]["dir"])
+    alone = comm.Get_size() == 1 or cfg["cluster"]["master_computes"] == "yes"
+    if not alone:
+        cfg_master = json.loads(json.dumps(cfg))
+        cfg_master["data"]["cache"] = False  # the master only needs the snippet tables
+    else:
+        cfg_master = cfg
+    ds, splits = open_splits(cfg_master)
+    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
+    opt = make_optimizer(dict(cfg["optimizer"]), model.num_params)
+    state = TrainState()
+    ck = run_dir / "checkpoint.h5"
+    if cfg["run"]["resume"] and ck.exists():
+        state = _restore(ck, model, opt)
+        if on_event:
+            on_event("resume", {"path": str(ck), "step": state.step, "epoch": state.epoch})
+    elif ck.exists() and not cfg["run"]["resume"]:
+        raise CheckpointError(f"{ck} exists: pass --resume to continue that run, or choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(cfg))
+    rec = Recorder(run_dir, cfg, on_event, comm.Get_size())
+    master = Master(comm, cfg, model, opt, ds, splits, rec, state)
+    try:
+        master.start()
+        master.train()
+        summary = rec.finish(master)
+    except BaseException as exc:
+        if not master.stop():
+            # Some worker cannot be reached: the CLI reports and aborts the job.
+            exc.abort_job = True
+        ds.close()
+        raise
+    stopped = master.stop()
+    ds.close()
+    if not stopped:
+        err = RavenError("training finished (checkpoint written) but some workers did not acknowledge "
+                         "the stop message; aborting the job")
+        err.abort_job = True
+        raise err
+    return summary
+
+
+def _restore(path: Path, model, opt):
+    from .checkpoint import load_checkpoint
+    from .protocol.master import TrainState
+
+    ck = load_checkpoint(path)
+    if ck["params"].shape != model.params.shape:
+        raise CheckpointError(f"{path} holds {ck['params'].shape[0]} parameters but the model has "
+                              f"{model.num_params}: the [model] section changed since the checkpoint")
+    model.params[:] = ck["params"]
+    opt.load_state_dict(ck["optimizer_state"])
+    return TrainState(**ck["train_state"])
+
+
+def env_threads(cfg_path: str | None) -> None:
+    """Pin BLAS/OpenMP/Numba threads before numpy loads (from [cluster] threads)."""
+    n = "1"
+    if cfg_path:
+        try:
+            from .config import read_toml
+
+            n = str(int(read_toml(cfg_path).get("cluster", {}).get("threads", 1)))
+        except (ConfigError, ValueError, TypeError, AttributeError):
+            n = "1"
+    n = os.environ.get("RAVEN_CLUSTER__THREADS", n)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, n)
