@@ -23,3 +23,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
+
+# raven_mpiexec ARGS...: mpiexec with the flags this MPI needs on a small box
+# (Open MPI: oversubscribe, run as root, shared-memory transport).
+raven_mpiexec() {
+  if mpiexec --version 2>&1 | grep -qi "open mpi\|open-mpi\|openrte"; then
+    local extra=(--oversubscribe --bind-to none)
+    [ "$(id -u)" = 0 ] && extra+=(--allow-run-as-root)
+    OMPI_MCA_pml="${OMPI_MCA_pml:-ob1}" OMPI_MCA_btl="${OMPI_MCA_btl:-self,sm}" \
+      mpiexec "${extra[@]}" "$@"
+  else
+    mpiexec "$@"
+  fi
+}

@@ -150,7 +150,7 @@ class Master:
         MPI = self.MPI
         st = self._status
         while True:
-            msg = self.comm.Improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
             if msg is None:
                 break
             src, tag = st.Get_source(), st.Get_tag()

@@ -103,7 +103,7 @@ def _worker_loop(comm, cfg: dict) -> None:
         # 1. Read everything the master sent, in order.
         progressed = False
         while True:
-            msg = comm.Improbe(source=0, tag=MPI.ANY_TAG, status=status)
+            msg = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
             if msg is None:
                 break
             progressed = True
@@ -158,7 +158,7 @@ def await_stop(comm, timeout_s: float = 60.0) -> bool:
     status = MPI.Status()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        msg = comm.Improbe(source=0, tag=MPI.ANY_TAG, status=status)
+        msg = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
         if msg is None:
             backoff.idle()
             continue

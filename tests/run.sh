@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: on a fresh machine, set up ./.venv (with torch CPU as the
+# test-only reference) and run the whole suite: unit tests, the pytest-mpi
+# suite under mpiexec, and end-to-end runs of the CLI -- each under a timeout.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/bootstrap.sh
+if [ "${RAVEN_SKIP_TORCH:-0}" != "1" ] && ! python -c "import torch" 2>/dev/null; then
+  echo "[tests] installing torch (CPU reference for gradient tests)"
+  python -m pip install --quiet "torch==${RAVEN_TORCH_VERSION:-2.13.0}"
+fi
+export RAVEN_REQUIRE_TORCH="${RAVEN_REQUIRE_TORCH:-$([ "${RAVEN_SKIP_TORCH:-0}" = 1 ] && echo 0 || echo 1)}"
+timeout "${RAVEN_TEST_TIMEOUT:-2400}" python -m pytest tests "$@"
