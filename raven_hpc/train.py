@@ -47,6 +47,9 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
                 ds.split(cfg["data"][key])
         shape, classes = tuple(ds.feature_shape), int(ds.num_classes)
     validate(cfg, shape, classes)
+    ck = Path(cfg["run"]["dir"]) / "checkpoint.h5"
+    if ck.exists() and not cfg["run"]["resume"]:
+        raise CheckpointError(f"{ck} exists: pass --resume to continue that run, or choose another --run-dir")
     cfg["meta"]["input_shape"] = list(shape)
     cfg["meta"]["num_classes"] = classes
     return cfg
@@ -196,6 +199,19 @@ def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | Non
 
 
 def _master_main(comm, cfg: dict, on_event: EventFn | None) -> dict:
+    try:
+        master = _make_master(comm, cfg, on_event)
+    except BaseException as exc:
+        # The workers are up and waiting: release them before reporting.
+        from .protocol.master import stop_workers
+
+        if not stop_workers(comm):
+            exc.abort_job = True
+        raise
+    return _run_master(master)
+
+
+def _make_master(comm, cfg: dict, on_event: EventFn | None):
     from .engine import build_model, make_optimizer
     from .protocol.master import Master, TrainState
     from .protocol.worker import open_splits
@@ -216,12 +232,14 @@ def _master_main(comm, cfg: dict, on_event: EventFn | None) -> dict:
         state = _restore(ck, model, opt)
         if on_event:
             on_event("resume", {"path": str(ck), "step": state.step, "epoch": state.epoch})
-    elif ck.exists() and not cfg["run"]["resume"]:
-        raise CheckpointError(f"{ck} exists: pass --resume to continue that run, or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     rec = Recorder(run_dir, cfg, on_event, comm.Get_size())
-    master = Master(comm, cfg, model, opt, ds, splits, rec, state)
+    return Master(comm, cfg, model, opt, ds, splits, rec, state)
+
+
+def _run_master(master) -> dict:
+    rec, ds = master.rec, master.ds
     try:
         master.start()
         master.train()

@@ -214,7 +214,7 @@ class Model:
     def _input(self, x: Any) -> np.ndarray:
         arr = x.data if isinstance(x, Tensor) else np.asarray(x)
         if arr.ndim < 1:
-            raise ModelError(f"input must have a batch axis, got a scalar")
+            raise ModelError("input must have a batch axis, got a scalar")
         sample = arr.shape[1:]
         if sample != self.input_shape:
             size = int(np.prod(sample, dtype=np.int64))

@@ -172,7 +172,8 @@ class Tensor:
         """Accumulate d(self)/d(leaf) * ``grad`` into every leaf that needs it.
 
         ``grad`` defaults to ones for a one-element tensor.  Each call adds
-        to leaf gradients (zero them yourself between steps).
+        to leaf gradients (zero them yourself between steps); gradients of
+        intermediate tensors are recomputed from scratch on each call.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
@@ -187,6 +188,9 @@ class Tensor:
             if grad.shape != self.data.shape:
                 raise ValueError(f"gradient shape {grad.shape} != tensor shape {self.data.shape}")
         order = _toposort(self)
+        for node in order:  # intermediate gradients belong to one backward pass
+            if node.op is not None:
+                node.grad = None
         _accumulate(self, grad)
         for node in reversed(order):
             if node.op is None or node.grad is None:

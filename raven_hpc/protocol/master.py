@@ -28,10 +28,21 @@ from .scheduler import Scheduler, Task
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
 
-__all__ = ["Master", "TrainState"]
+__all__ = ["Master", "TrainState", "stop_workers"]
 
 STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
 STOP_TIMEOUT_S = 30.0
+
+
+def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+    """Send every worker the stop message (used when no Master could be built)."""
+    outbox = Outbox()
+    for r in range(1, comm.Get_size()):
+        outbox.add(comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
+    ok = outbox.flush(Backoff(1e-4, 5e-3), timeout_s)
+    if not ok:
+        outbox.cancel_all()
+    return ok
 
 
 class TrainingDiverged(RavenError):

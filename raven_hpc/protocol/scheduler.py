@@ -194,6 +194,9 @@ class Scheduler:
             if task.state not in (PENDING, RUNNING):
                 continue
             have = {c.rank for c in task.copies if c.state in (ASSIGNED, ACCEPTED, DUPLICATE)}
+            rejected = {c.rank for c in task.copies if c.state == REJECTED}
+            if set(self.live_workers()) - rejected - have:
+                have |= rejected   # a rejected task goes to someone else if anyone is left
             missing = self._wanted(task) - len(self._active_copies(task))
             while missing > 0:
                 rank = self._pick_worker(exclude=have)

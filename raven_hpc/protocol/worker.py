@@ -41,10 +41,10 @@ class TaskRunner:
             loss_sum, correct = self.model.evaluate(x, y)
             kind, grad_sq, finite = KIND_EVAL, 0.0, float(np.isfinite(loss_sum))
         else:
-            self.model.zero_grad()
-            loss_sum, correct = self.model.loss_and_grad(x, y)
+            loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False)
             np.copyto(out.grad, self.model.grads)
-            grad_sq = float(np.dot(out.grad, out.grad))
+            with np.errstate(over="ignore", invalid="ignore"):
+                grad_sq = float(np.dot(out.grad, out.grad))
             finite = float(np.isfinite(grad_sq) and np.isfinite(loss_sum))
             kind = KIND_GRAD
         out.set(kind=kind, step=task["step"], task=task["task"], version=task["version"],

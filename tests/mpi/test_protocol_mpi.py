@@ -27,6 +27,18 @@ def shared_data(mpi_tmp_path):
     return path
 
 
+def verdict_on_all_ranks(comm, check):
+    """Run ``check`` on rank 0 and fail on every rank if it fails (no rank is left waiting)."""
+    err = None
+    if comm.rank == 0:
+        try:
+            check()
+        except AssertionError as exc:
+            err = str(exc)
+    err = comm.bcast(err)
+    assert err is None, err
+
+
 def serial_reference(cfg, steps):
     """Single-process SGD over the same global batches (one big batch per step)."""
     from raven_hpc.data import open_dataset
@@ -64,19 +76,21 @@ def test_distributed_equals_serial_on_the_same_batches(shared_data, mpi_tmp_path
     comm = MPI.COMM_WORLD
     cfgfile = mpi_tmp_path / "c.toml"
     if comm.rank == 0:
-        write_config(cfgfile, shared_data, epochs=1, task_snippets=1,
+        write_config(cfgfile, shared_data, epochs=3, task_snippets=1,
                      extra=f'dir = "{mpi_tmp_path / "run"}"')
     comm.Barrier()
     cfg = comm.bcast(setup_run(cfgfile, ["train.max_steps=10", "train.eval_every=0"]) if comm.rank == 0 else None)
     summary = run_training(comm, cfg)
-    if comm.rank == 0:
+
+    def check():
         assert summary["steps"] == 10
         from raven_hpc.checkpoint import load_checkpoint
 
         got = load_checkpoint(mpi_tmp_path / "run")["params"]
         want = serial_reference(cfg, 10)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
-    comm.Barrier()
+
+    verdict_on_all_ranks(comm, check)
 
 
 @pytest.mark.mpi
@@ -91,7 +105,8 @@ def test_every_snippet_counted_once_per_epoch(shared_data, mpi_tmp_path):
     comm.Barrier()
     cfg = comm.bcast(setup_run(cfgfile) if comm.rank == 0 else None)
     summary = run_training(comm, cfg)
-    if comm.rank == 0:
+
+    def check():
         from raven_hpc.data import open_dataset
 
         with open_dataset(cfg["data"]["path"]) as ds:
@@ -99,4 +114,5 @@ def test_every_snippet_counted_once_per_epoch(shared_data, mpi_tmp_path):
             n_test = ds.split("test").num_samples
         assert summary["samples"] == 2 * n_train
         assert all(h["test_samples"] == n_test for h in summary["history"])
-    comm.Barrier()
+
+    verdict_on_all_ranks(comm, check)

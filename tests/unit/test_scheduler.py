@@ -193,3 +193,16 @@ def test_forget_drops_settled_tasks_only():
     s.complete(2, t.task_id, 2.0)
     s.forget([t.task_id])
     assert t.task_id not in s.tasks
+
+
+def test_rejected_task_prefers_a_worker_that_has_not_rejected_it():
+    s = Scheduler([1, 2], prefetch=2)
+    (t,) = tasks(1)
+    s.submit([t])
+    ((r1, _),) = s.assign(0.0)
+    s.complete(r1, t.task_id, 1.0, ok=False)
+    ((r2, _),) = s.assign(1.0)
+    assert r2 != r1
+    s.complete(r2, t.task_id, 2.0, ok=False)
+    # Every live worker rejected it: it may go back to either.
+    assert len(s.assign(2.0)) == 1

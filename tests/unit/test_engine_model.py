@@ -1,0 +1,294 @@
+"""Models: spec validation, flat parameter layout, gradients vs torch, sums."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from raven_hpc.engine import Model, Tensor, build_model, validate_model_spec
+from raven_hpc.errors import DatasetError, ModelError
+
+MLP = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
+                  {"type": "dense", "units": 128, "activation": "relu"},
+                  {"type": "dense", "units": 10}]}
+
+
+def _data(n, seed=0, shape=(28, 28), classes=10):
+    rng = np.random.default_rng(seed)
+    return rng.random((n,) + shape, dtype=np.float32), rng.integers(0, classes, n).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return build_model(MLP, (28, 28), 10)
+
+
+def _torch_mlp(torch, model):
+    mods = []
+    for layer in model.layers:
+        lin = torch.nn.Linear(*model.param(f"{layer.name}.W").shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(model.param(f"{layer.name}.W").T.copy()))
+            lin.bias.copy_(torch.from_numpy(model.param(f"{layer.name}.b").copy()))
+        mods.append(lin)
+        if layer.activation == "relu":
+            mods.append(torch.nn.ReLU())
+    return torch.nn.Sequential(torch.nn.Flatten(), *mods)
+
+
+def _torch_flat_grads(torch, net):
+    out = []
+    for m in net:
+        if isinstance(m, torch.nn.Linear):
+            out += [m.weight.grad.numpy().T.reshape(-1), m.bias.grad.numpy().reshape(-1)]
+    return np.concatenate(out)
+
+
+# -- gradients ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_mlp_loss_and_grad_matches_torch(mlp, torch, accumulate):
+    x, y = _data(64)
+    net = _torch_mlp(torch, mlp)
+    loss_t = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y), reduction="sum")
+    loss_t.backward()
+    mlp.zero_grad()
+    if not accumulate:
+        mlp.grads[:] = np.nan  # must be overwritten everywhere
+    loss, correct = mlp.loss_and_grad(x, y, accumulate=accumulate)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+    ref = _torch_flat_grads(torch, net)
+    assert np.all(np.isfinite(mlp.grads))
+    np.testing.assert_allclose(mlp.grads, ref, rtol=1e-3, atol=2e-5)
+    assert correct == int((net(torch.from_numpy(x)).argmax(1).numpy() == y).sum())
+
+
+def test_sum_semantics_and_accumulation(mlp):
+    x, y = _data(96, seed=1)
+    mlp.zero_grad()
+    loss_all, c_all = mlp.loss_and_grad(x, y)
+    g_all = mlp.grads.copy()
+    mlp.zero_grad()
+    l1, c1 = mlp.loss_and_grad(x[:40], y[:40])
+    l2, c2 = mlp.loss_and_grad(x[40:], y[40:])
+    np.testing.assert_allclose(l1 + l2, loss_all, rtol=1e-5)
+    assert c1 + c2 == c_all
+    np.testing.assert_allclose(mlp.grads, g_all, rtol=1e-4, atol=1e-5)
+    # a sum, not a mean: per-sample losses add up
+    per = sum(mlp.evaluate(x[i:i + 1], y[i:i + 1])[0] for i in range(8))
+    np.testing.assert_allclose(mlp.evaluate(x[:8], y[:8])[0], per, rtol=1e-5)
+    # accumulate=False replaces whatever was there
+    mlp.loss_and_grad(x[:40], y[:40], accumulate=False)
+    g1 = mlp.grads.copy()
+    mlp.zero_grad()
+    mlp.loss_and_grad(x[:40], y[:40])
+    np.testing.assert_array_equal(mlp.grads, g1)
+
+
+def test_batch_size_changes_reuse_buffers_correctly():
+    m = build_model(MLP, (28, 28), 10)
+    fresh = build_model(MLP, (28, 28), 10)
+    x, y = _data(50, seed=2)
+    for n in (50, 17, 50, 3):
+        m.zero_grad()
+        fresh_loss = build_model(MLP, (28, 28), 10).loss_and_grad(x[:n], y[:n])
+        assert m.loss_and_grad(x[:n], y[:n]) == fresh_loss
+    fresh.zero_grad()
+    fresh.loss_and_grad(x[:3], y[:3])
+    np.testing.assert_array_equal(m.grads, fresh.grads)
+
+
+def test_forward_graph_backward_equals_loss_and_grad(mlp):
+    from raven_hpc.engine import softmax_cross_entropy
+
+    x, y = _data(16, seed=3)
+    mlp.zero_grad()
+    ref = mlp.loss_and_grad(x, y)
+    g_ref = mlp.grads.copy()
+    mlp.zero_grad()
+    logits = mlp.forward(x)
+    assert isinstance(logits, Tensor) and logits.shape == (16, 10) and logits.op == "dense"
+    loss, correct = softmax_cross_entropy(logits, y)
+    loss.backward()
+    assert (float(loss.data), correct) == ref
+    np.testing.assert_array_equal(mlp.grads, g_ref)
+    # forward() outputs stay valid across calls (no shared buffers)
+    a = mlp.forward(x)
+    b = mlp.forward(x[::-1].copy())
+    np.testing.assert_array_equal(a.data, logits.data)
+    assert not np.array_equal(a.data, b.data)
+
+
+def test_evaluate_and_predict(mlp):
+    x, y = _data(300, seed=4)
+    mlp.zero_grad()
+    ref = mlp.loss_and_grad(x, y)
+    mlp.zero_grad()
+    mlp.grads[0] = 123.0
+    for chunk in (None, 7, 1000):
+        loss, correct = mlp.evaluate(x, y, chunk=chunk)
+        np.testing.assert_allclose(loss, ref[0], rtol=1e-5)
+        assert correct == ref[1]
+    assert mlp.grads[0] == 123.0 and not np.any(mlp.grads[1:])
+    pred = mlp.predict(x, chunk=64)
+    assert pred.dtype == np.int64 and pred.shape == (300,)
+    assert int((pred == y).sum()) == ref[1]
+    assert mlp.evaluate(x[:0], y[:0]) == (0.0, 0)
+
+
+def test_input_shapes_and_dtypes(mlp):
+    x, y = _data(8, seed=5)
+    ref = mlp.evaluate(x, y)
+    assert mlp.evaluate(x.reshape(8, 1, 28, 28), y) == ref
+    assert mlp.evaluate(x.reshape(8, 784), y) == ref
+    assert mlp.evaluate(x.astype(np.float64), y.astype(np.int32)) == ref
+    with pytest.raises(ModelError, match=r"input samples have shape \(27, 27\)"):
+        mlp.evaluate(np.zeros((2, 27, 27), np.float32), y[:2])
+    with pytest.raises(ModelError, match="labels have shape"):
+        mlp.evaluate(x, y[:3])
+    with pytest.raises(DatasetError, match="outside"):
+        mlp.loss_and_grad(x, np.full(8, 10))
+    mlp.zero_grad()
+    assert mlp.loss_and_grad(x[:0], y[:0], accumulate=False) == (0.0, 0) and not mlp.grads.any()
+
+
+def test_failed_overwrite_call_leaves_no_stale_flags():
+    m = build_model(MLP, (28, 28), 10)
+    x, y = _data(4, seed=6)
+    with pytest.raises(DatasetError):
+        m.loss_and_grad(x, np.array([0, 1, 99, 2]), accumulate=False)
+    assert not any(t.overwrite_grad for _, t in m.named_parameters())
+    m.zero_grad()
+    m.loss_and_grad(x, y)
+    g = m.grads.copy()
+    m.loss_and_grad(x, y)  # accumulates: twice the gradient
+    np.testing.assert_allclose(m.grads, 2 * g, rtol=1e-6)
+
+
+# -- parameters and layout ------------------------------------------------------------
+
+
+def test_flat_layout(mlp):
+    assert mlp.params.dtype == np.float32 and mlp.params.flags.c_contiguous
+    assert mlp.grads.shape == mlp.params.shape == (mlp.num_params,)
+    assert mlp.num_params == 784 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    off = 0
+    names = []
+    for name, shape, offset in mlp.param_info:
+        assert offset == off
+        off += int(np.prod(shape))
+        names.append(name)
+    assert off == mlp.num_params
+    assert names == ["dense_0.W", "dense_0.b", "dense_1.W", "dense_1.b", "dense_2.W", "dense_2.b"]
+    for name, t in mlp.named_parameters():
+        assert np.shares_memory(t.data, mlp.params) and np.shares_memory(t.grad, mlp.grads)
+    # writing into the flat vector is what the model computes with
+    m = build_model(MLP, (28, 28), 10)
+    x, y = _data(4)
+    before = m.evaluate(x, y)
+    m.params[:] = 0
+    assert m.evaluate(x, y)[0] == pytest.approx(4 * np.log(10), rel=1e-6)
+    assert before[0] != m.evaluate(x, y)[0]
+
+
+def test_seed_gives_bit_identical_params():
+    a = build_model(dict(MLP, seed=7), (28, 28), 10)
+    b = build_model(dict(MLP, seed=7), (28, 28), 10)
+    c = build_model(dict(MLP, seed=8), (28, 28), 10)
+    d = build_model(dict(MLP, seed=7, init="xavier"), (28, 28), 10)
+    assert a.params.tobytes() == b.params.tobytes()
+    assert not np.array_equal(a.params, c.params)
+    assert not np.array_equal(a.params, d.params)
+    W = a.param("dense_0.W")
+    assert abs(W.std() - np.sqrt(2 / 784)) < 0.05 * np.sqrt(2 / 784)
+    assert not a.param("dense_0.b").any()
+    Wx = d.param("dense_0.W")
+    lim = np.sqrt(6 / (784 + 256))
+    assert Wx.max() <= lim and Wx.min() >= -lim and abs(Wx.std() - lim / np.sqrt(3)) < 0.05 * lim
+
+
+def test_spec_normalised_and_json(mlp):
+    spec = mlp.spec
+    assert json.loads(json.dumps(spec)) == spec
+    assert spec == {
+        "layers": [{"type": "dense", "units": 256, "activation": "relu"},
+                   {"type": "dense", "units": 128, "activation": "relu"},
+                   {"type": "dense", "units": 10, "activation": "linear"}],
+        "loss": "softmax_cross_entropy", "init": "he", "seed": 0,
+    }
+    assert validate_model_spec(spec, (28, 28), 10) == spec
+    assert build_model(spec, (28, 28), 10).params.tobytes() == mlp.params.tobytes()
+
+
+def test_flatten_layer_and_1x28x28_input():
+    spec = {"layers": [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": None}]}
+    m = build_model(spec, (1, 28, 28), 10)
+    assert m.spec["layers"][1]["activation"] == "linear"
+    x, y = _data(5)
+    assert m.evaluate(x, y) == m.evaluate(x.reshape(5, 1, 28, 28), y)
+    assert [r["output_shape"] for r in m.summary()] == [(784,), (10,)]
+
+
+def test_summary(mlp):
+    rows = mlp.summary()
+    assert rows[0] == {"name": "dense_0", "type": "dense", "output_shape": (256,), "params": 784 * 256 + 256}
+    assert sum(r["params"] for r in rows) == mlp.num_params
+    text = mlp.format_summary()
+    assert "dense_2" in text and f"{mlp.num_params:,}" in text and "relu" in text
+
+
+# -- spec validation ---------------------------------------------------------------------
+
+D = {"type": "dense", "units": 10}
+BAD_SPECS = [
+    ({"layers": []}, "non-empty list"),
+    ({"layers": "dense"}, "non-empty list"),
+    ({"layers": [D], "optimizer": "sgd"}, "model: unknown key 'optimizer'"),
+    ({"layers": [{"type": "conv9", "units": 3}, D]}, r"model.layers\[0\]: unknown layer type 'conv9'; known types: dense, flatten"),
+    ({"layers": [{"units": 3}, D]}, r"model.layers\[0\]: missing key 'type'"),
+    ({"layers": [7, D]}, r"model.layers\[0\]: must be a table"),
+    ({"layers": [{"type": "dense", "units": 64, "activation": "tanhh"}, D]},
+     r"model.layers\[0\] \(dense\): unknown activation 'tanhh'"),
+    ({"layers": [{"type": "dense", "units": 64}, {"type": "dense", "unit": 10}]},
+     r"model.layers\[1\] \(dense\): unknown key 'unit'; valid keys: activation, type, units"),
+    ({"layers": [{"type": "dense"}]}, r"model.layers\[0\] \(dense\): missing required key 'units'"),
+    ({"layers": [{"type": "dense", "units": 0}, D]}, r"model.layers\[0\] \(dense\): units must be a positive integer, got 0"),
+    ({"layers": [{"type": "dense", "units": -3}, D]}, r"units must be a positive integer, got -3"),
+    ({"layers": [{"type": "dense", "units": 2.5}, D]}, r"units must be a positive integer, got 2.5"),
+    ({"layers": [{"type": "dense", "units": True}, D]}, r"units must be a positive integer, got True"),
+    ({"layers": [{"type": "dense", "units": "64"}, D]}, r"units must be a positive integer, got '64'"),
+    ({"layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 5}]},
+     r"model.layers\[1\] \(dense\): the last layer outputs shape \(5,\) .* for 10 classes; set units = 10"),
+    ({"layers": [D, {"type": "flatten"}, {"type": "dense", "units": 10, "kernel": 3}]},
+     r"model.layers\[2\] \(dense\): unknown key 'kernel'"),
+    ({"layers": [D], "loss": "mse"}, r"model.loss: unknown loss 'mse'; known losses: softmax_cross_entropy"),
+    ({"layers": [D], "init": "orthogonal"}, r"model.init: unknown initialiser 'orthogonal'"),
+    ({"layers": [D], "seed": -1}, r"model.seed must be a non-negative integer"),
+    ({"layers": [D], "seed": 1.5}, r"model.seed must be a non-negative integer"),
+    # validated before allocation: a huge first layer must not be allocated
+    ({"layers": [{"type": "dense", "units": 10**9}, {"type": "dense", "units": 10, "activation": "x"}]},
+     r"model.layers\[1\] \(dense\): unknown activation 'x'"),
+    ({"layers": [{"type": "dense", "units": 10**7}, D]}, r"more than 2147483647"),
+]
+
+
+@pytest.mark.parametrize("spec,message", BAD_SPECS, ids=[m[:40] for _, m in BAD_SPECS])
+def test_bad_spec_messages(spec, message):
+    with pytest.raises(ModelError, match=message):
+        validate_model_spec(spec, (28, 28), 10)
+    with pytest.raises(ModelError, match=message):
+        build_model(spec, (28, 28), 10)
+
+
+@pytest.mark.parametrize("shape,classes,message", [
+    ((), 10, "input shape"), ((28, 0), 10, "input shape"), ((28, 28), 1, "classes"), ((28, 28), 2.0, "classes"),
+])
+def test_bad_shape_or_classes(shape, classes, message):
+    with pytest.raises(ModelError, match=message):
+        validate_model_spec({"layers": [D]}, shape, classes)
+
+
+def test_model_is_constructible_directly():
+    assert isinstance(build_model(MLP, [28, 28], np.int64(10)), Model)
