@@ -10,7 +10,7 @@ __all__ = ["sgd_step"]
 
 @register("sgd_step")
 @njit(cache=True)
-def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first, scale=1.0):
     """SGD with weight decay, momentum, dampening and Nesterov, in place.
 
     Same update as ``torch.optim.SGD``::
@@ -21,18 +21,20 @@ def sgd_step(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
         d = d + momentum * buf  if nesterov  else  buf
         p -= lr * d
 
+    ``g`` is multiplied by ``scale`` first (the master passes its float64
+    gradient *sum* and ``1 / samples``, saving a pass to form the mean).
     ``buf`` is ignored (may be empty) when ``momentum == 0``.  Arithmetic is
     done in float64 and rounded once per stored value.
     """
     n = p.shape[0]
     if momentum == 0.0:
         for i in range(n):
-            d = g[i] + weight_decay * p[i]
+            d = g[i] * scale + weight_decay * p[i]
             p[i] = p[i] - lr * d
         return
     keep = 1.0 - dampening
     for i in range(n):
-        d = g[i] + weight_decay * p[i]
+        d = g[i] * scale + weight_decay * p[i]
         if first:
             bi = d
         else:

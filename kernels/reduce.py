@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["all_finite", "accumulate", "mean_into"]
+__all__ = ["all_finite", "accumulate", "assign"]
 
 
 @njit(cache=True)
@@ -30,11 +30,10 @@ def accumulate(acc, x):
 
 
 @njit(cache=True)
-def mean_into(out, acc, n):
-    """out[i] = float32(acc[i] / n)."""
-    inv = 1.0 / n
-    for i in range(acc.shape[0]):
-        out[i] = acc[i] * inv
+def assign(acc, x):
+    """acc[i] = x[i] (acc float64, x float32): the first result of a step."""
+    for i in range(x.shape[0]):
+        acc[i] = x[i]
 
 
 def warm_up() -> None:
@@ -43,4 +42,4 @@ def warm_up() -> None:
     x = np.ones(4, np.float32)
     all_finite(x)
     accumulate(a, x)
-    mean_into(x, a, 2.0)
+    assign(a, x)

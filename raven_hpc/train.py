@@ -165,6 +165,7 @@ class Recorder:
             "master_cpu_fraction": round(cpu / wall, 4) if wall > 0 else None,
             "num_params": master.n,
             "hosts": {str(k): v for k, v in sorted(master.hosts.items())},
+            "step_ms": _per_step(master.timing),
             "messages": master.stats["messages"],
             "bytes_in": master.stats["bytes_in"],
             "bytes_out": master.stats["bytes_out"],
@@ -175,6 +176,15 @@ class Recorder:
         if self._metrics:
             self._metrics.close()
         return summary
+
+
+def _per_step(t: dict) -> dict:
+    """Mean milliseconds per step: the master waiting for results and updating;
+    the workers computing and waiting between tasks (summed over workers)."""
+    n = max(1, t["steps"])
+    return {"wait": round(1e3 * t["wait_s"] / n, 3), "update": round(1e3 * t["update_s"] / n, 3),
+            "worker_compute": round(1e3 * t["worker_compute_s"] / n, 3),
+            "worker_idle": round(1e3 * t.get("worker_idle_s", 0.0) / n, 3)}
 
 
 def _read_jsonl(path: Path) -> list[dict]:

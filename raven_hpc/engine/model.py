@@ -202,6 +202,38 @@ class Model:
     def zero_grad(self) -> None:
         self._grads.fill(0)
 
+    def _check_flat(self, flat: np.ndarray, what: str) -> None:
+        if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.ndim == 1
+                and flat.size == self.num_params and flat.flags.c_contiguous and flat.flags.writeable):
+            raise ValueError(f"{what} must be a writable contiguous 1-D float32 array of {self.num_params} elements")
+
+    def bind_params(self, flat: np.ndarray, copy: bool = True) -> None:
+        """Make ``flat`` the parameter storage (e.g. an MPI receive buffer).
+
+        With ``copy`` the current values are copied into it first; without,
+        its contents become the parameters.  Every parameter tensor is
+        re-pointed at a view of ``flat``; no layer holds the old storage.
+        """
+        self._check_flat(flat, "params")
+        if flat is self._params:
+            return
+        if copy:
+            np.copyto(flat, self._params)
+        for name, shape, off in self.param_info:
+            size = int(np.prod(shape, dtype=np.int64))
+            self._tensors[name].data = flat[off:off + size].reshape(shape)
+        self._params = flat
+
+    def bind_grads(self, flat: np.ndarray) -> None:
+        """Make ``flat`` the gradient storage (e.g. an MPI send buffer); contents are kept."""
+        self._check_flat(flat, "grads")
+        if flat is self._grads:
+            return
+        for name, shape, off in self.param_info:
+            size = int(np.prod(shape, dtype=np.int64))
+            self._tensors[name].grad = flat[off:off + size].reshape(shape)
+        self._grads = flat
+
     def named_parameters(self) -> List[Tuple[str, Tensor]]:
         """``[(name, tensor)]``; tensors' ``data``/``grad`` view the flat vectors."""
         return list(self._tensors.items())

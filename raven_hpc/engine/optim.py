@@ -117,7 +117,8 @@ class Optimizer:
                 and grad.shape == params.shape):
             raise ValueError(f"grad must be a 1-D float32/float64 array of {self.num_params} elements")
 
-    def step(self, params: np.ndarray, grad_mean: np.ndarray) -> None:  # pragma: no cover
+    def step(self, params: np.ndarray, grad_mean: np.ndarray, scale: float = 1.0) -> None:  # pragma: no cover
+        """Update ``params`` in place from ``scale * grad_mean`` (subclasses implement it)."""
         raise NotImplementedError
 
     def state_dict(self) -> State:  # pragma: no cover
@@ -160,13 +161,13 @@ class SGD(Optimizer):
         size = self.num_params if self.config["momentum"] != 0 else 0
         self.momentum_buffer = np.zeros(size, dtype=np.float32)
 
-    def step(self, params: np.ndarray, grad_mean: np.ndarray) -> None:
-        """``params -= lr * update(grad_mean)``, in place, one pass."""
+    def step(self, params: np.ndarray, grad_mean: np.ndarray, scale: float = 1.0) -> None:
+        """``params -= lr * update(scale * grad_mean)``, in place, one pass."""
         self._check(params, grad_mean)
         c = self.config
         self._kernel(
             params, grad_mean, self.momentum_buffer, c["lr"], c["momentum"], c["dampening"],
-            c["weight_decay"], c["nesterov"], self.steps == 0,
+            c["weight_decay"], c["nesterov"], self.steps == 0, float(scale),
         )
         self.steps += 1
 

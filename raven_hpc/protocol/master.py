@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ProtocolError, RavenError
-from ..kernels.reduce import accumulate, all_finite, mean_into, warm_up
+from ..kernels.reduce import accumulate, all_finite, assign, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
 from .scheduler import Scheduler, Task
@@ -99,7 +99,11 @@ class Master:
         self.hosts = {0: hostname()}
         self.n = model.num_params
         self.acc = np.zeros(self.n, np.float64)
-        self._param_pool: list[ParamsBuffer] = []
+        # The model's parameters live in a send buffer: no packing copy per step.
+        self._param_pool: list[ParamsBuffer] = [ParamsBuffer(self.n)]
+        self._params_buf = self._param_pool[0]
+        model.bind_params(self._params_buf.params)
+        self._task_s: float | None = None   # EWMA of a task's compute time
         self._result_pool: dict[int, list[ResultBuffer]] = {}
         self._receiving: list[_Pending] = []
         self._local: list[Task] = []
@@ -107,6 +111,11 @@ class Master:
         self._status = MPI.Status()
         self._nonfinite: dict[int, set] = {}
         self.stats = {"messages": 0, "bytes_in": 0, "bytes_out": 0}
+        # Where a step's time goes (seconds, summed over steps): waiting for the
+        # last result, the master's own update (mean + optimizer + sending), and
+        # the compute time the workers reported.
+        self.timing = {"steps": 0, "wait_s": 0.0, "update_s": 0.0, "worker_compute_s": 0.0,
+                       "worker_idle_s": 0.0}
         warm_up()
 
     # -- lifecycle ------------------------------------------------------------
@@ -135,12 +144,27 @@ class Master:
         return ok
 
     # -- messages -------------------------------------------------------------
-    def _send_params(self) -> None:
-        buf = next((b for b in self._param_pool if not self.outbox.holds(b)), None)
+    def _writable_params(self) -> None:
+        """Make sure no send still reads the buffer the optimizer will write.
+
+        Sends read the buffer until the receiver matched them (with
+        single-copy transports, the receiver copies from our memory), so
+        while one is in flight the update goes to another buffer.
+        """
+        cur = self._params_buf
+        if not self.outbox.holds(cur):
+            return
+        buf = next((b for b in self._param_pool if b is not cur and not self.outbox.holds(b)), None)
         if buf is None:
             buf = ParamsBuffer(self.n)
             self._param_pool.append(buf)
-        buf.pack(self.state.step, self.model.params)
+        self.model.bind_params(buf.params, copy=True)
+        self._params_buf = buf
+
+    def _send_params(self) -> None:
+        buf = self._params_buf
+        buf.header[0] = self.state.step
+        buf.header[1] = self.n
         for r in self.sched.live_workers():
             if r != 0:
                 self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
@@ -213,7 +237,7 @@ class Master:
     def run_tasks(self, tasks: list[Task]) -> dict:
         """Run tasks to completion; returns summed loss, correct, samples (and
         leaves the gradient sum of grad tasks in ``self.acc``)."""
-        self.acc.fill(0.0)
+        self._acc_empty = True
         total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
@@ -236,10 +260,26 @@ class Master:
                 self._take(rank, buf, open_ids, total)
             if results:
                 self.backoff.busy()
-            else:
-                self.backoff.idle()
+            elif not self._local:
+                self._idle()
         self.sched.forget(t.task_id for t in tasks)
+        if self._acc_empty:
+            self.acc.fill(0.0)
         return total
+
+    def _idle(self) -> None:
+        """Nothing arrived: sleep until a result is due, else back off.
+
+        Sleeping through the predictable part of the wait leaves the CPU to
+        the workers (on a node the master shares with them, that is their
+        compute time) and costs no latency at the arrival itself.
+        """
+        if self._receiving or self.outbox.transferring():
+            self.backoff.transfer()
+            return
+        due = self.sched.next_expected()
+        if due is None or not self.backoff.sleep_until(due, self.clock()):
+            self.backoff.idle()
 
     def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:
         tid = int(buf.get("task"))
@@ -250,18 +290,28 @@ class Master:
                 raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
             finite = finite and all_finite(buf.grad)
         verdict = self.sched.complete(rank, tid, self.clock(), ok=finite,
-                                      reason="" if finite else "non-finite result")
+                                      reason="" if finite else "non-finite result",
+                                      compute_s=buf.get("compute_s"))
         if not finite:
             self._diverged_check(tid, rank)
         if not verdict.accept:
             return
         if is_grad:
-            accumulate(self.acc, buf.grad)
+            if self._acc_empty:
+                assign(self.acc, buf.grad)
+                self._acc_empty = False
+            else:
+                accumulate(self.acc, buf.grad)
         total["loss_sum"] += buf.get("loss_sum")
         total["correct"] += buf.get("correct")
         total["samples"] += int(buf.get("samples"))
         total["compute_s"] += buf.get("compute_s")
+        total["idle_s"] = total.get("idle_s", 0.0) + buf.get("recv_wait_s")
         open_ids.discard(tid)
+        if is_grad:
+            c = buf.get("compute_s")
+            self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c
+            self.backoff.cap_for(self._task_s)
 
     def _diverged_check(self, tid: int, rank: int) -> None:
         ranks = self._nonfinite.setdefault(tid, set())
@@ -288,8 +338,16 @@ class Master:
                 if max_steps and st.step >= max_steps:
                     break
                 tasks = self._new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
+                t0 = time.perf_counter()
                 total = self.run_tasks(tasks)
+                t1 = time.perf_counter()
                 self.apply_update(total["samples"])
+                tm = self.timing
+                tm["steps"] += 1
+                tm["wait_s"] += t1 - t0
+                tm["update_s"] += time.perf_counter() - t1
+                tm["worker_compute_s"] += total["compute_s"]
+                tm["worker_idle_s"] += total.get("idle_s", 0.0)
                 for k in window:
                     window[k] += total[k]
                 if st.step % tr["log_every"] == 0 or st.step_in_epoch == plan.num_steps:
@@ -317,8 +375,8 @@ class Master:
     def apply_update(self, samples: int) -> None:
         if samples <= 0:
             raise ProtocolError(f"step {self.state.step} finished with no samples")
-        mean_into(self.model.grads, self.acc, float(samples))
-        self.opt.step(self.model.params, self.model.grads)
+        self._writable_params()
+        self.opt.step(self.model.params, self.acc, scale=1.0 / samples)
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples

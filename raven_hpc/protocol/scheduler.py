@@ -232,12 +232,15 @@ class Scheduler:
                 best = (key, r)
         return None if best is None else best[1]
 
-    def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "") -> Verdict:
+    def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",
+                 compute_s: float | None = None) -> Verdict:
         """A result for ``task_id`` came back from ``rank``.
 
         ``ok`` is False when the master's checks failed (non-finite values,
-        wrong size, disagreement).  Exactly one call per task ever answers
-        ``accept=True``.
+        wrong size, disagreement).  ``compute_s`` is the compute time the
+        worker reported; speed is learnt from it when given (the round trip
+        seen by the master also holds the master's own delays).  Exactly one
+        call per task ever answers ``accept=True``.
         """
         task = self.tasks.get(task_id)
         if task is None:
@@ -255,7 +258,7 @@ class Scheduler:
                 if task_id not in self._queue:
                     self._queue.appendleft(task_id)
             return Verdict(False, REJECTED, copy.reason)
-        self._learn_speed(w, task, now - copy.assigned_at)
+        self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
         w.done += 1
         if task.state == DONE:
             self._move(task, copy, DUPLICATE, now, "task already accepted")
@@ -293,6 +296,21 @@ class Scheduler:
 
     def open_tasks(self) -> int:
         return len(self._open_task_ids())
+
+    def next_expected(self) -> float | None:
+        """Earliest time an outstanding copy should come back, from each
+        worker's measured speed (None while nothing is known)."""
+        best = None
+        for w in self.workers.values():
+            if not w.live or not w.outstanding or w.sec_per_sample is None:
+                continue
+            for tid in w.outstanding:
+                task = self.tasks[tid]
+                for c in task.copies:
+                    if c.rank == w.rank and c.state == ASSIGNED:
+                        t = c.assigned_at + task.samples * w.sec_per_sample
+                        best = t if best is None or t < best else best
+        return best
 
     def outstanding(self, rank: int) -> set:
         return set(self.workers[rank].outstanding)

@@ -31,6 +31,15 @@ class TaskRunner:
         self.model = model
         self.splits = splits
 
+    def warm_up(self, split: str, out: ResultBuffer) -> None:
+        """Compute one snippet's gradient and evaluation once, so kernels are
+        compiled (or loaded from cache) before the first timed task."""
+        params = self.model.params.copy()
+        for kind in ("grad", "eval"):
+            self.run({"task": 0, "step": -1, "kind": kind, "split": split, "version": -1, "snippets": [0]},
+                     out if kind == "grad" else ResultBuffer(0))
+        self.model.params[:] = params
+
     def run(self, task: dict, out: ResultBuffer) -> None:
         split = self.splits.get(task["split"])
         if split is None:
@@ -39,17 +48,15 @@ class TaskRunner:
         x, y = split.read_snippets(task["snippets"])
         if task["kind"] == "eval":
             loss_sum, correct = self.model.evaluate(x, y)
-            kind, grad_sq, finite = KIND_EVAL, 0.0, float(np.isfinite(loss_sum))
+            kind = KIND_EVAL
         else:
+            # The gradient is written straight into the send buffer (no copy).
+            self.model.bind_grads(out.grad)
             loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False)
-            np.copyto(out.grad, self.model.grads)
-            with np.errstate(over="ignore", invalid="ignore"):
-                grad_sq = float(np.dot(out.grad, out.grad))
-            finite = float(np.isfinite(grad_sq) and np.isfinite(loss_sum))
             kind = KIND_GRAD
         out.set(kind=kind, step=task["step"], task=task["task"], version=task["version"],
                 samples=len(y), loss_sum=loss_sum, correct=correct,
-                compute_s=time.perf_counter() - t0, finite=finite, grad_sq=grad_sq)
+                compute_s=time.perf_counter() - t0, finite=float(np.isfinite(loss_sum)))
 
 
 def open_splits(cfg: dict):
@@ -91,8 +98,11 @@ def _worker_loop(comm, cfg: dict) -> None:
     model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
     runner = TaskRunner(model, splits)
     pbuf = ParamsBuffer(model.num_params)
+    model.bind_params(pbuf.params)   # parameters are received straight into the model
     grad_bufs = [ResultBuffer(model.num_params) for _ in range(cl["prefetch"] + 1)]
     eval_bufs = [ResultBuffer(0) for _ in range(cl["prefetch"] + 1)]
+    runner.warm_up(cfg["data"]["train_split"], grad_bufs[-1])
+    t_sent = 0.0   # when the last result left: the next task's wait starts there
     version = -1
     queue: deque = deque()
     status = MPI.Status()
@@ -110,7 +120,6 @@ def _worker_loop(comm, cfg: dict) -> None:
             tag = status.Get_tag()
             if tag == TAG_PARAMS:
                 msg.Recv([pbuf.raw, MPI.BYTE])
-                np.copyto(model.params, pbuf.params)
                 version = pbuf.version
             elif tag == TAG_CTRL:
                 obj = msg.recv()
@@ -137,11 +146,17 @@ def _worker_loop(comm, cfg: dict) -> None:
                 backoff.idle()
                 outbox.progress()
                 buf = next((b for b in pool if not outbox.holds(b)), None)
+            t_start = time.perf_counter()
             runner.run(task, buf)
+            buf.set(recv_wait_s=t_start - t_sent if t_sent else 0.0)
             outbox.add(comm.Isend([buf.raw, MPI.BYTE], dest=0, tag=TAG_RESULT), buf)
+            t_sent = time.perf_counter()
             backoff.busy()
+            backoff.cap_for(buf.get("compute_s"))
         elif progressed:
             backoff.busy()
+        elif outbox.transferring():
+            backoff.transfer()
         else:
             backoff.idle()
 

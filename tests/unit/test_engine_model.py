@@ -292,3 +292,30 @@ def test_bad_shape_or_classes(shape, classes, message):
 
 def test_model_is_constructible_directly():
     assert isinstance(build_model(MLP, [28, 28], np.int64(10)), Model)
+
+
+def test_bind_params_and_grads_to_external_buffers():
+    """Workers receive parameters straight into an MPI buffer and compute
+    gradients straight into their send buffer: rebinding must change nothing."""
+    spec = {"layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "dense", "units": 3}]}
+    a = build_model(spec, (5,), 3)
+    b = build_model(spec, (5,), 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 7)
+    pbuf = np.zeros(b.num_params, np.float32)
+    b.bind_params(pbuf)                       # copies current values in
+    assert np.array_equal(pbuf, a.params) and b.params is pbuf
+    gbuf = np.full(b.num_params, 7.0, np.float32)
+    b.bind_grads(gbuf)
+    a.loss_and_grad(x, y, accumulate=False)
+    b.loss_and_grad(x, y, accumulate=False)
+    assert np.array_equal(gbuf, a.grads) and b.grads is gbuf
+    pbuf[:] = 0.5                             # new values arrive in the buffer
+    assert np.all(b.param("dense_0.W") == 0.5)
+    other = np.zeros(b.num_params, np.float32)
+    other[:] = 0.25
+    b.bind_params(other, copy=False)
+    assert np.all(b.param("dense_1.b") == 0.25)
+    with pytest.raises(ValueError):
+        b.bind_grads(np.zeros(3, np.float32))

@@ -121,3 +121,19 @@ def test_bad_optimizer_config(cfg, message):
         validate_optimizer_config(cfg)
     with pytest.raises(ConfigError, match=message):
         make_optimizer(cfg, 10)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_step_from_a_float64_sum_with_scale_equals_step_from_the_mean(nesterov):
+    """The master steps from its float64 gradient sum and 1/samples."""
+    rng = np.random.default_rng(3)
+    n = 257
+    p0 = rng.standard_normal(n).astype(np.float32)
+    cfg = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": nesterov, "weight_decay": 1e-3}
+    a, b = make_optimizer(cfg, n), make_optimizer(cfg, n)
+    pa, pb = p0.copy(), p0.copy()
+    for _ in range(3):
+        total = rng.standard_normal(n) * 64.0
+        a.step(pa, (total / 64.0).astype(np.float32))
+        b.step(pb, total, scale=1.0 / 64.0)
+        np.testing.assert_allclose(pb, pa, rtol=1e-6, atol=1e-7)

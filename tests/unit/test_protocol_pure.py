@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raven_hpc.kernels.reduce import accumulate, all_finite, mean_into
+from raven_hpc.kernels.reduce import accumulate, all_finite
 from raven_hpc.protocol.messages import ParamsBuffer, ResultBuffer
 from raven_hpc.protocol.plan import eval_tasks, make_plan, snippets_per_step
 from raven_hpc.protocol.transport import Backoff
@@ -67,9 +67,7 @@ def test_reduction_kernels():
     acc = np.zeros(1001)
     accumulate(acc, x)
     accumulate(acc, x)
-    out = np.empty(1001, np.float32)
-    mean_into(out, acc, 2.0)
-    assert np.array_equal(out, x)
+    assert np.array_equal((acc / 2).astype(np.float32), x)
 
 
 def test_backoff_sleeps_only_after_spins_and_is_capped():
@@ -83,3 +81,10 @@ def test_backoff_sleeps_only_after_spins_and_is_capped():
     b.busy()
     b.idle()
     assert b.slept_s == pytest.approx(1e-5 + 2e-5 + 4e-5 * 3)
+    # Waiting for short work, the sleep is capped at a fraction of it.
+    c = Backoff(1e-5, 1e-3, spins=0, latency_fraction=0.05)
+    c.cap_for(4e-4)
+    for _ in range(10):
+        c.idle()
+    assert c.cap_s == pytest.approx(2e-5)
+    assert c.slept_s == pytest.approx(1e-5 + 2e-5 * 9)

@@ -206,3 +206,17 @@ def test_rejected_task_prefers_a_worker_that_has_not_rejected_it():
     s.complete(r2, t.task_id, 2.0, ok=False)
     # Every live worker rejected it: it may go back to either.
     assert len(s.assign(2.0)) == 1
+
+
+def test_speed_is_learnt_from_reported_compute_time_and_predicts_arrival():
+    s = Scheduler([1], prefetch=1)
+    (t,) = tasks(1, samples=100)
+    s.submit([t])
+    s.assign(0.0)
+    assert s.next_expected() is None                  # nothing known yet
+    # The master saw 5 s (it slept), the worker computed for 1 s.
+    s.complete(1, t.task_id, 5.0, compute_s=1.0)
+    assert s.worker_stats()[1]["sec_per_sample"] == pytest.approx(0.01)
+    s.submit(tasks(1, start=50, samples=100))
+    s.assign(10.0)
+    assert s.next_expected() == pytest.approx(11.0)
