@@ -16,9 +16,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[bootstrap] installing raven-hpc[$extras] into $venv (first time: ~1 min)"
-  "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e "$repo[$extras]"
+  echo "[bootstrap] installing raven-hpc[$extras] into $venv (first time: under a minute)"
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --upgrade pip && "$venv/bin/python" -m pip install -e "$repo[$extras]"; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "[bootstrap] install failed; full log: $log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
 if [ "${RAVEN_SKIP_TORCH:-0}" != "1" ] && ! python -c "import torch" 2>/dev/null; then
   echo "[tests] installing torch (CPU reference for gradient tests)"
-  python -m pip install --quiet "torch==${RAVEN_TORCH_VERSION:-2.13.0}"
+  python -m pip install "torch==${RAVEN_TORCH_VERSION:-2.13.0}" >>"$VIRTUAL_ENV/install.log" 2>&1 \
+    || { tail -n 40 "$VIRTUAL_ENV/install.log" >&2; echo "[tests] torch install failed (RAVEN_SKIP_TORCH=1 skips the torch tests)" >&2; exit 1; }
 fi
 export RAVEN_REQUIRE_TORCH="${RAVEN_REQUIRE_TORCH:-$([ "${RAVEN_SKIP_TORCH:-0}" = 1 ] && echo 0 || echo 1)}"
 timeout "${RAVEN_TEST_TIMEOUT:-2400}" python -m pytest tests "$@"
