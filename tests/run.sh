@@ -11,4 +11,5 @@ if [ "${RAVEN_SKIP_TORCH:-0}" != "1" ] && ! python -c "import torch" 2>/dev/null
     || { tail -n 40 "$VIRTUAL_ENV/install.log" >&2; echo "[tests] torch install failed (RAVEN_SKIP_TORCH=1 skips the torch tests)" >&2; exit 1; }
 fi
 export RAVEN_REQUIRE_TORCH="${RAVEN_REQUIRE_TORCH:-$([ "${RAVEN_SKIP_TORCH:-0}" = 1 ] && echo 0 || echo 1)}"
-timeout "${RAVEN_TEST_TIMEOUT:-2400}" python -m pytest tests "$@"
+# No path given: pytest runs its testpaths (tests/); paths narrow it down.
+timeout "${RAVEN_TEST_TIMEOUT:-2400}" python -m pytest "$@"
