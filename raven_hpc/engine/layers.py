@@ -14,6 +14,7 @@ layer types that will not flatten implicitly.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
@@ -77,7 +78,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
-class Layer:
+class Layer(abc.ABC):
     """Base class.  Subclasses set ``TYPE`` and ``KEYS`` and override hooks."""
 
     TYPE = ""
@@ -142,8 +143,9 @@ class Layer:
         return sum(int(np.prod(s)) for _, s in self.param_shapes())
 
     # -- compute ---------------------------------------------------------------
-    def __call__(self, x: Tensor, ws: Optional[Workspace] = None) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, x: Tensor, ws: Optional[Workspace] = None) -> Tensor:
+        """The layer's output for ``x``, recorded on the graph."""
 
 
 @register_layer

@@ -11,6 +11,7 @@ numbers for checkpoints.
 """
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Dict, Mapping, Type, Union
 
@@ -72,7 +73,7 @@ def make_optimizer(cfg: Mapping[str, Any], num_params: int) -> "Optimizer":
     return OPTIMIZERS[norm["name"]](norm, num_params)
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Base class: ``step(params, grad_mean)`` updates flat ``params`` in place."""
 
     NAME = ""
@@ -117,15 +118,17 @@ class Optimizer:
                 and grad.shape == params.shape):
             raise ValueError(f"grad must be a 1-D float32/float64 array of {self.num_params} elements")
 
-    def step(self, params: np.ndarray, grad_mean: np.ndarray, scale: float = 1.0) -> None:  # pragma: no cover
-        """Update ``params`` in place from ``scale * grad_mean`` (subclasses implement it)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def step(self, params: np.ndarray, grad_mean: np.ndarray, scale: float = 1.0) -> None:
+        """Update ``params`` in place from ``scale * grad_mean``."""
 
-    def state_dict(self) -> State:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def state_dict(self) -> State:
+        """The optimizer state as arrays and scalars (for checkpoints)."""
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 @register_optimizer
