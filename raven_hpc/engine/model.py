@@ -18,13 +18,13 @@ buffers.  The graph is built anew on each call (define-by-run).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from raven_hpc.errors import DatasetError, ModelError
+from raven_hpc.errors import ModelError
 
+from . import ops
 from .layers import INITIALIZERS, LAYERS, Layer
 from .losses import LOSSES
 from .tensor import Tensor, Workspace, enable_grad, no_grad
@@ -262,14 +262,10 @@ class Model:
         return np.ascontiguousarray(arr)
 
     def _labels(self, y: Any, n: int) -> np.ndarray:
-        y = np.asarray(y)
-        if y.dtype != np.int64:
-            if y.dtype.kind not in "iu":
-                raise DatasetError(f"labels must be integers, got dtype {y.dtype}")
-            y = y.astype(np.int64)
+        y = ops.as_labels(y)
         if y.shape != (n,):
             raise ModelError(f"labels have shape {y.shape} but the batch has {n} samples")
-        return np.ascontiguousarray(y)
+        return y
 
     # -- compute -----------------------------------------------------------------
     def _forward(self, x: Tensor, use_ws: bool) -> Tensor:

@@ -15,7 +15,7 @@ Kernels come from the registry, picked once at import
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -226,6 +226,16 @@ def _dense_grad(g, node):
 
 
 # -- losses -------------------------------------------------------------------
+def as_labels(labels: Any) -> np.ndarray:
+    """Integer class labels as a contiguous int64 array (DatasetError otherwise)."""
+    labels = np.asarray(labels)
+    if labels.dtype != np.int64:
+        if labels.dtype.kind not in "iu":
+            raise DatasetError(f"labels must be integers, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+    return np.ascontiguousarray(labels)
+
+
 def softmax_cross_entropy(
     logits: ArrayLike, labels: np.ndarray, *, ws: Optional[Workspace] = None
 ) -> Tuple[Tensor, int]:
@@ -241,11 +251,7 @@ def softmax_cross_entropy(
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy needs (n, classes) logits, got {logits.shape}")
     n, c = logits.shape
-    labels = np.asarray(labels)
-    if labels.dtype != np.int64:
-        if labels.dtype.kind not in "iu":
-            raise DatasetError(f"labels must be integers, got dtype {labels.dtype}")
-        labels = labels.astype(np.int64)
+    labels = as_labels(labels)
     if labels.shape != (n,):
         raise ValueError(f"labels shape {labels.shape} does not match logits {logits.shape}")
     z = np.ascontiguousarray(logits.data)
