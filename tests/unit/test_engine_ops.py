@@ -21,6 +21,7 @@ from raven_hpc.engine import (
 )
 from raven_hpc.errors import DatasetError, ModelError
 
+from . import cases_act, cases_conv, cases_norm
 from ._gradcheck import OpCase, check_against_torch, check_finite_differences
 
 SEEDS = [0, 1, 2]
@@ -101,6 +102,11 @@ OP_CASES = [
     OpCase("softmax_cross_entropy_large_logits", _xent, _torch_xent, _xent_inputs(offset=500.0),
            fd_eps=1e-5, fd_rtol=1e-4, fd_atol=1e-6, torch_atol=1e-3),
 ]
+CORE_RULES = {"matmul", "add", "relu", "reshape", "dense", "softmax_cross_entropy"}
+
+# each op family keeps its rows in its own table (tests/unit/cases_*.py)
+_FAMILIES = (cases_act, cases_conv, cases_norm)
+OP_CASES = OP_CASES + [c for fam in _FAMILIES for c in fam.OP_CASES]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -117,7 +123,7 @@ def test_op_vs_torch(case, seed, torch):
 
 def test_every_rule_has_a_case():
     """A new gradient rule needs a row in OP_CASES."""
-    tested = {"matmul", "add", "relu", "reshape", "dense", "softmax_cross_entropy"}
+    tested = set(CORE_RULES).union(*(fam.RULES for fam in _FAMILIES))
     assert set(GRADIENTS) <= tested, f"untested gradient rules: {set(GRADIENTS) - tested}"
 
 
