@@ -18,6 +18,7 @@ buffers.  The graph is built anew on each call (define-by-run).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +27,7 @@ from raven_hpc.errors import ModelError
 
 from . import ops
 from .layers import INITIALIZERS, LAYERS, Layer
-from .losses import LOSSES
+from .losses import resolve_loss
 from .tensor import Tensor, Workspace, enable_grad, no_grad
 
 __all__ = ["Model", "build_model", "validate_model_spec", "MODEL_KEYS", "MAX_PARAMS"]
@@ -72,9 +73,7 @@ def _plan(spec: Mapping[str, Any], input_shape: Any, num_classes: Any):
     if not isinstance(layers, (list, tuple)) or not layers:
         raise ModelError("model.layers must be a non-empty list of layer tables, e.g. "
                          '[{type = "dense", units = 10}]')
-    loss = spec.get("loss", MODEL_KEYS["loss"])
-    if loss not in LOSSES:
-        raise ModelError(f"model.loss: unknown loss {loss!r}; known losses: {', '.join(sorted(LOSSES))}")
+    loss, loss_spec, _ = resolve_loss(spec.get("loss", MODEL_KEYS["loss"]))
     init = spec.get("init", MODEL_KEYS["init"])
     if init not in INITIALIZERS:
         raise ModelError(f"model.init: unknown initialiser {init!r}; known: {', '.join(sorted(INITIALIZERS))}")
@@ -102,7 +101,7 @@ def _plan(spec: Mapping[str, Any], input_shape: Any, num_classes: Any):
         plan.append((cls, ncfg, shape, out_shape))
         norm_layers.append(ncfg)
         shape = out_shape
-    want = LOSSES[loss].output_shape(num_classes)
+    want = loss_spec.output_shape(num_classes)
     if shape != want:
         last = len(layers) - 1
         cls = plan[-1][0]
@@ -152,7 +151,8 @@ class Model:
         self.input_shape: Shape = in_shape
         self.num_classes: int = num_classes
         self.layers: List[Layer] = [cls(cfg, i, shp) for i, (cls, cfg, shp, _) in enumerate(plan)]
-        self._loss = LOSSES[norm["loss"]].fn
+        _, loss_spec, loss_options = resolve_loss(norm["loss"])
+        self._loss = functools.partial(loss_spec.fn, **loss_options)
 
         info: List[Tuple[str, Shape, int]] = []
         offset = 0
