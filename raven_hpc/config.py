@@ -118,6 +118,34 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "master_computes": Key((str,), "auto", "master computes tasks itself: auto (only when alone), yes, no",
                                choices=("auto", "yes", "no")),
     },
+    "poc": {
+        "redundancy": Key((int,), 1, "copies of each task on distinct workers; the first acceptable one is used, "
+                                     "the others are compared and credited", minimum=1),
+        "quorum": Key((int,), 1, "agreeing copies needed before a task's result is applied (2: every task is "
+                                 "verified before it can touch the model)", minimum=1),
+        "verify": Key((float,), 0.0, "fraction of the other tasks computed twice and applied only when both agree "
+                                     "(sampled verification); workers with a strike are always verified",
+                      minimum=0.0),
+        "rtol": Key((float,), 1e-3, "copies agree when their gradient fingerprints differ by less than rtol x the "
+                                    "gradient norm (float32 round-off across machines is ~1e-5)", minimum=0.0),
+        "max_strikes": Key((int,), 3, "strikes (wrong or non-finite results) before a worker is excluded",
+                           minimum=1),
+        "probation_steps": Key((int,), 0, "an excluded worker is readmitted after this many steps, on probation "
+                                          "(every result verified); 0: excluded for the rest of the run",
+                               minimum=0),
+        "backup": Key((bool,), True, "give a straggling task a speculative backup copy on an idle worker"),
+        "backup_factor": Key((float,), 1.5, "a copy straggles when it is out longer than this x its predicted time",
+                             minimum=1.0),
+        "worker_timeout_s": Key((float,), 60.0, "a worker holding work this long without any result is removed "
+                                                "(hung); it may come back", minimum=0.1),
+        "drain_file": Key((str,), "{run}/drain", "ranks listed here (one per line) are drained: they leave the "
+                                                 "schedule; remove a rank to readmit it. {run}: the run directory"),
+        "ledger": Key((bool,), True, "write ledger.jsonl (every copy of every task) to the run directory"),
+    },
+    "faults": {
+        "rules": Key((list,), [], "injected faults for tests and demos, e.g. "
+                                  "{rank = 2, mode = \"slow\", factor = 4.0, from_step = 10}"),
+    },
 }
 
 # Sections that accept keys beyond the schema (validated by the engine).
@@ -252,6 +280,13 @@ def load_config(
     if not cfg["model"]["layers"]:
         raise ConfigError(f"{origin}: [model] layers is empty; list the layers, e.g. "
                           "layers = [{type = \"dense\", units = 10}]")
+    poc = cfg["poc"]
+    if poc["verify"] > 1.0:
+        raise ConfigError(f"{origin}: [poc] verify = {poc['verify']} must be a fraction in [0, 1]")
+    if poc["quorum"] > poc["redundancy"]:
+        raise ConfigError(f"{origin}: [poc] quorum = {poc['quorum']} needs redundancy >= quorum "
+                          f"(redundancy = {poc['redundancy']})")
+    poc["drain_file"] = poc["drain_file"].replace("{run}", cfg["run"]["dir"])
     cfg["meta"] = {"config_path": str(Path(path).resolve()) if path is not None else "", "name": name}
     return cfg
 
@@ -262,6 +297,9 @@ def validate(cfg: dict, input_shape: tuple, num_classes: int) -> None:
 
     validate_model_spec(model_spec(cfg), tuple(input_shape), int(num_classes))
     validate_optimizer_config(dict(cfg["optimizer"]))
+    from .protocol.faults import validate_faults
+
+    validate_faults(cfg["faults"]["rules"])
 
 
 def model_spec(cfg: dict) -> dict:

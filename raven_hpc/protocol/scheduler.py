@@ -16,32 +16,71 @@ copy
     one assignment of a task to one worker.  With ``redundancy = R`` a task
     gets R copies on distinct workers; the first acceptable one is used, the
     others are compared and credited (or dropped when they come too late).
+
+Proof-of-Calculation
+--------------------
+Every gradient result comes with a *fingerprint* (a few shared-seed random
+projections of the gradient, its squared norm, the loss; see
+:func:`raven_hpc.kernels.reduce.fingerprint`).  Two honest copies of a task
+agree to float32 round-off (:func:`agree`).
+
+* **Quorum.**  A task with ``quorum = q >= 2`` is *held* until q copies agree;
+  then one of them is applied and the others are credited.  A copy that
+  disagrees with the quorum is rejected and its worker gets a strike.  When
+  the copies out can no longer form a quorum, the task gets another copy on
+  a worker that has not tried it, or -- when none is left -- the verdict asks
+  the master to *arbitrate*: it computes the task itself (it is trusted) and
+  calls :meth:`Scheduler.arbitrate`.
+* **Sampled verification.**  ``verify = f`` raises a fraction f of the other
+  tasks to quorum 2, spread evenly over each worker's copies (every 1/f-th
+  copy of each worker, from a seeded phase), so a wrong worker is caught
+  within ~1/f of its own tasks.  Workers with a strike, or on probation after
+  readmission, have every task verified.
+* **Strikes.**  Non-finite results and disagreements give strikes;
+  ``max_strikes`` exclude the worker (its outstanding and held copies are
+  dropped, none of its disputed results is used).  After
+  ``probation_steps`` steps it is readmitted on probation.
+* **Fastest three.**  The first three copies of a task that were accepted or
+  agreed with the accepted result are *credited*.
+* **Stragglers.**  :meth:`Scheduler.backups` gives a task whose copies sit on
+  a slow worker a speculative copy on an idle one when that one is predicted
+  to finish first; :meth:`Scheduler.hung` names workers silent past a
+  timeout, which the master then removes.
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import ProtocolError
 
-__all__ = ["Task", "Copy", "Verdict", "Scheduler", "TRANSITIONS", "COPY_STATES"]
+__all__ = [
+    "Task", "Copy", "Verdict", "Scheduler", "TRANSITIONS", "COPY_STATES", "agree",
+    "FP_LOSS", "FP_CORRECT", "FP_SQ",
+]
 
 # States of a copy and the moves allowed between them.
 ASSIGNED = "assigned"      # sent to a worker, result not back yet
-ACCEPTED = "accepted"      # first acceptable result: used for the update
+HELD = "held"              # result back and kept, waiting for a quorum to agree
+ACCEPTED = "accepted"      # the result used for the update
 DUPLICATE = "duplicate"    # good result after the task was already accepted
 LATE = "late"              # result for a task that is closed (step moved on)
 REJECTED = "rejected"      # result that failed checks (non-finite, disagreement)
 LOST = "lost"              # worker left before returning it
-COPY_STATES = (ASSIGNED, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST)
+SKIPPED = "skipped"        # the worker no longer had the parameters it needed
+COPY_STATES = (ASSIGNED, HELD, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED)
+FINAL_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED)
 TRANSITIONS = {
-    ASSIGNED: {ACCEPTED, DUPLICATE, LATE, REJECTED, LOST},
+    ASSIGNED: {HELD, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED},
+    HELD: {ACCEPTED, DUPLICATE, REJECTED, LATE},
     ACCEPTED: set(),
     DUPLICATE: set(),
     LATE: set(),
     REJECTED: set(),
     LOST: set(),
+    SKIPPED: set(),
 }
 
 # Task states.
@@ -49,6 +88,42 @@ PENDING = "pending"        # needs (more) copies assigned
 RUNNING = "running"        # every wanted copy is out, none accepted yet
 DONE = "done"              # one copy accepted
 CLOSED = "closed"          # dropped without result (step abandoned)
+
+# Worker states (for reports; ``live`` says whether it gets work).
+ACTIVE = "active"
+EXCLUDED = "excluded"
+DRAINED = "drained"
+GONE = "lost"
+
+#: fingerprint layout: projections..., squared norm, loss sum, correct count
+FP_SQ = -3
+FP_LOSS = -2
+FP_CORRECT = -1
+CREDITED_COPIES = 3
+
+
+def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, float]:
+    """Whether two fingerprints agree to ``rtol``; and by how much they differ
+    in units of the tolerance (<= 1 agrees).
+
+    Projections must match to ``rtol * ||g||``, the squared norms to
+    ``2 rtol ||g||^2``, the loss sums to ``rtol`` relative, the correct counts
+    within one (an arg-max tie can flip under round-off).
+    """
+    sq = max(a[FP_SQ], b[FP_SQ], 0.0)
+    norm = math.sqrt(sq)
+    tiny = 1e-30
+    worst = 0.0
+    for k in range(len(a) - 3):
+        worst = max(worst, abs(a[k] - b[k]) / (rtol * norm + tiny))
+    worst = max(worst, abs(a[FP_SQ] - b[FP_SQ]) / (2.0 * rtol * sq + tiny))
+    loss_scale = max(abs(a[FP_LOSS]), abs(b[FP_LOSS]))
+    worst = max(worst, abs(a[FP_LOSS] - b[FP_LOSS]) / (rtol * loss_scale + tiny))
+    if abs(a[FP_CORRECT] - b[FP_CORRECT]) > 1.0:
+        worst = max(worst, abs(a[FP_CORRECT] - b[FP_CORRECT]))
+    if not all(math.isfinite(v) for v in (*a, *b)):
+        worst = math.inf
+    return worst <= 1.0, worst
 
 
 @dataclass
@@ -64,6 +139,12 @@ class Task:
     samples: int = 0            # number of samples (for speed accounting)
     state: str = PENDING
     copies: list = field(default_factory=list)
+    quorum: int = 1             # agreeing copies needed before a result is applied
+    wanted: int = 1             # copies to have out at once
+    sampled: bool = False       # raised to quorum 2 by sampled verification
+    accepted_fp: tuple | None = None
+    accepted_verified: bool = False   # the applied result was agreed by a quorum / the master
+    credited: int = 0
 
     def message(self) -> dict:
         """The assignment as sent to a worker (small, pickled)."""
@@ -85,24 +166,52 @@ class Copy:
     state: str = ASSIGNED
     finished_at: float | None = None
     reason: str = ""
+    backup: bool = False
+    compute_s: float | None = None
+    fp: tuple | None = None
+    verified: bool = False
+    agreed: bool | None = None
+    credited: bool = False
+    disputed: bool = False      # disagreed with an unverified accepted result
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the master must do with a result that arrived."""
+    """What the master must do with a result that arrived.
 
-    accept: bool            # add it to the step's update
-    state: str              # the copy's new state
+    ``accept``: add this result to the step's update now (exactly one verdict
+    per task ever says so).  ``hold``: keep the result's buffer, the task
+    waits for more copies (it is released by a later verdict: the master
+    drops held buffers of a task once it is done).  ``arbitrate``: no quorum
+    can form; the master must compute the task itself and call
+    :meth:`Scheduler.arbitrate`.
+    """
+
+    accept: bool
+    state: str
     reason: str = ""
+    hold: bool = False
+    arbitrate: bool = False
 
 
 @dataclass
 class _Worker:
     rank: int
     live: bool = True
+    accepting: bool = True                          # False while drained
+    status: str = ACTIVE
     outstanding: set = field(default_factory=set)   # task ids with an ASSIGNED copy
     done: int = 0
     sec_per_sample: float | None = None             # EWMA of measured speed
+    last_heard: float | None = None                 # last result (or assignment start)
+    strikes: int = 0
+    probation_left: int = 0                         # steps of probation still to serve
+    excluded_at: int | None = None                  # step it was excluded at
+    verify_credit: float = 0.0                      # sampled verification quota
+
+    @property
+    def suspect(self) -> bool:
+        return self.strikes > 0 or self.probation_left > 0
 
 
 class Scheduler:
@@ -116,52 +225,92 @@ class Scheduler:
         copies per task on distinct workers (capped by the live workers).
     prefetch
         most copies outstanding per worker.
+    quorum, verify, rtol, max_strikes, probation_steps, backup_factor, seed
+        Proof-of-Calculation settings (see the module docstring and the
+        ``[poc]`` config section).
     """
 
-    def __init__(self, workers: Iterable[int], *, redundancy: int = 1, prefetch: int = 2):
+    def __init__(self, workers: Iterable[int], *, redundancy: int = 1, prefetch: int = 2, quorum: int = 1,
+                 verify: float = 0.0, rtol: float = 1e-3, max_strikes: int = 3, probation_steps: int = 0,
+                 backup_factor: float = 1.5, seed: int = 0):
         if redundancy < 1:
             raise ProtocolError(f"redundancy must be >= 1, got {redundancy}")
         if prefetch < 1:
             raise ProtocolError(f"prefetch must be >= 1, got {prefetch}")
+        if not 1 <= quorum <= redundancy:
+            raise ProtocolError(f"quorum must be between 1 and redundancy ({redundancy}), got {quorum}")
+        if not 0.0 <= verify <= 1.0:
+            raise ProtocolError(f"verify must be a fraction in [0, 1], got {verify}")
         self.redundancy = redundancy
         self.prefetch = prefetch
+        self.quorum = quorum
+        self.verify = verify
+        self.rtol = rtol
+        self.max_strikes = max_strikes
+        self.probation_steps = probation_steps
+        self.backup_factor = backup_factor
+        self.seed = seed
+        self.step = 0
         self.workers: dict[int, _Worker] = {}
         self.tasks: dict[int, Task] = {}
         self._queue: deque[int] = deque()            # task ids wanting copies, in order
         self._events: list[dict] = []
+        self._settling: set[int] = set()             # finished tasks with copies still out
         for r in workers:
             self.add_worker(r)
         if not self.workers:
             raise ProtocolError("the scheduler needs at least one worker")
 
     # -- membership ---------------------------------------------------------
-    def add_worker(self, rank: int) -> None:
+    def add_worker(self, rank: int, now: float | None = None, reason: str = "") -> None:
+        """Add a worker, or readmit one that left (drained, lost, excluded)."""
         w = self.workers.get(rank)
         if w is None:
-            self.workers[rank] = _Worker(rank)
-        else:
-            w.live = True
+            w = self.workers[rank] = _Worker(rank)
+            # seeded phase of the sampled-verification quota, in [0, 1)
+            w.verify_credit = ((rank * 0x9E3779B1 + self.seed * 0x85EBCA77) % 2**32) / 2**32
+            return
+        was = w.status
+        if was == EXCLUDED:
+            w.probation_left = max(self.probation_steps, 1)
+            w.strikes = max(0, self.max_strikes - 1)    # one more strike excludes it again
+        w.live = True
+        w.accepting = True
+        w.status = ACTIVE
+        w.last_heard = now
+        if was != ACTIVE:
+            self._event("readmit", rank, reason or f"was {was}")
 
     def live_workers(self) -> list[int]:
         return [r for r, w in self.workers.items() if w.live]
 
-    def remove_worker(self, rank: int, now: float, reason: str = "removed") -> list[int]:
-        """Take a worker out; its outstanding copies are lost and their tasks
-        go back to the front of the queue.  Returns the requeued task ids."""
+    def remove_worker(self, rank: int, now: float, reason: str = "removed", status: str = GONE) -> list[int]:
+        """Take a worker out; its outstanding and held copies are dropped and
+        their tasks go back to the front of the queue.  Returns the requeued
+        task ids."""
         w = self.workers.get(rank)
         if w is None or not w.live:
             return []
         w.live = False
+        w.status = status
+        if status == GONE:
+            self._event("lost", rank, reason)
         requeued = []
-        for tid in sorted(w.outstanding):
-            task = self.tasks[tid]
+        for task in list(self.tasks.values()):
+            touched = False
             for c in task.copies:
-                if c.rank == rank and c.state == ASSIGNED:
+                if c.rank != rank:
+                    continue
+                if c.state == ASSIGNED:
                     self._move(task, c, LOST, now, reason)
-            if task.state in (PENDING, RUNNING):
+                    touched = True
+                elif c.state == HELD:
+                    self._move(task, c, REJECTED, now, f"worker left: {reason}")
+                    touched = True
+            if touched and task.state in (PENDING, RUNNING):
                 task.state = PENDING
-                if tid not in self._queue:
-                    requeued.append(tid)
+                if task.task_id not in self._queue:
+                    requeued.append(task.task_id)
         w.outstanding.clear()
         for tid in reversed(requeued):
             self._queue.appendleft(tid)
@@ -169,17 +318,75 @@ class Scheduler:
             raise ProtocolError(f"no live workers left (last one, rank {rank}, {reason})")
         return requeued
 
+    def drain(self, rank: int, now: float, reason: str = "drained by the operator") -> None:
+        """Stop giving ``rank`` work; what it has out still counts."""
+        w = self.workers.get(rank)
+        if w is None or not w.live or not w.accepting:
+            return
+        w.accepting = False
+        w.status = DRAINED
+        self._event("drain", rank, reason)
+
+    def undrain(self, rank: int, now: float, reason: str = "readmitted by the operator") -> None:
+        w = self.workers.get(rank)
+        if w is None or w.status != DRAINED:
+            return
+        w.accepting = True
+        w.status = ACTIVE
+        if not w.live:
+            w.live = True
+        self._event("undrain", rank, reason)
+
+    def strike(self, rank: int, now: float, reason: str) -> bool:
+        """Give ``rank`` a strike; True when that excluded it."""
+        w = self.workers.get(rank)
+        if w is None:
+            return False
+        w.strikes += 1
+        self._event("strike", rank, reason, strikes=w.strikes)
+        if w.strikes >= self.max_strikes and w.status != EXCLUDED:
+            w.excluded_at = self.step
+            w.probation_left = 0
+            self._event("exclude", rank, f"{w.strikes} strikes (last: {reason})")
+            if w.live:
+                self.remove_worker(rank, now, f"excluded after {w.strikes} strikes", status=EXCLUDED)
+            w.status = EXCLUDED
+            return True
+        return False
+
+    def begin_step(self, step: int, now: float) -> list[int]:
+        """A new step starts: count probation down, readmit excluded workers
+        whose probation wait is over.  Returns the readmitted ranks."""
+        back = []
+        for w in self.workers.values():
+            if w.status == ACTIVE and w.probation_left > 0 and step > self.step:
+                w.probation_left -= step - self.step
+                if w.probation_left <= 0:
+                    w.probation_left = 0
+                    w.strikes = 0
+            if (w.status == EXCLUDED and self.probation_steps > 0 and w.excluded_at is not None
+                    and step - w.excluded_at >= self.probation_steps):
+                self.add_worker(w.rank, now, f"probation after {step - w.excluded_at} steps excluded")
+                back.append(w.rank)
+        self.step = step
+        return back
+
     # -- tasks ----------------------------------------------------------------
     def submit(self, tasks: Iterable[Task]) -> None:
         for t in tasks:
             if t.task_id in self.tasks:
                 raise ProtocolError(f"task {t.task_id} submitted twice")
             t.state = PENDING
+            if t.kind == "grad":
+                t.quorum = max(t.quorum, self.quorum)
+                t.wanted = max(t.wanted, self.redundancy, t.quorum)
+            else:
+                t.wanted = max(t.wanted, 1)
             self.tasks[t.task_id] = t
             self._queue.append(t.task_id)
 
     def _wanted(self, task: Task) -> int:
-        return min(self.redundancy, len(self.live_workers()))
+        return min(task.wanted, len(self.live_workers()))
 
     def _active_copies(self, task: Task) -> list[Copy]:
         return [c for c in task.copies if c.state == ASSIGNED]
@@ -193,21 +400,19 @@ class Scheduler:
             task = self.tasks[tid]
             if task.state not in (PENDING, RUNNING):
                 continue
-            have = {c.rank for c in task.copies if c.state in (ASSIGNED, ACCEPTED, DUPLICATE)}
+            have = {c.rank for c in task.copies if c.state in (ASSIGNED, HELD, ACCEPTED, DUPLICATE)}
             rejected = {c.rank for c in task.copies if c.state == REJECTED}
-            if set(self.live_workers()) - rejected - have:
+            if set(self._assignable()) - rejected - have:
                 have |= rejected   # a rejected task goes to someone else if anyone is left
-            missing = self._wanted(task) - len(self._active_copies(task))
+            missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
             while missing > 0:
                 rank = self._pick_worker(exclude=have)
                 if rank is None:
                     break
-                c = Copy(tid, rank, now)
-                task.copies.append(c)
-                self.workers[rank].outstanding.add(tid)
-                have.add(rank)
+                self._give(task, rank, now)
                 out.append((rank, task))
-                missing -= 1
+                have.add(rank)
+                missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
             if missing > 0:
                 keep.append(tid)
                 if not self._has_room():
@@ -218,13 +423,43 @@ class Scheduler:
         self._queue = keep
         return out
 
+    def _give(self, task: Task, rank: int, now: float, backup: bool = False) -> Copy:
+        w = self.workers[rank]
+        if task.kind == "grad" and task.quorum < 2:
+            if w.suspect:
+                self._raise_quorum(task)
+            elif self.verify > 0.0 and not backup:
+                w.verify_credit += self.verify
+                if w.verify_credit >= 1.0:
+                    w.verify_credit -= 1.0
+                    task.sampled = True
+                    self._raise_quorum(task)
+        c = Copy(task.task_id, rank, now, backup=backup)
+        task.copies.append(c)
+        w.outstanding.add(task.task_id)
+        if w.last_heard is None or not w.outstanding - {task.task_id}:
+            w.last_heard = max(w.last_heard or now, now)
+        return c
+
+    def _raise_quorum(self, task: Task) -> None:
+        task.quorum = 2
+        task.wanted = max(task.wanted, 2)
+        if task.task_id not in self._queue:
+            self._queue.appendleft(task.task_id)
+
+    def _held(self, task: Task) -> int:
+        return sum(1 for c in task.copies if c.state == HELD)
+
+    def _assignable(self) -> list[int]:
+        return [r for r, w in self.workers.items() if w.live and w.accepting]
+
     def _has_room(self) -> bool:
-        return any(w.live and len(w.outstanding) < self.prefetch for w in self.workers.values())
+        return any(w.live and w.accepting and len(w.outstanding) < self.prefetch for w in self.workers.values())
 
     def _pick_worker(self, exclude: set) -> int | None:
         best = None
         for r, w in self.workers.items():
-            if not w.live or r in exclude or len(w.outstanding) >= self.prefetch:
+            if not w.live or not w.accepting or r in exclude or len(w.outstanding) >= self.prefetch:
                 continue
             speed = w.sec_per_sample if w.sec_per_sample is not None else 0.0
             key = (len(w.outstanding), speed, r)
@@ -232,43 +467,173 @@ class Scheduler:
                 best = (key, r)
         return None if best is None else best[1]
 
+    # -- results ------------------------------------------------------------------
     def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",
-                 compute_s: float | None = None) -> Verdict:
+                 compute_s: float | None = None, fp: Sequence[float] | None = None,
+                 strike: bool = True) -> Verdict:
         """A result for ``task_id`` came back from ``rank``.
 
         ``ok`` is False when the master's checks failed (non-finite values,
-        wrong size, disagreement).  ``compute_s`` is the compute time the
-        worker reported; speed is learnt from it when given (the round trip
-        seen by the master also holds the master's own delays).  Exactly one
-        call per task ever answers ``accept=True``.
+        wrong size); that gives the worker a strike unless ``strike`` is
+        False.  ``compute_s`` is the compute time the worker reported; speed
+        is learnt from it when given.  ``fp`` is the result's fingerprint
+        (needed for comparisons; without it copies are trusted).
         """
         task = self.tasks.get(task_id)
         if task is None:
             raise ProtocolError(f"rank {rank} returned unknown task {task_id}")
+        w = self.workers.get(rank)
         copy = next((c for c in task.copies if c.rank == rank and c.state == ASSIGNED), None)
         if copy is None:
             # Not outstanding: the worker was removed (copy LOST) or it sent twice.
             return Verdict(False, LATE, "copy not outstanding")
-        w = self.workers[rank]
         w.outstanding.discard(task_id)
+        w.last_heard = now
+        copy.compute_s = compute_s
+        copy.fp = tuple(fp) if fp is not None else None
         if not ok:
             self._move(task, copy, REJECTED, now, reason or "failed checks")
-            if task.state in (PENDING, RUNNING) and not self._active_copies(task):
-                task.state = PENDING
-                if task_id not in self._queue:
-                    self._queue.appendleft(task_id)
+            self._reopen(task)
+            if strike:
+                self.strike(rank, now, f"{copy.reason} (step {task.step}, task {task_id})")
             return Verdict(False, REJECTED, copy.reason)
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
         w.done += 1
         if task.state == DONE:
-            self._move(task, copy, DUPLICATE, now, "task already accepted")
-            return Verdict(False, DUPLICATE, copy.reason)
+            return self._compare_to_accepted(task, copy, now)
         if task.state == CLOSED:
             self._move(task, copy, LATE, now, "task closed")
             return Verdict(False, LATE, copy.reason)
-        self._move(task, copy, ACCEPTED, now, "")
+        if task.quorum < 2 or copy.fp is None:
+            self._accept(task, copy, now, verified=False)
+            return Verdict(True, ACCEPTED, "")
+        return self._vote(task, copy, now)
+
+    def skipped(self, rank: int, task_id: int, now: float) -> Verdict:
+        """``rank`` dropped the task: the parameter version it needed was gone."""
+        task = self.tasks.get(task_id)
+        copy = None if task is None else next(
+            (c for c in task.copies if c.rank == rank and c.state == ASSIGNED), None)
+        if copy is None:
+            return Verdict(False, LATE, "copy not outstanding")
+        self.workers[rank].outstanding.discard(task_id)
+        self.workers[rank].last_heard = now
+        self._move(task, copy, SKIPPED, now, "parameters stale")
+        self._reopen(task)
+        return Verdict(False, SKIPPED, copy.reason)
+
+    def _reopen(self, task: Task) -> None:
+        if task.state in (PENDING, RUNNING) and not self._active_copies(task):
+            task.state = PENDING
+            if task.task_id not in self._queue:
+                self._queue.appendleft(task.task_id)
+
+    def _accept(self, task: Task, copy: Copy, now: float, verified: bool) -> None:
         task.state = DONE
-        return Verdict(True, ACCEPTED, "")
+        task.accepted_fp = copy.fp
+        task.accepted_verified = verified
+        copy.verified = verified
+        copy.agreed = True if verified else None
+        self._credit(task, copy)
+        self._move(task, copy, ACCEPTED, now, "")
+        # copies still out are now backups of a done task: nobody needs them
+        # before the step ends, but their results will still be compared.
+
+    def _credit(self, task: Task, copy: Copy) -> None:
+        if task.credited < CREDITED_COPIES:
+            task.credited += 1
+            copy.credited = True
+
+    def _compare_to_accepted(self, task: Task, copy: Copy, now: float) -> Verdict:
+        if task.accepted_fp is None or copy.fp is None:
+            self._credit(task, copy)
+            self._move(task, copy, DUPLICATE, now, "task already accepted")
+            return Verdict(False, DUPLICATE, copy.reason)
+        ok, worst = agree(copy.fp, task.accepted_fp, self.rtol)
+        copy.verified = True
+        copy.agreed = ok
+        if ok:
+            self._credit(task, copy)
+            self._move(task, copy, DUPLICATE, now, "agrees with the accepted result")
+            return Verdict(False, DUPLICATE, copy.reason)
+        if task.accepted_verified:
+            why = f"disagreed with the verified result (off by {worst:.3g} x tolerance)"
+            self._move(task, copy, REJECTED, now, why)
+            self.strike(copy.rank, now, f"{why} at step {task.step}")
+            return Verdict(False, REJECTED, why)
+        # The applied result was not verified: whoever is wrong is unknown.
+        why = f"disputes the accepted result (off by {worst:.3g} x tolerance)"
+        copy.disputed = True
+        self._move(task, copy, REJECTED, now, why)
+        return Verdict(False, REJECTED, why, arbitrate=True)
+
+    def _vote(self, task: Task, copy: Copy, now: float) -> Verdict:
+        held = [c for c in task.copies if c.state == HELD]
+        agreeing = [c for c in held if agree(copy.fp, c.fp, self.rtol)[0]]
+        if len(agreeing) + 1 >= task.quorum:
+            for c in agreeing:
+                c.verified, c.agreed = True, True
+            self._accept(task, copy, now, verified=True)
+            for c in held:
+                if c in agreeing:
+                    self._credit(task, c)
+                    self._move(task, c, DUPLICATE, now, "agreed with the quorum")
+                else:
+                    c.verified, c.agreed = True, False
+                    _, worst = agree(c.fp, copy.fp, self.rtol)
+                    why = f"disagreed with the quorum (off by {worst:.3g} x tolerance)"
+                    self._move(task, c, REJECTED, now, why)
+                    self.strike(c.rank, now, f"{why} at step {task.step}")
+            return Verdict(True, ACCEPTED, "quorum")
+        self._move(task, copy, HELD, now, "waiting for a quorum")
+        held.append(copy)
+        # Can the copies still out complete a quorum?  Else ask for one more
+        # copy on a worker that has not tried, or for the master to arbitrate.
+        best = max(sum(1 for d in held if agree(c.fp, d.fp, self.rtol)[0]) for c in held)
+        out = len(self._active_copies(task))
+        if best + out >= task.quorum:
+            return Verdict(False, HELD, "waiting for a quorum", hold=True)
+        tried = {c.rank for c in task.copies}
+        if set(self._assignable()) - tried:
+            task.wanted = len(held) + out + (task.quorum - best - out)
+            task.state = PENDING
+            if task.task_id not in self._queue:
+                self._queue.appendleft(task.task_id)
+            return Verdict(False, HELD, "copies disagree: one more copy", hold=True)
+        return Verdict(False, HELD, "copies disagree and no other worker is left", hold=True, arbitrate=True)
+
+    def arbitrate(self, task_id: int, fp: Sequence[float], now: float) -> bool:
+        """The master computed ``task_id`` itself (fingerprint ``fp``).
+
+        Held copies that agree are credited, the others rejected with a
+        strike.  For an open task the master's result is the one applied
+        (returns True: apply it); for a task already done (a dispute about
+        an unverified accepted result) only strikes are handed out (False).
+        """
+        task = self.tasks[task_id]
+        fp = tuple(fp)
+        for c in task.copies:
+            if c.fp is None or not (c.state in (HELD, ACCEPTED, DUPLICATE) or c.disputed):
+                continue
+            ok, worst = agree(c.fp, fp, self.rtol)
+            c.verified, c.agreed = True, ok
+            if ok:
+                if c.state == HELD:
+                    self._credit(task, c)
+                    self._move(task, c, DUPLICATE, now, "agreed with the master")
+            else:
+                why = f"disagreed with the master's own computation (off by {worst:.3g} x tolerance)"
+                if c.state == HELD:
+                    self._move(task, c, REJECTED, now, why)
+                c.reason = why
+                self.strike(c.rank, now, f"{why} at step {task.step}")
+        if task.state in (PENDING, RUNNING):
+            task.state = DONE
+            task.accepted_fp = fp
+            task.accepted_verified = True
+            self._event("arbitrated", 0, f"task {task_id} of step {task.step} computed by the master")
+            return True
+        return False
 
     def _learn_speed(self, w: _Worker, task: Task, seconds: float) -> None:
         if task.samples <= 0 or seconds <= 0:
@@ -284,11 +649,90 @@ class Scheduler:
                 task.state = CLOSED
 
     def forget(self, task_ids: Iterable[int]) -> None:
-        """Drop finished tasks whose copies are all settled, to bound memory."""
-        for tid in list(task_ids):
+        """Drop finished tasks whose copies are all settled, to bound memory.
+
+        Tasks with copies still out are kept until those settle (their late
+        results are still compared with the accepted one), then dropped by a
+        later call."""
+        self._settling.update(task_ids)
+        for tid in list(self._settling):
             task = self.tasks.get(tid)
-            if task is not None and task.state in (DONE, CLOSED) and not self._active_copies(task):
+            if task is None:
+                self._settling.discard(tid)
+            elif task.state in (DONE, CLOSED) and not any(c.state in (ASSIGNED, HELD) for c in task.copies):
                 del self.tasks[tid]
+                self._settling.discard(tid)
+
+    # -- stragglers and hung workers -----------------------------------------------
+    def _finish_estimates(self, w: _Worker, now: float) -> dict[int, float]:
+        """Predicted finish time of each copy ``w`` has out, in its order."""
+        est = {}
+        if w.sec_per_sample is None:
+            return est
+        copies = sorted((c.assigned_at, tid) for tid in w.outstanding
+                        for c in self.tasks[tid].copies if c.rank == w.rank and c.state == ASSIGNED)
+        t = w.last_heard if w.last_heard is not None else now
+        for assigned_at, tid in copies:
+            t = max(t, assigned_at) + self.tasks[tid].samples * w.sec_per_sample
+            est[tid] = t
+        return est
+
+    def backups(self, now: float) -> list[tuple[int, Task]]:
+        """Speculative copies of straggling tasks for idle workers.
+
+        Only once every open task has its copies out (end of a step).  A
+        task gets a backup on an idle worker when that worker is predicted
+        to finish it ``backup_factor`` times sooner than the copy out, or the
+        copy out is already overdue.
+        """
+        if any(self.tasks[t].state == PENDING for t in self._queue if t in self.tasks):
+            return []
+        idle = [w for w in self.workers.values()
+                if w.live and w.accepting and not w.outstanding and w.sec_per_sample is not None]
+        if not idle:
+            return []
+        out = []
+        estimates = {w.rank: self._finish_estimates(w, now) for w in self.workers.values() if w.live}
+        open_tasks = sorted((t for t in self.tasks.values() if t.state == RUNNING), key=lambda t: t.task_id)
+        for task in open_tasks:
+            if not idle:
+                break
+            active = self._active_copies(task)
+            if not active:
+                continue
+            due = min(estimates.get(c.rank, {}).get(task.task_id, math.inf) for c in active)
+            tried = {c.rank for c in task.copies}
+            idle.sort(key=lambda w: w.sec_per_sample)
+            for w in idle:
+                if w.rank in tried:
+                    continue
+                mine = task.samples * w.sec_per_sample
+                if due == math.inf or due - now > self.backup_factor * mine or now > due + mine:
+                    task.wanted += 1
+                    c = self._give(task, w.rank, now, backup=True)
+                    c.reason = "backup"
+                    out.append((w.rank, task))
+                    idle.remove(w)
+                    break
+        return out
+
+    def stuck(self) -> list[Task]:
+        """Open tasks that hold results no quorum can be formed for any more
+        (workers left since): the master must arbitrate them."""
+        out = []
+        assignable = set(self._assignable())
+        for t in self.tasks.values():
+            if t.state not in (PENDING, RUNNING) or t.quorum < 2 or self._active_copies(t):
+                continue
+            held = [c for c in t.copies if c.state == HELD]
+            if held and not assignable - {c.rank for c in t.copies}:
+                out.append(t)
+        return out
+
+    def hung(self, now: float, timeout: float) -> list[int]:
+        """Live workers with work out that sent nothing for ``timeout`` seconds."""
+        return [r for r, w in self.workers.items()
+                if w.live and w.outstanding and w.last_heard is not None and now - w.last_heard > timeout]
 
     # -- queries --------------------------------------------------------------
     def _open_task_ids(self) -> list[int]:
@@ -317,17 +761,21 @@ class Scheduler:
 
     def worker_stats(self) -> dict[int, dict]:
         return {
-            r: {"live": w.live, "outstanding": len(w.outstanding), "done": w.done,
-                "sec_per_sample": w.sec_per_sample}
+            r: {"live": w.live, "status": w.status, "outstanding": len(w.outstanding), "done": w.done,
+                "sec_per_sample": w.sec_per_sample, "strikes": w.strikes, "probation_left": w.probation_left}
             for r, w in self.workers.items()
         }
 
     def drain_events(self) -> list[dict]:
-        """Ledger records of copies that reached a final state since the last call."""
+        """Ledger records (copies that reached a final state, membership
+        events) since the last call."""
         ev, self._events = self._events, []
         return ev
 
     # -- the one place a copy changes state ------------------------------------
+    def _event(self, ev: str, rank: int, reason: str, **extra) -> None:
+        self._events.append({"ev": ev, "step": self.step, "rank": rank, "reason": reason, **extra})
+
     def _move(self, task: Task, copy: Copy, new: str, now: float, reason: str) -> None:
         if new not in TRANSITIONS[copy.state]:
             raise ProtocolError(
@@ -336,14 +784,24 @@ class Scheduler:
         copy.state = new
         copy.finished_at = now
         copy.reason = reason
+        if new == HELD:
+            return
         self._events.append({
+            "ev": "copy",
             "step": task.step,
             "task": task.task_id,
             "kind": task.kind,
             "snippets": list(task.snippets),
+            "samples": task.samples,
             "rank": copy.rank,
-            "assigned_t": copy.assigned_at,
-            "finished_t": now,
+            "assigned": copy.assigned_at,
+            "finished": now,
+            "compute_s": copy.compute_s,
+            "latency_s": now - copy.assigned_at,
             "state": new,
+            "backup": copy.backup,
+            "verified": copy.verified,
+            "agreed": copy.agreed,
+            "credited": copy.credited,
             "reason": reason,
         })

@@ -1,0 +1,262 @@
+"""Proof-of-Calculation in the scheduler: quorum, strikes, exclusion,
+probation, sampled verification, backups, hung workers, drain, credits.
+Driven without MPI, with hand-made fingerprints."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from raven_hpc.errors import ProtocolError
+from raven_hpc.protocol.scheduler import (
+    ACCEPTED, DUPLICATE, EXCLUDED, HELD, REJECTED, Scheduler, Task, agree,
+)
+
+GOOD = (1.0, -2.0, 3.0, 0.5, 30.0, 5.0, 10.0)       # 4 projections, |g|^2, loss, correct
+
+
+def fp(scale=1.0, noise=0.0):
+    p = [v * scale + noise for v in GOOD[:4]]
+    return (*p, GOOD[4] * scale * scale, GOOD[5], GOOD[6])
+
+
+def tasks(n, step=0, start=1, samples=32):
+    return [Task(start + i, step, (i,), samples=samples) for i in range(n)]
+
+
+def copies_of(out, tid):
+    return sorted(r for r, t in out if t.task_id == tid)
+
+
+def test_agree_tolerates_round_off_and_catches_corruption():
+    assert agree(fp(), fp(noise=1e-6), 1e-3)[0]
+    ok, worst = agree(fp(), fp(scale=-1.0), 1e-3)
+    assert not ok and worst > 100
+    assert not agree(fp(), fp(scale=1.01), 1e-3)[0]
+    assert agree(fp(), fp(scale=1.0001), 1e-3)[0]
+    nan = (math.nan,) + fp()[1:]
+    assert agree(fp(), nan, 1e-3)[1] == math.inf
+    loss_off = fp()[:5] + (5.1, 10.0)
+    assert not agree(fp(), loss_off, 1e-3)[0]
+
+
+def test_quorum_holds_until_two_agree_then_credits_both():
+    s = Scheduler([1, 2, 3], redundancy=2, quorum=2)
+    (t,) = tasks(1)
+    s.submit([t])
+    out = s.assign(0.0)
+    assert copies_of(out, t.task_id) == [1, 2]
+    v = s.complete(1, t.task_id, 1.0, fp=fp())
+    assert not v.accept and v.hold and v.state == HELD
+    v = s.complete(2, t.task_id, 2.0, fp=fp(noise=1e-7))
+    assert v.accept and v.state == ACCEPTED
+    states = {c.rank: (c.state, c.verified, c.agreed, c.credited) for c in t.copies}
+    assert states == {1: (DUPLICATE, True, True, True), 2: (ACCEPTED, True, True, True)}
+
+
+def test_disagreement_gets_a_tie_breaker_and_strikes_the_odd_one():
+    s = Scheduler([1, 2, 3], redundancy=2, quorum=2, prefetch=1)
+    (t,) = tasks(1)
+    s.submit([t])
+    assert copies_of(s.assign(0.0), t.task_id) == [1, 2]
+    assert s.complete(1, t.task_id, 1.0, fp=fp(scale=-1)).hold       # rank 1 corrupts
+    v = s.complete(2, t.task_id, 2.0, fp=fp())
+    assert v.hold and not v.arbitrate                                   # rank 3 can break the tie
+    assert copies_of(s.assign(2.0), t.task_id) == [3]
+    v = s.complete(3, t.task_id, 3.0, fp=fp())
+    assert v.accept
+    assert s.worker_stats()[1]["strikes"] == 1
+    assert s.worker_stats()[2]["strikes"] == s.worker_stats()[3]["strikes"] == 0
+    c1 = next(c for c in t.copies if c.rank == 1)
+    assert c1.state == REJECTED and c1.agreed is False and "quorum" in c1.reason
+
+
+def test_no_worker_left_for_a_tie_breaker_asks_the_master_to_arbitrate():
+    s = Scheduler([1, 2], redundancy=2, quorum=2)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    s.complete(1, t.task_id, 1.0, fp=fp())
+    v = s.complete(2, t.task_id, 2.0, fp=fp(scale=2.0))
+    assert v.hold and v.arbitrate and not v.accept
+    assert s.arbitrate(t.task_id, fp(), 3.0) is True      # master's result is applied
+    st = s.worker_stats()
+    assert st[2]["strikes"] == 1 and st[1]["strikes"] == 0
+    assert {c.rank: c.state for c in t.copies} == {1: DUPLICATE, 2: REJECTED}
+    assert any(e["ev"] == "arbitrated" for e in s.drain_events())
+
+
+def test_strikes_exclude_then_probation_readmits_with_every_task_verified():
+    s = Scheduler([1, 2, 3], redundancy=2, quorum=2, max_strikes=2, probation_steps=5, prefetch=1)
+    tid = 1
+    for step in range(2):
+        s.begin_step(step, float(step))
+        (t,) = tasks(1, step=step, start=tid)
+        tid += 1
+        s.submit([t])
+        out = s.assign(float(step))
+        for r in copies_of(out, t.task_id):
+            s.complete(r, t.task_id, step + 0.5, fp=fp(scale=3.0) if r == 1 else fp())
+        for r, _ in s.assign(step + 0.5):
+            s.complete(r, t.task_id, step + 0.6, fp=fp())
+        assert t.state == "done"
+    st = s.worker_stats()[1]
+    assert st["status"] == EXCLUDED and not st["live"]
+    ev = s.drain_events()
+    assert [e["ev"] for e in ev if e["rank"] == 1 and e["ev"] != "copy"] == ["strike", "strike", "exclude"]
+    # Excluded: gets no work.
+    s.begin_step(3, 3.0)
+    s.submit(tasks(3, step=3, start=100))
+    assert 1 not in {r for r, _ in s.assign(3.0)}
+    # Probation over (5 steps after exclusion at step 1): back, suspect, verified.
+    assert s.begin_step(6, 6.0) == [1]
+    st = s.worker_stats()[1]
+    assert st["live"] and st["probation_left"] == 5 and st["strikes"] == 1
+    assert any(e["ev"] == "readmit" and e["rank"] == 1 for e in s.drain_events())
+
+
+def test_sampled_verification_raises_every_kth_copy_of_each_worker():
+    s = Scheduler([1, 2, 3], verify=0.25, prefetch=100)
+    ts = tasks(40)
+    s.submit(ts)
+    out = s.assign(0.0)
+    verified = [t for t in ts if t.sampled]
+    assert all(t.quorum == 2 and t.wanted == 2 for t in verified)
+    # every worker's 4th copy starts a verified task: about 1/4 of the tasks
+    # each worker *started*; each verified task has 2 copies
+    assert 8 <= len(verified) <= 12
+    for t in verified:
+        assert len(copies_of(out, t.task_id)) == 2
+    unverified = [t for t in ts if not t.sampled]
+    assert all(len(copies_of(out, t.task_id)) == 1 for t in unverified)
+
+
+def test_a_suspect_worker_is_always_verified():
+    s = Scheduler([1, 2], prefetch=4)
+    s.submit(tasks(1))
+    ((r, t),) = s.assign(0.0)
+    s.complete(r, t.task_id, 1.0, ok=False, reason="non-finite result")
+    assert s.worker_stats()[r]["strikes"] == 1
+    s.submit(tasks(4, start=10))
+    out = s.assign(1.0)
+    mine = [tk for rr, tk in out if rr == r]
+    assert mine and all(tk.quorum == 2 and tk.wanted == 2 for tk in mine)
+    others = [tk for rr, tk in out if rr != r and tk not in mine]
+    assert all(tk.quorum == 1 for tk in others)
+
+
+def test_backup_copy_for_a_straggler_on_an_idle_fast_worker():
+    s = Scheduler([1, 2], prefetch=1, backup_factor=1.5)
+    # learn speeds: rank 1 fast (1 ms/sample), rank 2 slow (4 ms/sample)
+    s.submit(tasks(2, samples=100))
+    out = dict(s.assign(0.0))
+    s.complete(1, out[1].task_id, 0.1, compute_s=0.1)
+    s.complete(2, out[2].task_id, 0.4, compute_s=0.4)
+    s.submit(tasks(2, start=10, samples=100))
+    out = dict(s.assign(1.0))
+    s.complete(1, out[1].task_id, 1.1, compute_s=0.1)
+    t_slow = out[2]
+    assert s.backups(1.1) == [(1, t_slow)]
+    assert s.backups(1.1) == []            # one backup, and rank 1 is busy now
+    backup = [c for c in t_slow.copies if c.backup]
+    assert len(backup) == 1 and backup[0].rank == 1
+    assert s.complete(1, t_slow.task_id, 1.2, compute_s=0.1).accept
+    assert s.complete(2, t_slow.task_id, 1.4, compute_s=0.4).state == DUPLICATE
+    # no backup when the idle worker is not clearly faster
+    s2 = Scheduler([1, 2], prefetch=1)
+    s2.submit(tasks(2, samples=100))
+    out = dict(s2.assign(0.0))
+    s2.complete(1, out[1].task_id, 0.1, compute_s=0.1)
+    s2.complete(2, out[2].task_id, 0.12, compute_s=0.12)
+    s2.submit(tasks(2, start=10, samples=100))
+    out = dict(s2.assign(1.0))
+    s2.complete(1, out[1].task_id, 1.1, compute_s=0.1)
+    assert s2.backups(1.1) == []
+
+
+def test_hung_worker_is_named_after_its_timeout():
+    s = Scheduler([1, 2], prefetch=1)
+    s.submit(tasks(2))
+    out = dict(s.assign(0.0))
+    s.complete(1, out[1].task_id, 0.5)
+    assert s.hung(5.0, timeout=10.0) == []
+    assert s.hung(10.5, timeout=10.0) == [2]
+    requeued = s.remove_worker(2, 10.5, "no result for 10 s (hung)")
+    assert requeued == [out[2].task_id]
+    assert [r for r, _ in s.assign(10.5)] == [1]
+    # it comes back: readmitted
+    s.add_worker(2, 20.0, "answered again")
+    assert s.worker_stats()[2]["live"]
+    assert [e["ev"] for e in s.drain_events() if e["ev"] != "copy"] == ["lost", "readmit"]
+
+
+def test_drained_worker_finishes_its_copy_but_gets_no_new_work():
+    s = Scheduler([1, 2], prefetch=1)
+    s.submit(tasks(2))
+    out = dict(s.assign(0.0))
+    s.drain(2, 0.1)
+    assert s.complete(2, out[2].task_id, 0.5).accept
+    assert s.complete(1, out[1].task_id, 0.5).accept
+    s.submit(tasks(2, start=10))
+    assert {r for r, _ in s.assign(0.6)} == {1}
+    s.undrain(2, 0.7)
+    assert {r for r, _ in s.assign(0.7)} == {2}
+    assert [e["ev"] for e in s.drain_events() if e["ev"] != "copy"] == ["drain", "undrain"]
+
+
+def test_only_the_three_fastest_copies_are_credited():
+    s = Scheduler([1, 2, 3, 4, 5], redundancy=5)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    for i, r in enumerate([4, 2, 5, 1, 3]):
+        s.complete(r, t.task_id, 1.0 + i, fp=fp())
+    credited = sorted(c.rank for c in t.copies if c.credited)
+    assert credited == [2, 4, 5]
+
+
+def test_exactly_once_and_corruption_never_accepted_under_quorum():
+    """Random completion order, one corrupting worker, quorum 2: every task
+    is accepted exactly once and never with the corrupt fingerprint."""
+    rng = random.Random(3)
+    for trial in range(40):
+        ranks = list(range(1, rng.randint(3, 6)))
+        bad = rng.choice(ranks)
+        s = Scheduler(ranks, redundancy=2, quorum=2, prefetch=rng.randint(1, 3), max_strikes=2)
+        ts = tasks(rng.randint(1, 20))
+        s.submit(ts)
+        accepted = {}
+        inflight = []
+        now = 0.0
+        for _ in range(10_000):
+            inflight += s.assign(now)
+            if not inflight:
+                for t in s.stuck():      # its partners were excluded: the master decides
+                    assert s.arbitrate(t.task_id, fp(), now)
+                    accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
+                inflight += s.assign(now)
+            if not inflight:
+                break
+            rng.shuffle(inflight)
+            r, t = inflight.pop()
+            now += rng.random()
+            if not s.workers[r].live:
+                continue
+            good = fp(noise=rng.uniform(-1e-7, 1e-7))
+            v = s.complete(r, t.task_id, now, fp=fp(scale=-1.0) if r == bad else good)
+            if v.arbitrate:
+                assert s.arbitrate(t.task_id, fp(), now)
+                accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
+            if v.accept:
+                assert r != bad
+                accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
+        assert accepted == {t.task_id: 1 for t in ts}, trial
+        assert all(agree(t.accepted_fp, fp(), 1e-3)[0] for t in ts)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ProtocolError):
+        Scheduler([1, 2], redundancy=1, quorum=2)
+    with pytest.raises(ProtocolError):
+        Scheduler([1], verify=1.5)
