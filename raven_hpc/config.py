@@ -85,7 +85,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "layers": Key((list,), [], "layer list, e.g. {type = \"dense\", units = 256, activation = \"relu\"}"),
-        "loss": Key((str,), "softmax_cross_entropy", "loss function"),
+        "loss": Key((str, dict), "softmax_cross_entropy",
+                    "loss: a name (softmax_cross_entropy, mse, bce_with_logits, huber) or a table with options, "
+                    "e.g. {name = \"softmax_cross_entropy\", label_smoothing = 0.1}"),
         "init": Key((str,), "he", "weight initialiser"),
         "seed": Key((int,), 0, "seed of the weight initialiser"),
     },
@@ -128,6 +130,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       minimum=0.0),
         "rtol": Key((float,), 1e-3, "copies agree when their gradient fingerprints differ by less than rtol x the "
                                     "gradient norm (float32 round-off across machines is ~1e-5)", minimum=0.0),
+        "screen": Key((float,), 100.0, "a result whose gradient norm per sample is this many times the running "
+                                       "typical one is held and verified before use (0: off)", minimum=0.0),
         "max_strikes": Key((int,), 3, "strikes (wrong or non-finite results) before a worker is excluded",
                            minimum=1),
         "probation_steps": Key((int,), 0, "an excluded worker is readmitted after this many steps, on probation "

@@ -93,6 +93,8 @@ class Recorder:
         self.eval_s = 0.0
         self._last = None
         self._metrics = None
+        self._ledger = None
+        self._hosts: dict = {}
 
     def begin(self, master) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -101,9 +103,54 @@ class Recorder:
         self.cpu0 = time.process_time()
         self._last = (self.t0, master.state.samples)
         self._samples0 = master.state.samples
+        if self.cfg["poc"]["ledger"]:
+            self._ledger = open(self.dir / "ledger.jsonl", "a", buffering=1 << 16)
+            self._ledger.write(json.dumps({
+                "ev": "run", "unix_time": time.time(), "start_step": master.state.step,
+                "resumed": master.state.step > 0, "ranks": self.ranks,
+                "hosts": {str(k): v for k, v in sorted(master.hosts.items())}, "poc": self.cfg["poc"],
+                "faults": self.cfg["faults"]["rules"]}) + "\n")
         self.on_event("begin", {"ranks": self.ranks, "workers": len(master.worker_ranks),
                                 "num_params": master.n, "run_dir": str(self.dir),
                                 "resumed_at_step": master.state.step, "epochs": self.cfg["train"]["epochs"]})
+
+    def notice(self, text: str) -> None:
+        """Something an operator should see (membership changes)."""
+        self.on_event("notice", {"text": text})
+
+    #: scheduler events an operator sees as they happen (all go to the ledger)
+    NOTICES = {"strike": "strike {strikes}", "exclude": "excluded", "readmit": "readmitted", "lost": "lost",
+               "drain": "drained", "undrain": "undrained"}
+
+    def ledger(self, events: list[dict], hosts: dict) -> None:
+        """Append scheduler events to ledger.jsonl (times relative to the run start)
+        and show membership changes as notices."""
+        for e in events:
+            what = self.NOTICES.get(e.get("ev"))
+            if what:
+                r = e.get("rank")
+                who = "master" if r == 0 else f"rank {r} ({hosts.get(r, '?')})"
+                self.notice(f"step {e.get('step')}: {who} {what.format(**e)}: {e.get('reason', '')}")
+        if self._ledger is None or not events:
+            return
+        t0 = self.t0
+        out = []
+        for e in events:
+            e["host"] = hosts.get(e.get("rank"), "?")
+            for k in ("assigned", "finished"):
+                if k in e:
+                    e[k] = round(e[k] - t0, 6)
+            if "latency_s" in e:
+                e["latency_s"] = round(e["latency_s"], 6)
+            out.append(json.dumps(e))
+        self._ledger.write("\n".join(out) + "\n")
+
+    def _close_ledger(self, status: str, step: int) -> None:
+        if self._ledger is not None:
+            self._ledger.write(json.dumps({"ev": "end", "step": step, "t": round(time.monotonic() - self.t0, 3),
+                                           "status": status}) + "\n")
+            self._ledger.close()
+            self._ledger = None
 
     def _write(self, rec: dict) -> None:
         self._metrics.write(json.dumps(rec) + "\n")
@@ -171,7 +218,9 @@ class Recorder:
             "bytes_out": master.stats["bytes_out"],
             "history": st.history,
         }
+        summary["workers_status"] = {str(r): w for r, w in sorted(master.sched.worker_stats().items())}
         (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self._close_ledger("finished", st.step)
         self.on_event("end", summary)
         if self._metrics:
             self._metrics.close()
@@ -255,6 +304,8 @@ def _run_master(master) -> dict:
         master.train()
         summary = rec.finish(master)
     except BaseException as exc:
+        rec.ledger(master.sched.drain_events(), master.hosts)
+        rec._close_ledger("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", master.state.step)
         if not master.stop():
             # Some worker cannot be reached: the CLI reports and aborts the job.
             exc.abort_job = True

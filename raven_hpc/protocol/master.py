@@ -14,6 +14,7 @@ same :class:`TaskRunner` the workers use.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,10 +22,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ProtocolError, RavenError
-from ..kernels.reduce import accumulate, all_finite, assign, warm_up
+from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, finite_sq, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
-from .scheduler import Scheduler, Task
+from .scheduler import GONE, Scheduler, Task
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
 
@@ -92,7 +93,22 @@ class Master:
         ranks = self.worker_ranks + ([0] if self.master_computes else [])
         if not ranks:
             raise ProtocolError("no rank computes: set cluster.master_computes = \"yes\" or run more ranks")
-        self.sched = Scheduler(ranks, redundancy=1, prefetch=cl["prefetch"])
+        poc = cfg["poc"]
+        self.poc = poc
+        if not self.worker_ranks:
+            # alone: nobody to compare with, the master trusts itself
+            poc = dict(poc, redundancy=1, quorum=1, verify=0.0)
+        self.sched = Scheduler(ranks, redundancy=poc["redundancy"], quorum=poc["quorum"], verify=poc["verify"],
+                               rtol=poc["rtol"], max_strikes=poc["max_strikes"],
+                               probation_steps=poc["probation_steps"], backup_factor=poc["backup_factor"],
+                               prefetch=cl["prefetch"], seed=cfg["train"]["seed"])
+        self.backups_on = bool(poc["backup"])
+        self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
+        self._fp = np.zeros(FP_SIZE, np.float64)
+        self._next_check = 0.0
+        self._log_norm: float | None = None   # running typical log(|g| / samples) of accepted results
+        self._drain_mtime: float | None = None
+        self._drained: set[int] = set()
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.outbox = Outbox()
         self.runner = TaskRunner(model, splits)
@@ -135,13 +151,43 @@ class Master:
         self._send_params()
 
     def stop(self) -> bool:
-        """Tell every worker to leave; True when all stop messages were delivered."""
+        """Tell every worker to leave; True when all stop messages were delivered.
+
+        Meanwhile whatever the workers still send (results of copies nobody
+        needs any more) is received and dropped: a worker can only leave once
+        its own sends are complete.
+        """
         for r in self.worker_ranks:
             self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
-        ok = self.outbox.flush(self.backoff, STOP_TIMEOUT_S)
-        if not ok:
-            self.outbox.cancel_all()
-        return ok
+        deadline = self.clock() + STOP_TIMEOUT_S
+        while True:
+            got = self._discard_incoming()
+            pending = self.outbox.progress()
+            if not pending and not self._receiving and not got:
+                return True
+            if self.clock() > deadline:
+                self.outbox.cancel_all()
+                return False
+            if not got:
+                self.backoff.idle()
+
+    def _discard_incoming(self) -> bool:
+        """Receive and drop every message that has arrived (shutting down)."""
+        MPI, st = self.MPI, self._status
+        got = False
+        while True:
+            msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            if msg is None:
+                break
+            got = True
+            if st.Get_tag() == TAG_CTRL:
+                msg.recv()
+            else:
+                buf = self._result_buffer(st.Get_count(MPI.BYTE)) if st.Get_tag() == TAG_RESULT else None
+                raw = buf.raw if buf is not None else np.empty(st.Get_count(MPI.BYTE), np.uint8)
+                self._receiving.append(_Pending(msg.Irecv([raw, MPI.BYTE]), buf, st.Get_source()))
+        self._receiving = [p for p in self._receiving if not p.request.Test()]
+        return got
 
     # -- messages -------------------------------------------------------------
     def _writable_params(self) -> None:
@@ -161,11 +207,11 @@ class Master:
         self.model.bind_params(buf.params, copy=True)
         self._params_buf = buf
 
-    def _send_params(self) -> None:
+    def _send_params(self, only: int | None = None) -> None:
         buf = self._params_buf
         buf.header[0] = self.state.step
         buf.header[1] = self.n
-        for r in self.sched.live_workers():
+        for r in ([only] if only is not None else self.sched.live_workers()):
             if r != 0:
                 self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
                 self.stats["bytes_out"] += buf.raw.nbytes
@@ -173,6 +219,7 @@ class Master:
     def _result_buffer(self, nbytes: int) -> ResultBuffer:
         pool = self._result_pool.setdefault(nbytes, [])
         busy = {id(p.buf) for p in self._receiving}
+        busy.update(id(b) for held in self._held.values() for b in held.values())
         for b in pool:
             if id(b) not in busy:
                 return b
@@ -190,6 +237,9 @@ class Master:
                 break
             src, tag = st.Get_source(), st.Get_tag()
             self.stats["messages"] += 1
+            w = self.sched.workers.get(src)
+            if w is not None and w.status == GONE and hello is None:
+                self._readmit(src, "answered again after it was given up on")
             if tag == TAG_RESULT:
                 nbytes = st.Get_count(MPI.BYTE)
                 buf = self._result_buffer(nbytes)
@@ -220,7 +270,8 @@ class Master:
             if hello is not None:
                 hello.discard(src)
         elif kind == "skipped":
-            self.sched.complete(src, obj["task"], self.clock(), ok=False, reason="parameters stale")
+            if obj["task"] in self.sched.tasks:
+                self.sched.skipped(src, obj["task"], self.clock())
         else:
             raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
 
@@ -243,13 +294,7 @@ class Master:
         self.sched.submit(tasks)
         while open_ids:
             now = self.clock()
-            for rank, task in self.sched.assign(now):
-                if rank == 0:
-                    self._local.append(task)
-                else:
-                    msg = task.message()
-                    msg["type"] = "task"
-                    self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
+            self._send_tasks(self.sched.assign(now))
             results = self._poll()
             if not results and self._local:
                 task = self._local.pop(0)
@@ -260,12 +305,88 @@ class Master:
                 self._take(rank, buf, open_ids, total)
             if results:
                 self.backoff.busy()
-            elif not self._local:
+            if open_ids:
+                self._housekeeping(open_ids, total)
+            if not results and not self._local and open_ids:
                 self._idle()
         self.sched.forget(t.task_id for t in tasks)
         if self._acc_empty:
             self.acc.fill(0.0)
+        self.rec.ledger(self.sched.drain_events(), self.hosts)
         return total
+
+    def _send_tasks(self, assignments) -> None:
+        for rank, task in assignments:
+            if rank == 0:
+                self._local.append(task)
+            else:
+                msg = task.message()
+                msg["type"] = "task"
+                self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
+
+    # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
+    def _housekeeping(self, open_ids: set, total: dict) -> None:
+        now = self.clock()
+        if self.backups_on:
+            self._send_tasks(self.sched.backups(now))
+        for task in self.sched.stuck():
+            self._arbitrate(task, open_ids, total)
+        if now < self._next_check:
+            return
+        self._next_check = now + 0.25
+        timeout = self.poc["worker_timeout_s"]
+        for r in self.sched.hung(now, timeout):
+            self._remove(r, f"no result for {timeout:g} s (hung)")
+        self._poll_drain_file(now)
+
+    def _remove(self, rank: int, reason: str) -> None:
+        self.sched.remove_worker(rank, self.clock(), reason)
+
+    def _readmit(self, rank: int, reason: str) -> None:
+        self.sched.add_worker(rank, self.clock(), reason)
+        self._send_params(only=rank)
+
+    def _poll_drain_file(self, now: float) -> None:
+        path = self.poc["drain_file"]
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            mtime = None
+        if mtime == self._drain_mtime:
+            return
+        self._drain_mtime = mtime
+        ranks: set[int] = set()
+        if mtime is not None:
+            try:
+                text = open(path).read()
+            except OSError:
+                text = ""
+            for tok in text.split():
+                if tok.isdigit() and int(tok) in self.sched.workers and int(tok) != 0:
+                    ranks.add(int(tok))
+        for r in sorted(ranks - self._drained):
+            self.sched.drain(r, now, f"listed in {path}")
+        for r in sorted(self._drained - ranks):
+            self.sched.undrain(r, now, f"no longer listed in {path}")
+        self._drained = ranks
+
+    def _fp_seed(self, task: Task) -> int:
+        return (self.cfg["train"]["seed"] * 1_000_003 + task.step * 7919 + 17) % 2**63
+
+    def _arbitrate(self, task: Task, open_ids: set, total: dict) -> None:
+        """No quorum can form for ``task``: the master computes it itself."""
+        if task.kind != "grad" or task.version != self.state.step:
+            return   # its parameters are gone: the dispute stays on record
+        buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
+        self.runner.run(task.message(), buf)
+        if not fingerprint(buf.grad, self._fp_seed(task), self._fp):
+            raise TrainingDiverged(f"training diverged at step {self.state.step}: the master's own computation "
+                                   f"of task {task.task_id} is NaN/inf; lower [optimizer] lr or check the data")
+        fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
+        apply = self.sched.arbitrate(task.task_id, fp, self.clock())
+        self._held.pop(task.task_id, None)
+        if apply:
+            self._apply(buf, task.task_id, open_ids, total)
 
     def _idle(self) -> None:
         """Nothing arrived: sleep until a result is due, else back off.
@@ -283,19 +404,58 @@ class Master:
 
     def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:
         tid = int(buf.get("task"))
+        task = self.sched.tasks.get(tid)
+        if task is None:
+            return   # a late copy of a task already settled and forgotten
         is_grad = int(buf.get("kind")) != KIND_EVAL
-        finite = bool(buf.get("finite")) and np.isfinite(buf.get("loss_sum"))
+        loss, correct = buf.get("loss_sum"), buf.get("correct")
+        finite = bool(buf.get("finite")) and np.isfinite(loss)
+        fp = None
+        suspicious = False
         if is_grad:
             if buf.grad.shape[0] != self.n:
                 raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
-            finite = finite and all_finite(buf.grad)
+            if task.quorum > 1 or len(task.copies) > 1:
+                # compared with other copies: fingerprint (and finiteness) in one pass
+                finite = finite and fingerprint(buf.grad, self._fp_seed(task), self._fp)
+                fp = (*self._fp, loss, correct)
+                sq = self._fp[-1]
+            else:
+                sq = finite_sq(buf.grad)
+                finite = finite and sq >= 0.0
+            if finite:
+                suspicious = self._screen(sq, buf.get("samples"))
+                if suspicious and fp is None:
+                    fingerprint(buf.grad, self._fp_seed(task), self._fp)
+                    fp = (*self._fp, loss, correct)
         verdict = self.sched.complete(rank, tid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result",
-                                      compute_s=buf.get("compute_s"))
+                                      compute_s=buf.get("compute_s"), fp=fp, suspicious=suspicious)
         if not finite:
             self._diverged_check(tid, rank)
-        if not verdict.accept:
-            return
+        if verdict.hold:
+            self._held.setdefault(tid, {})[rank] = buf
+        if verdict.accept:
+            self._held.pop(tid, None)
+            self._apply(buf, tid, open_ids, total)
+        elif verdict.arbitrate:
+            self._arbitrate(task, open_ids, total)
+
+    def _screen(self, sq: float, samples: float) -> bool:
+        """Is this gradient's norm per sample an outlier (``screen`` x the
+        running typical value)?  Learns from the results that pass."""
+        factor = self.poc["screen"]
+        if factor <= 0 or samples <= 0:
+            return False
+        x = 0.5 * np.log(max(sq, 1e-300)) - np.log(samples)
+        if self._log_norm is not None and x > self._log_norm + np.log(factor):
+            return True
+        self._log_norm = x if self._log_norm is None else 0.95 * self._log_norm + 0.05 * x
+        return False
+
+    def _apply(self, buf: ResultBuffer, tid: int, open_ids: set, total: dict) -> None:
+        """Add an accepted result to the step (exactly once per task)."""
+        is_grad = int(buf.get("kind")) != KIND_EVAL
         if is_grad:
             if self._acc_empty:
                 assign(self.acc, buf.grad)
@@ -314,9 +474,15 @@ class Master:
             self.backoff.cap_for(self._task_s)
 
     def _diverged_check(self, tid: int, rank: int) -> None:
+        """Non-finite results: a fault of one rank (a strike), or divergence.
+
+        Training has diverged when two ranks both got NaN/inf for the same
+        task, or every live worker did (a lone worker, or the last one left).
+        """
         ranks = self._nonfinite.setdefault(tid, set())
         ranks.add(rank)
-        if len(ranks) >= min(2, len(self.sched.live_workers())):
+        live = set(self.sched.live_workers())
+        if len(ranks) >= 2 or (live and live <= ranks):
             raise TrainingDiverged(
                 f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
                 f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
@@ -337,6 +503,8 @@ class Master:
             while st.step_in_epoch < plan.num_steps:
                 if max_steps and st.step >= max_steps:
                     break
+                for r in self.sched.begin_step(st.step, self.clock()):
+                    self._send_params(only=r)
                 tasks = self._new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
                 t0 = time.perf_counter()
                 total = self.run_tasks(tasks)

@@ -123,7 +123,7 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
         worst = max(worst, abs(a[FP_CORRECT] - b[FP_CORRECT]))
     if not all(math.isfinite(v) for v in (*a, *b)):
         worst = math.inf
-    return worst <= 1.0, worst
+    return bool(worst <= 1.0), float(worst)
 
 
 @dataclass
@@ -470,7 +470,7 @@ class Scheduler:
     # -- results ------------------------------------------------------------------
     def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",
                  compute_s: float | None = None, fp: Sequence[float] | None = None,
-                 strike: bool = True) -> Verdict:
+                 strike: bool = True, suspicious: bool = False) -> Verdict:
         """A result for ``task_id`` came back from ``rank``.
 
         ``ok`` is False when the master's checks failed (non-finite values,
@@ -478,6 +478,8 @@ class Scheduler:
         False.  ``compute_s`` is the compute time the worker reported; speed
         is learnt from it when given.  ``fp`` is the result's fingerprint
         (needed for comparisons; without it copies are trusted).
+        ``suspicious`` (e.g. an outlying gradient norm) raises the task to
+        quorum 2: the result is held until another copy agrees.
         """
         task = self.tasks.get(task_id)
         if task is None:
@@ -504,6 +506,9 @@ class Scheduler:
         if task.state == CLOSED:
             self._move(task, copy, LATE, now, "task closed")
             return Verdict(False, LATE, copy.reason)
+        if suspicious and task.quorum < 2 and task.kind == "grad":
+            self._raise_quorum(task)
+            task.state = PENDING
         if task.quorum < 2 or copy.fp is None:
             self._accept(task, copy, now, verified=False)
             return Verdict(True, ACCEPTED, "")

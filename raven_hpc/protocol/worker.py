@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ProtocolError
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
+from .faults import FaultInjector
 from .transport import Backoff, Outbox, hostname, send_error
 
 __all__ = ["TaskRunner", "run_worker", "await_stop"]
@@ -97,6 +98,7 @@ def _worker_loop(comm, cfg: dict) -> None:
     ds, splits = open_splits(cfg)
     model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
     runner = TaskRunner(model, splits)
+    faults = FaultInjector(cfg["faults"]["rules"], rank)
     pbuf = ParamsBuffer(model.num_params)
     model.bind_params(pbuf.params)   # parameters are received straight into the model
     grad_bufs = [ResultBuffer(model.num_params) for _ in range(cl["prefetch"] + 1)]
@@ -147,7 +149,14 @@ def _worker_loop(comm, cfg: dict) -> None:
                 outbox.progress()
                 buf = next((b for b in pool if not outbox.holds(b)), None)
             t_start = time.perf_counter()
-            runner.run(task, buf)
+            if faults.active and task["kind"] == "grad":
+                faults.before(task["step"], task["task"])
+                runner.run(task, buf)
+                extra = faults.after(task["step"], task["task"], buf.get("compute_s"))
+                buf.set(compute_s=buf.get("compute_s") + extra)
+                faults.corrupt(task["step"], task["task"], buf.grad)
+            else:
+                runner.run(task, buf)
             buf.set(recv_wait_s=t_start - t_sent if t_sent else 0.0)
             outbox.add(comm.Isend([buf.raw, MPI.BYTE], dest=0, tag=TAG_RESULT), buf)
             t_sent = time.perf_counter()
