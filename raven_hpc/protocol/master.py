@@ -33,6 +33,7 @@ __all__ = ["Master", "TrainState", "stop_workers"]
 
 STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
 STOP_TIMEOUT_S = 30.0
+STOP_QUIET_S = 0.05
 
 
 def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
@@ -160,12 +161,20 @@ class Master:
         for r in self.worker_ranks:
             self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
         deadline = self.clock() + STOP_TIMEOUT_S
+        quiet_since = None
         while True:
             got = self._discard_incoming()
             pending = self.outbox.progress()
-            if not pending and not self._receiving and not got:
+            now = self.clock()
+            if pending or self._receiving or got:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since > STOP_QUIET_S:
+                # every stop delivered, and nothing more in flight for a while: a
+                # result a worker sent just before it read its stop has arrived
                 return True
-            if self.clock() > deadline:
+            if now > deadline:
                 self.outbox.cancel_all()
                 return False
             if not got:

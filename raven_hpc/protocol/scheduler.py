@@ -397,8 +397,8 @@ class Scheduler:
         keep: deque[int] = deque()
         while self._queue:
             tid = self._queue.popleft()
-            task = self.tasks[tid]
-            if task.state not in (PENDING, RUNNING):
+            task = self.tasks.get(tid)
+            if task is None or task.state not in (PENDING, RUNNING):
                 continue
             have = {c.rank for c in task.copies if c.state in (ASSIGNED, HELD, ACCEPTED, DUPLICATE)}
             rejected = {c.rank for c in task.copies if c.state == REJECTED}
