@@ -5,6 +5,7 @@ and prints for humans; everything else returns values or raises RavenError.
     mpirun -n N raven-hpc train CONFIG.toml [--run-dir D] [--set k=v] [--resume]
     raven-hpc evaluate RUN_DIR|CHECKPOINT [--data FILE] [--split test] [--json]
     raven-hpc report RUN_DIR [--json]
+    raven-hpc drain [--undo] RUN_DIR RANK [RANK...]
     raven-hpc model CONFIG.toml
     raven-hpc info
 """
@@ -90,6 +91,11 @@ class _Progress:
             loss = info.get("loss")
             loss_s = f"  loss {loss:.4f}" if loss is not None else ""
             print(f"epoch {info['epoch']}/{self.epochs}  step {info['step']}{loss_s}{acc_s}  {dt:.1f} s", flush=True)
+        elif kind == "notice":
+            if self._barlen:
+                sys.stdout.write("\r" + " " * self._barlen + "\r")
+                self._barlen = 0
+            print(f"note: {info['text']}", flush=True)
         elif kind == "resume":
             print(f"resuming from {info['path']} (epoch {info['epoch']}, step {info['step']})", flush=True)
         elif kind == "end":
@@ -190,40 +196,150 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from pathlib import Path
+def _fmt_sig(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
 
-    run = Path(args.run_dir)
-    if not run.is_dir():
-        raise RavenError(f"no run directory at {run}")
-    summary = {}
-    if (run / "summary.json").exists():
-        summary = json.loads((run / "summary.json").read_text())
-    epochs = []
-    if (run / "metrics.jsonl").exists():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("event") == "epoch":
-                    epochs.append(rec)
-    if not summary and not epochs:
-        raise RavenError(f"{run} holds no summary.json or metrics.jsonl: is it a raven-hpc run directory?")
+
+def _table(rows: list[tuple], left: tuple = ()) -> list[str]:
+    """Aligned columns (the model summary's style): header, rule, rows, rule."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rule = "  ".join("-" * w for w in widths)
+    fmt = lambda r: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
+                              for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+    return [fmt(rows[0]), rule] + [fmt(r) for r in rows[1:]] + [rule]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _utc(t) -> str:
+    if not isinstance(t, (int, float)):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _print_ledger(rep: dict) -> None:
+    led = rep["ledger"]
+    if led is None:
+        print(f"\nledger: none ({rep['run_dir']}/ledger.jsonl does not exist: [poc] ledger = false, "
+              "or a run from before the ledger)")
+        return
+    tot, integ = led["totals"], led["integrity"]
+    print(f"\nledger {led['path']}")
+    for w in led["warnings"]:
+        print(f"  note: {w}")
+    if led["ignored_events"]:
+        ign = ", ".join(f"{n} {ev!r}" for ev, n in sorted(led["ignored_events"].items()))
+        print(f"  note: ignored records of unknown kinds: {ign}")
+    for i, r in enumerate(led["runs"], 1):
+        end = r["end"]
+        if end is None:
+            how = "no end record (killed, or still running)"
+        else:
+            t = end.get("t")
+            how = f"{end.get('status')} at step {end.get('step')}" + (f" after {t:.1f} s" if isinstance(
+                t, (int, float)) else "")
+        start = f"resumed at step {r['start_step']}" if r["resumed"] else f"from step {r['start_step']}"
+        print(f"  run {i}: {_utc(r['unix_time'])}, {start}, {r['ranks'] or '?'} ranks, {how}")
+    print(f"  {_plural(tot['steps'], 'step')}, {_plural(tot['tasks'], 'grad task')} applied; "
+          f"{tot['copies']:,} cop{'y' if tot['copies'] == 1 else 'ies'}: "
+          + ", ".join(f"{tot[s]:,} {s}" for s in ("accepted", "duplicate", "late", "rejected", "lost", "skipped")))
+    print(f"  {_plural(tot['backups'], 'backup')}, {tot['verified']:,} verified ({tot['disagreed']:,} disagreed), "
+          f"{tot['credited']:,} credited, {_plural(tot['strikes'], 'strike')}")
+    if led["ranks"]:
+        rows = [("rank", "host", "status", "copies", "returned", "accepted", "credited", "dup", "late",
+                 "rejected", "lost", "skipped", "backups", "strikes", "latency_ms", "ms/sample", "speed")]
+        for d in led["ranks"]:
+            lat = d["median_latency_s"]
+            rel = d["relative_compute"]
+            rows.append((str(d["rank"]), ",".join(d["hosts"]) or "?", d["status"],
+                         *(f"{d[k]:,}" for k in ("copies", "returned", "accepted", "credited", "duplicates",
+                                                 "late", "rejected", "lost", "skipped", "backups", "strikes")),
+                         _fmt_sig(None if lat is None else 1000 * lat), _fmt_sig(d["compute_ms_per_sample"]),
+                         "-" if rel is None else f"{rel:.2f}x"))
+        print()
+        for line in _table(rows, left=(1, 2)):
+            print(f"  {line}")
+        print("  (latency_ms, ms/sample: medians; speed: ms/sample over the median of the ranks, > 1 is slower)")
+    print()
+    if not led["suspects"]:
+        print("suspect nodes: none")
+    else:
+        print("suspect nodes:")
+        for s in led["suspects"]:
+            print(f"  rank {s['rank']} ({s['host'] or '?'}, {s['status']}): {'; '.join(s['reasons'])}")
+    extra = []
+    if integ["redone_tasks"]:
+        extra.append(f"{_plural(integ['redone_tasks'], 'task')} redone after a resume not counted")
+    if integ["open_tasks"]:
+        extra.append(f"{_plural(integ['open_tasks'], 'task')} of a step still open when a run stopped")
+    extra_s = f" ({'; '.join(extra)})" if extra else ""
+    if integ["ok"]:
+        print(f"integrity: ok, each of the {integ['checked_tasks']:,} grad tasks of {integ['checked_steps']:,} "
+              f"steps was accepted exactly once{extra_s}")
+    else:
+        print(f"integrity: FAILED, {integ['violation_count']:,} of {integ['checked_tasks']:,} grad tasks were "
+              f"not accepted exactly once{extra_s}:")
+        for v in integ["violations"]:
+            print(f"  run {v['run'] + 1} step {v['step']} task {v['task']}: {v['problem']}")
+        if integ["violation_count"] > len(integ["violations"]):
+            print(f"  ... and {integ['violation_count'] - len(integ['violations']):,} more (see --json)")
+
+
+def cmd_report(args) -> int:
+    from .report import run_report
+
+    rep = run_report(args.run_dir)
     if args.json:
-        print(json.dumps({"summary": {k: v for k, v in summary.items() if k != "history"}, "epochs": epochs},
-                         indent=2))
+        print(json.dumps(rep, indent=2, default=str))
         return 0
-    print(f"run {run}")
+    summary, epochs = rep["summary"], rep["epochs"]
+    print(f"run {rep['run_dir']}")
+    for w in rep["history_warnings"]:
+        print(f"  note: {w}")
     if summary:
         for k in ("final_test_accuracy", "epochs", "steps", "samples_per_s", "ranks", "workers", "wall_s",
                   "master_cpu_s", "master_cpu_fraction"):
             print(f"  {k:<22} {summary.get(k)}")
+    else:
+        print("  no summary.json (the run has not finished)")
     if epochs:
         print(f"\n  {'epoch':>5} {'step':>7} {'loss':>9} {'test_acc':>9} {'wall_s':>8}")
         for e in epochs:
             acc = e.get("test_accuracy")
             loss = e.get("loss")
-            print(f"  {e['epoch']:>5} {e['step']:>7} {loss if loss is None else format(loss, '.4f'):>9} "
-                  f"{'-' if acc is None else format(100 * acc, '.2f') + '%':>9} {e['wall_s']:>8.1f}")
+            wall = e.get("wall_s")
+            print(f"  {e.get('epoch'):>5} {e.get('step'):>7} {'-' if loss is None else format(loss, '.4f'):>9} "
+                  f"{'-' if acc is None else format(100 * acc, '.2f') + '%':>9} "
+                  f"{'-' if wall is None else format(wall, '.1f'):>8}")
+    _print_ledger(rep)
+    if rep["drain"] and rep["drain"]["ranks"]:
+        print(f"drain file {rep['drain']['path']} lists rank {', '.join(map(str, rep['drain']['ranks']))}")
+    return 0
+
+
+def cmd_drain(args) -> int:
+    from .report import parse_ranks, update_drain
+
+    ranks = parse_ranks(args.ranks)
+    res = update_drain(args.run_dir, ranks, undo=args.undo)
+    names = lambda rs: ", ".join(map(str, rs))  # noqa: E731
+    now = names(res["ranks"]) or "empty"
+    if args.undo:
+        if res["changed"]:
+            print(f"readmitted rank {names(res['changed'])}: removed from {res['path']}; the running master "
+                  f"puts them back in the schedule at its next poll (drain file now: {now})")
+        if res["unchanged"]:
+            print(f"rank {names(res['unchanged'])} was not listed in {res['path']} (drain file: {now})")
+    else:
+        if res["changed"]:
+            print(f"drained rank {names(res['changed'])}: listed in {res['path']}; the running master takes "
+                  f"them out of the schedule at its next poll (drain file now: {now})")
+        if res["unchanged"]:
+            print(f"rank {names(res['unchanged'])} was already listed in {res['path']} (drain file: {now})")
     return 0
 
 
@@ -300,10 +416,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_evaluate)
 
-    sp = sub.add_parser("report", help="summary and per-epoch metrics of a run")
-    sp.add_argument("run_dir")
-    sp.add_argument("--json", action="store_true")
+    sp = sub.add_parser("report", help="summary, per-epoch metrics and the Proof-of-Calculation ledger of a run",
+                        description="The run's summary and per-epoch metrics, then from RUN_DIR/ledger.jsonl: "
+                        "one row per rank (copies by state, credited, backups, median latency and compute "
+                        "time per sample, strikes, status), the suspect nodes and the exactly-once check.")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("--json", action="store_true", help="print everything as one JSON document")
     sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("drain", help="take worker ranks out of a running job's schedule (or --undo: readmit)",
+                        description="Lists RANKs in the run's drain file ([poc] drain_file in RUN_DIR/config.toml, "
+                        "default RUN_DIR/drain; one rank per line), written atomically. The running master polls it "
+                        "and takes listed ranks out of the schedule; --undo removes them from the file and the "
+                        "master readmits them.")
+    sp.add_argument("run_dir", metavar="RUN_DIR")
+    sp.add_argument("ranks", nargs="+", metavar="RANK", help="worker rank (1..N-1)")
+    sp.add_argument("--undo", action="store_true", help="remove the ranks from the drain file (readmit them)")
+    sp.set_defaults(fn=cmd_drain)
 
     sp = sub.add_parser("model", help="print the model summary of a config")
     sp.add_argument("config")

@@ -104,7 +104,11 @@ class Recorder:
         self._last = (self.t0, master.state.samples)
         self._samples0 = master.state.samples
         if self.cfg["poc"]["ledger"]:
-            self._ledger = open(self.dir / "ledger.jsonl", "a", buffering=1 << 16)
+            path = self.dir / "ledger.jsonl"
+            torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes()[-1:] == b"\n"
+            self._ledger = open(path, "a", buffering=1 << 16)
+            if torn:   # a killed run left half a line: start ours on a fresh one
+                self._ledger.write("\n")
             self._ledger.write(json.dumps({
                 "ev": "run", "unix_time": time.time(), "start_step": master.state.step,
                 "resumed": master.state.step > 0, "ranks": self.ranks,
@@ -155,7 +159,7 @@ class Recorder:
     def _write(self, rec: dict) -> None:
         self._metrics.write(json.dumps(rec) + "\n")
 
-    def on_step(self, st, window: dict, steps_per_epoch: int) -> None:
+    def on_step(self, st, window: dict, steps_per_epoch: int, extra: dict | None = None) -> None:
         now = time.monotonic()
         t_prev, s_prev = self._last
         self._last = (now, st.samples)
@@ -164,6 +168,7 @@ class Recorder:
                "train_accuracy": window["correct"] / n, "samples": st.samples,
                "wall_s": round(now - self.t0, 4),
                "samples_per_s": round((st.samples - s_prev) / max(now - t_prev, 1e-9), 1)}
+        rec.update({k: v for k, v in (extra or {}).items() if v is not None})
         self._write(rec)
         self.on_event("step", dict(rec, steps_per_epoch=steps_per_epoch, step_in_epoch=st.step_in_epoch))
 

@@ -10,7 +10,8 @@ from .ops import activation_code, add, dense, matmul, relu, reshape, softmax_cro
 from .layers import INITIALIZERS, LAYERS, Dense, Flatten, Layer, register_layer
 from .losses import LOSSES
 from .model import Model, build_model, validate_model_spec
-from .optim import OPTIMIZERS, SGD, Optimizer, make_optimizer, register_optimizer, validate_optimizer_config
+from .optim import (OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, clip_scale, grad_norm, make_optimizer,
+                    register_optimizer, validate_optimizer_config)
 
 __all__ = [
     # autograd core
@@ -47,3 +48,4 @@ __all__ = [
     "register_optimizer",
     "validate_optimizer_config",
 ]
+from .schedule import SCHEDULES, Schedule, make_schedule  # noqa: E402,F401

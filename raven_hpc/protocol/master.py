@@ -370,9 +370,9 @@ class Master:
                 text = open(path).read()
             except OSError:
                 text = ""
-            for tok in text.split():
-                if tok.isdigit() and int(tok) in self.sched.workers and int(tok) != 0:
-                    ranks.add(int(tok))
+            from ..report import parse_drain
+
+            ranks = {r for r in parse_drain(text)[0] if r in self.sched.workers}
         for r in sorted(ranks - self._drained):
             self.sched.drain(r, now, f"listed in {path}")
         for r in sorted(self._drained - ranks):
@@ -505,6 +505,14 @@ class Master:
         snippet_size = int(self.ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
         max_steps = tr["max_steps"]
         self.rec.begin(self)
+        from ..engine import make_schedule
+
+        steps_per_epoch = make_plan(train.num_snippets, 0, seed=tr["seed"], batch_size=tr["batch_size"],
+                                    snippet_size=snippet_size, task_snippets=tr["task_snippets"]).num_steps
+        total_steps = tr["epochs"] * steps_per_epoch
+        if max_steps:
+            total_steps = min(total_steps, max_steps)
+        self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
         while st.epoch < tr["epochs"]:
             plan = make_plan(train.num_snippets, st.epoch, seed=tr["seed"], batch_size=tr["batch_size"],
                              snippet_size=snippet_size, task_snippets=tr["task_snippets"])
@@ -528,7 +536,8 @@ class Master:
                 for k in window:
                     window[k] += total[k]
                 if st.step % tr["log_every"] == 0 or st.step_in_epoch == plan.num_steps:
-                    self.rec.on_step(st, window, plan.num_steps)
+                    self.rec.on_step(st, window, plan.num_steps,
+                                     {"lr": self.opt.last_lr, "grad_norm": self.opt.last_grad_norm})
                     window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
                 ck = cfg["run"]["checkpoint_every_steps"]
                 if ck and st.step % ck == 0 and st.step_in_epoch < plan.num_steps:
@@ -553,7 +562,8 @@ class Master:
         if samples <= 0:
             raise ProtocolError(f"step {self.state.step} finished with no samples")
         self._writable_params()
-        self.opt.step(self.model.params, self.acc, scale=1.0 / samples)
+        self.opt.step(self.model.params, self.acc, scale=1.0 / samples,
+                      lr=self.lr_schedule.lr_at(self.state.step))
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples

@@ -497,7 +497,7 @@ class Scheduler:
             self._move(task, copy, REJECTED, now, reason or "failed checks")
             self._reopen(task)
             if strike:
-                self.strike(rank, now, f"{copy.reason} (step {task.step}, task {task_id})")
+                self.strike(rank, now, f"{copy.reason} (task {task_id})")
             return Verdict(False, REJECTED, copy.reason)
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
         w.done += 1
@@ -564,7 +564,7 @@ class Scheduler:
         if task.accepted_verified:
             why = f"disagreed with the verified result (off by {worst:.3g} x tolerance)"
             self._move(task, copy, REJECTED, now, why)
-            self.strike(copy.rank, now, f"{why} at step {task.step}")
+            self.strike(copy.rank, now, why)
             return Verdict(False, REJECTED, why)
         # The applied result was not verified: whoever is wrong is unknown.
         why = f"disputes the accepted result (off by {worst:.3g} x tolerance)"
@@ -588,7 +588,7 @@ class Scheduler:
                     _, worst = agree(c.fp, copy.fp, self.rtol)
                     why = f"disagreed with the quorum (off by {worst:.3g} x tolerance)"
                     self._move(task, c, REJECTED, now, why)
-                    self.strike(c.rank, now, f"{why} at step {task.step}")
+                    self.strike(c.rank, now, why)
             return Verdict(True, ACCEPTED, "quorum")
         self._move(task, copy, HELD, now, "waiting for a quorum")
         held.append(copy)
@@ -631,8 +631,11 @@ class Scheduler:
                 if c.state == HELD:
                     self._move(task, c, REJECTED, now, why)
                 c.reason = why
-                self.strike(c.rank, now, f"{why} at step {task.step}")
+                self.strike(c.rank, now, why)
         if task.state in (PENDING, RUNNING):
+            mine = Copy(task_id, 0, now, fp=fp, verified=True, agreed=True)
+            task.copies.append(mine)
+            self._move(task, mine, ACCEPTED, now, "computed by the master (arbitration)")
             task.state = DONE
             task.accepted_fp = fp
             task.accepted_verified = True

@@ -83,7 +83,7 @@ def test_no_worker_left_for_a_tie_breaker_asks_the_master_to_arbitrate():
     assert s.arbitrate(t.task_id, fp(), 3.0) is True      # master's result is applied
     st = s.worker_stats()
     assert st[2]["strikes"] == 1 and st[1]["strikes"] == 0
-    assert {c.rank: c.state for c in t.copies} == {1: DUPLICATE, 2: REJECTED}
+    assert {c.rank: c.state for c in t.copies} == {1: DUPLICATE, 2: REJECTED, 0: ACCEPTED}
     assert any(e["ev"] == "arbitrated" for e in s.drain_events())
 
 

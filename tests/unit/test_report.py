@@ -1,0 +1,506 @@
+"""raven_hpc.report: the ledger summary, the exactly-once check, suspects and
+the drain file, on synthetic ledgers (no MPI, no training)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from raven_hpc.errors import RavenError
+from raven_hpc.report import (
+    drain_path,
+    iter_ledger,
+    ledger_summary,
+    parse_drain,
+    parse_ranks,
+    read_drain,
+    read_history,
+    read_ledger,
+    run_report,
+    summarize_ledger,
+    update_drain,
+)
+
+HOSTS = {"0": "n0", "1": "n1", "2": "n2", "3": "n3"}
+FAST, SLOW = 0.004, 0.016      # compute_s of 128 samples: rank 3 is 4x slower
+
+
+class Ledger:
+    """Builds ledger.jsonl lines the way the master writes them."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.t = 0.0
+
+    def rec(self, **kw) -> None:
+        self.lines.append(json.dumps(kw))
+
+    def run(self, start, ranks=4, resumed=False, hosts=None) -> None:
+        self.t = 0.0
+        self.rec(ev="run", unix_time=1.7e9 + start, start_step=start, resumed=resumed, ranks=ranks,
+                 hosts=hosts or HOSTS, poc={"redundancy": 2, "quorum": 1})
+
+    def copy(self, step, task, rank, state, *, compute=None, samples=128, latency=0.05, backup=False,
+             verified=False, agreed=None, credited=None, kind="grad", reason="") -> None:
+        if compute is None and state not in ("lost", "skipped"):
+            compute = SLOW if rank == 3 else FAST
+        if credited is None:
+            credited = state in ("accepted", "duplicate")
+        self.t += 0.01
+        self.rec(ev="copy", step=step, task=task, kind=kind, snippets=[2 * task, 2 * task + 1], samples=samples,
+                 rank=rank, host=HOSTS.get(str(rank), f"n{rank}"), assigned=round(self.t, 4),
+                 finished=round(self.t + latency, 4), compute_s=compute, latency_s=latency, state=state,
+                 backup=backup, verified=verified, agreed=agreed, credited=credited, reason=reason)
+
+    def event(self, ev, step, rank, reason="", **kw) -> None:
+        self.rec(ev=ev, step=step, rank=rank, host=HOSTS.get(str(rank), f"n{rank}"), reason=reason, **kw)
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    def write(self, path, tail: str = ""):
+        path.write_text(self.text() + tail)
+        return path
+
+
+def scenario() -> Ledger:
+    """Two runs: run 1 (4 ranks) is killed during step 20 and leaves a partial
+    line; run 2 resumes from the checkpoint at step 18 and finishes step 24.
+
+    * every task has 2 copies (accepted + duplicate) on ranks 1..3; rank 3 is 4x slower;
+    * rank 2 disagrees with the quorum at steps 14, 15, 16 (3 strikes) and is excluded at step 16;
+    * one backup (step 5), one late copy (step 7), one skipped copy (step 9);
+    * rank 1 is drained at step 18 (its copy is lost) and undrained at step 19;
+    * in run 2 rank 3 is lost at step 22 (hung) with a lost copy.
+    """
+    L = Ledger()
+    L.run(0)
+    for step in range(20):
+        for k in range(3):
+            task = 3 * step + k
+            if step < 14:
+                a, b = 1 + k, 1 + (k + 1) % 3
+            else:
+                a, b = (1, 3) if k != 2 else (3, 1)
+            if step == 18:
+                L.copy(step, task, 3, "accepted")
+                if k == 0:
+                    L.copy(step, task, 1, "lost", reason="drained")
+                continue
+            L.copy(step, task, a, "accepted", verified=True, agreed=True)
+            L.copy(step, task, b, "duplicate", verified=True, agreed=True)
+            if step in (14, 15, 16) and k == 1:
+                L.copy(step, task, 2, "rejected", verified=True, agreed=False, credited=False,
+                       reason="disagreed with the quorum")
+        if step in (14, 15, 16):
+            L.event("strike", step, 2, "disagreed with the quorum (fingerprint off by 3.1e+01 x tolerance)",
+                    strikes=step - 13)
+        if step == 16:
+            L.event("exclude", step, 2, "3 strikes")
+        if step == 5:
+            L.copy(step, 3 * step, 2, "duplicate", backup=True, verified=True, agreed=True, credited=True)
+        if step == 7:
+            L.copy(step, 3 * step + 1, 3, "late", credited=False)
+        if step == 9:
+            L.copy(step, 3 * step + 2, 1, "skipped", credited=False)
+        if step == 18:
+            L.event("drain", step, 1, "listed in RUN_DIR/drain")
+        if step == 19:
+            L.event("undrain", step, 1, "readmitted by the operator")
+    # step 20 in flight when run 1 is killed
+    L.copy(20, 60, 1, "accepted")
+    L.copy(20, 61, 3, "lost", reason="run stopped")
+    L.rec(ev="heartbeat", t=3.0)                       # a record kind this reader does not know
+    L.lines.append('{"ev": "copy", "step": 20, "task": 62, "ki')   # killed mid-line ...
+    L.lines[-1] += json.dumps({"ev": "run", "unix_time": 1.7e9 + 100, "start_step": 18, "resumed": True,
+                               "ranks": 4, "hosts": HOSTS, "poc": {}})  # ... and run 2 appended to it
+    for step in range(18, 25):
+        for k in range(3):
+            task = 3 * step + k
+            r = 1 + k
+            if step >= 22 and r == 3:
+                r = 1
+            L.copy(step, task, r, "accepted")
+        if step == 22:
+            L.copy(step, 3 * step + 2, 3, "lost", latency=60.0, reason="worker lost")
+            L.event("lost", step, 3, "no result for 60.0 s (hung)")
+    L.rec(ev="end", step=25, t=12.3, status="finished")
+    return L
+
+
+def row(summary, rank):
+    return next(r for r in summary["ranks"] if r["rank"] == rank)
+
+
+@pytest.fixture()
+def ledger_file(tmp_path):
+    return scenario().write(tmp_path / "ledger.jsonl", tail='{"ev": "copy", "step": 2')
+
+
+# ------------------------------------------------------------------ reading --
+def test_read_ledger_skips_truncated_last_line_and_salvages_glued_record(ledger_file):
+    records, warnings = read_ledger(ledger_file)
+    assert sum(r["ev"] == "run" for r in records) == 2          # run 2's record survived the glued line
+    assert any("truncated record skipped" in w and "(the last)" in w for w in warnings)
+    assert any("followed by a whole one" in w for w in warnings)
+    assert len(warnings) == 2
+
+
+def test_bad_middle_lines_are_named(tmp_path):
+    p = tmp_path / "l.jsonl"
+    p.write_text('{"ev": "run", "start_step": 0}\nnot json\n[1, 2]\n\n{"no_ev": 1}\n'
+                 '{"ev": "end", "status": "finished"}\n')
+    records, warnings = read_ledger(p)
+    assert [r["ev"] for r in records] == ["run", "end"]
+    assert [w.split(":")[0] for w in warnings] == ["ledger line 2", "ledger line 3", "ledger line 5"]
+
+
+def test_unknown_events_are_ignored_and_counted(ledger_file):
+    s = summarize_ledger(ledger_file)
+    assert s["ignored_events"] == {"heartbeat": 1}
+
+
+# -------------------------------------------------------------- per-rank rows --
+def test_rank_rows_count_every_copy_state(ledger_file):
+    s = summarize_ledger(ledger_file)
+    records, _ = read_ledger(ledger_file)
+    copies = [r for r in records if r["ev"] == "copy"]
+    assert [r["rank"] for r in s["ranks"]] == [1, 2, 3]           # the master computed nothing: no row
+    for d in s["ranks"]:
+        mine = [c for c in copies if c["rank"] == d["rank"]]
+        by = lambda st: sum(c["state"] == st for c in mine)  # noqa: E731
+        assert d["copies"] == len(mine)
+        assert d["accepted"] == by("accepted")
+        assert d["duplicates"] == by("duplicate")
+        assert d["late"] == by("late") and d["rejected"] == by("rejected")
+        assert d["lost"] == by("lost") and d["skipped"] == by("skipped")
+        assert d["returned"] == d["accepted"] + d["duplicates"] + d["late"] + d["rejected"]
+        assert d["credited"] == sum(bool(c["credited"]) for c in mine)
+        assert d["backups"] == sum(c["backup"] for c in mine)
+        assert d["copies"] == d["returned"] + d["lost"] + d["skipped"]
+    t = s["totals"]
+    assert t["copies"] == len(copies)
+    assert t["late"] == 1 and t["skipped"] == 1 and t["backups"] == 1 and t["rejected"] == 3
+    assert t["lost"] == 3 and t["disagreed"] == 3 and t["strikes"] == 3 and t["runs"] == 2
+    assert row(s, 2)["backups"] == 1 and row(s, 3)["late"] == 1 and row(s, 1)["skipped"] == 1
+
+
+def test_medians_and_relative_compute(ledger_file):
+    s = summarize_ledger(ledger_file)
+    fast_ms = 1000 * FAST / 128
+    assert row(s, 1)["compute_ms_per_sample"] == pytest.approx(fast_ms)
+    assert row(s, 3)["compute_ms_per_sample"] == pytest.approx(4 * fast_ms)
+    assert row(s, 1)["relative_compute"] == pytest.approx(1.0)
+    assert row(s, 3)["relative_compute"] == pytest.approx(4.0)
+    # lost copies (60 s) do not count in the latency median
+    assert row(s, 3)["median_latency_s"] == pytest.approx(0.05)
+
+
+def test_status_follows_the_last_membership_event_and_resets_on_resume():
+    L = Ledger()
+    L.run(0)
+    L.copy(0, 0, 1, "accepted")
+    L.copy(0, 1, 2, "accepted")
+    L.copy(0, 2, 3, "accepted")
+    L.event("exclude", 1, 1, "3 strikes")
+    L.event("drain", 1, 2, "listed in RUN_DIR/drain")
+    L.event("lost", 1, 3, "process failed (ULFM)")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [row(s, r)["status"] for r in (1, 2, 3)] == ["excluded", "drained", "lost"]
+    L.event("readmit", 2, 1, "probation after 100 steps")
+    L.event("undrain", 2, 2, "readmitted by the operator")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [row(s, r)["status"] for r in (1, 2, 3)] == ["active", "active", "lost"]
+    L.run(2, resumed=True)
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [row(s, r)["status"] for r in (1, 2, 3)] == ["active", "active", "active"]
+
+
+def test_scenario_status_and_hosts(ledger_file):
+    s = summarize_ledger(ledger_file)
+    assert row(s, 1)["status"] == "active"     # drained then undrained
+    assert row(s, 2)["status"] == "active"     # excluded in run 1; run 2 started it afresh
+    assert row(s, 3)["status"] == "lost"
+    assert row(s, 2)["host"] == "n2" and row(s, 2)["hosts"] == ["n2"]
+    assert row(s, 2)["strikes"] == 3
+
+
+def test_idle_worker_gets_a_row_and_master_only_when_it_computes():
+    L = Ledger()
+    L.run(0, ranks=3, hosts={"0": "m", "1": "a", "2": "b"})
+    L.copy(0, 0, 1, "accepted")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [d["rank"] for d in s["ranks"]] == [1, 2]
+    assert row(s, 2)["copies"] == 0 and row(s, 2)["host"] == "b" and row(s, 2)["median_latency_s"] is None
+    L.copy(1, 1, 0, "accepted")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [d["rank"] for d in s["ranks"]] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- suspects --
+def test_suspects_with_reasons_in_words(ledger_file):
+    s = summarize_ledger(ledger_file)
+    sus = {x["rank"]: x for x in s["suspects"]}
+    assert set(sus) == {2, 3}
+    assert "; ".join(sus[2]["reasons"]) == ("3 strikes: disagreed with the quorum at steps 14, 15, 16; "
+                                            "excluded at step 16")
+    assert sus[3]["reasons"] == ["lost at step 22: no result for 60.0 s (hung)",
+                                 "slow: 4.0x the median compute time per sample"]
+    assert sus[3]["status"] == "lost"
+
+
+def test_clean_ledger_has_no_suspects_and_readmission_is_told():
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(4):
+        L.copy(step, 2 * step, 1, "accepted", compute=FAST)
+        L.copy(step, 2 * step + 1, 2, "accepted", compute=FAST * 1.5)
+    L.rec(ev="end", step=4, t=1.0, status="finished")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert s["suspects"] == []
+    L.event("strike", 4, 2, "non-finite result", strikes=1)
+    L.event("exclude", 4, 2, "bad gradients")
+    L.event("readmit", 9, 2, "probation after 5 steps")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert s["suspects"][0]["reasons"] == ["1 strike: non-finite result at step 4",
+                                           "excluded at step 4 (bad gradients)",
+                                           "readmitted at step 9 (probation after 5 steps)"]
+
+
+def test_one_slow_rank_of_two_stands_out():
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(3):
+        L.copy(step, 2 * step, 1, "accepted", compute=FAST)
+        L.copy(step, 2 * step + 1, 2, "accepted", compute=FAST * 3)
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert [x["rank"] for x in s["suspects"]] == [2]
+    assert s["suspects"][0]["reasons"] == ["slow: 3.0x the median compute time per sample"]
+
+
+def test_many_strike_steps_are_abbreviated():
+    L = Ledger()
+    L.run(0, ranks=2)
+    for step in range(15):
+        L.event("strike", step, 1, f"non-finite result (nan at {step})", strikes=step + 1)
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert s["suspects"][0]["reasons"] == [
+        "15 strikes: non-finite result at steps 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 5 more"]
+
+
+# ------------------------------------------------------------ exactly once --
+def test_exactly_once_over_a_resumed_run(ledger_file):
+    s = summarize_ledger(ledger_file)
+    i = s["integrity"]
+    assert i["ok"] and i["violation_count"] == 0 and i["violations"] == []
+    # run 1: steps 0..17 closed (run 2 resumed at 18); run 2: steps 18..24, finished
+    assert i["checked_tasks"] == 18 * 3 + 7 * 3
+    assert i["checked_steps"] == 25
+    assert i["redone_tasks"] == 3 + 3 + 2     # run 1's steps 18, 19 and the open step 20
+    assert i["open_tasks"] == 0
+    assert s["totals"]["steps"] == 25 and s["totals"]["tasks"] == 75
+    assert [r["start_step"] for r in s["runs"]] == [0, 18]
+    assert s["runs"][0]["end"] is None and s["runs"][1]["end"]["status"] == "finished"
+
+
+def test_exactly_once_violations_are_reported():
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(3):
+        for k in range(2):
+            L.copy(step, 2 * step + k, 1 + k, "accepted")
+    L.copy(0, 0, 2, "accepted")                                  # applied twice
+    L.copy(1, 9, 2, "rejected", credited=False)                  # closed step, never accepted
+    for r in (1, 2, 1, 2):
+        L.copy(2, 4, r, "duplicate", credited=True)              # 5 credited copies
+    L.copy(0, 7, 1, "accepted", kind="eval")                     # eval tasks are not checked
+    L.copy(0, 7, 2, "accepted", kind="eval")
+    L.rec(ev="end", step=3, t=1.0, status="finished")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    i = s["integrity"]
+    assert not i["ok"] and i["violation_count"] == 3
+    probs = {(v["step"], v["task"]): v["problem"] for v in i["violations"]}
+    assert probs == {(0, 0): "accepted 2 times", (1, 9): "never accepted",
+                     (2, 4): "5 copies credited (at most 3)"}
+    assert s["totals"]["other_kinds"] == {"eval": 2}
+
+
+def test_open_step_of_a_stopped_run_is_not_a_violation():
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(3):
+        L.copy(step, 2 * step, 1, "accepted")
+        L.copy(step, 2 * step + 1, 2, "accepted")
+    L.copy(3, 6, 1, "accepted")
+    L.copy(3, 7, 2, "lost")                                      # step 3 was in flight
+    L.rec(ev="end", step=3, t=1.0, status="interrupted")          # 3 steps done, step 3 open
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    i = s["integrity"]
+    assert i["ok"] and i["open_tasks"] == 2 and i["checked_tasks"] == 6 and s["totals"]["steps"] == 3
+    # killed (no end record): the last step with an accepted copy is taken as open
+    s = ledger_summary(json.loads(x) for x in L.lines[:-1])
+    assert s["integrity"]["ok"] and s["integrity"]["open_tasks"] == 2
+    # had the run finished, task 7 would have been dropped: a violation
+    L.lines[-1] = json.dumps({"ev": "end", "step": 4, "t": 1.0, "status": "finished"})
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert not s["integrity"]["ok"] and s["integrity"]["violations"][0]["task"] == 7
+    # a task accepted twice is a violation even in an open step
+    L.lines[-1] = json.dumps({"ev": "end", "step": 3, "t": 1.0, "status": "failed"})
+    L.copy(3, 6, 2, "accepted")
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert s["integrity"]["violation_count"] == 1
+    assert s["integrity"]["violations"][0]["problem"] == "accepted 2 times"
+
+
+def test_a_step_skipped_in_the_middle_is_found():
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(4):
+        L.copy(step, 2 * step, 1, "accepted")
+        L.copy(step, 2 * step + 1, 2, "lost" if step == 1 else "accepted")
+    s = ledger_summary(json.loads(x) for x in L.lines)            # killed: step 3 open, step 1 closed
+    assert s["integrity"]["violations"] == [{"run": 0, "step": 1, "task": 3, "accepted": 0, "credited": 0,
+                                             "problem": "never accepted"}]
+
+
+def test_records_before_a_run_record_and_malformed_copies():
+    recs = [{"ev": "copy", "step": 0, "task": 0, "rank": 1, "state": "accepted", "samples": 4, "compute_s": 0.1},
+            {"ev": "copy", "step": 0, "task": 1, "rank": "x", "state": "accepted"},
+            {"ev": "copy", "step": 0, "task": 2, "rank": 1, "state": "exploded"}]
+    s = ledger_summary(recs)
+    assert row(s, 1)["accepted"] == 1 and row(s, 1)["compute_ms_per_sample"] == pytest.approx(25.0)
+    assert any("2 ledger record(s)" in w for w in s["warnings"])
+    assert s["integrity"]["open_tasks"] == 1          # no end record: its only step counts as open
+
+
+def test_empty_ledger(tmp_path):
+    p = tmp_path / "ledger.jsonl"
+    p.write_text("")
+    s = summarize_ledger(p)
+    assert s["ranks"] == [] and s["suspects"] == [] and s["integrity"]["ok"] and s["totals"]["copies"] == 0
+
+
+def test_streaming_is_fast_enough(tmp_path):
+    """Summarizing costs a small multiple of just parsing the JSON lines
+    (measured: ~1.5x), so a million lines take seconds, not minutes."""
+    one = json.dumps({"ev": "copy", "step": 0, "task": 0, "kind": "grad", "snippets": [1, 2, 3, 4],
+                      "samples": 128, "rank": 1, "host": "node-017", "assigned": 10.52, "finished": 10.61,
+                      "compute_s": 0.0043, "latency_s": 0.09, "state": "accepted", "backup": False,
+                      "verified": True, "agreed": True, "credited": True, "reason": ""})
+    head, tail = one.split('"step": 0, "task": 0')
+    ranks, n = 16, 100_000
+    path = tmp_path / "ledger.jsonl"
+    with open(path, "w") as fh:
+        fh.write(json.dumps({"ev": "run", "unix_time": 1.7e9, "start_step": 0, "resumed": False,
+                             "ranks": ranks + 1, "hosts": {}}) + "\n")
+        for i in range(n):
+            line = f'{head}"step": {i // 64}, "task": {i}{tail}'
+            fh.write(line.replace('"rank": 1,', f'"rank": {1 + i % ranks},') + "\n")
+        fh.write(json.dumps({"ev": "end", "step": n // 64 + 1, "t": 100.0, "status": "finished"}) + "\n")
+    t0 = time.process_time()
+    with open(path) as fh:
+        for line in fh:
+            json.loads(line)
+    t_json = time.process_time() - t0
+    t0 = time.process_time()
+    s = summarize_ledger(path)
+    t_sum = time.process_time() - t0
+    assert s["totals"]["copies"] == n and s["integrity"]["ok"]
+    assert s["integrity"]["checked_tasks"] == n and s["totals"]["steps"] == (n + 63) // 64
+    assert len(s["ranks"]) == ranks
+    assert t_sum < 4 * t_json + 0.5 and t_sum < 30, f"{t_sum:.2f} s (json.loads alone: {t_json:.2f} s)"
+
+
+# --------------------------------------------------------------- run_report --
+def test_run_report_history_and_ledger(tmp_path, ledger_file):
+    run = tmp_path
+    (run / "summary.json").write_text(json.dumps({"final_test_accuracy": 0.9, "steps": 25, "history": [1]}))
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "step", "step": 1}) + "\n"
+                                       + json.dumps({"event": "epoch", "epoch": 1, "step": 25}) + "\n"
+                                       + '{"event": "ep')
+    rep = run_report(run)
+    assert rep["summary"] == {"final_test_accuracy": 0.9, "steps": 25}
+    assert [e["epoch"] for e in rep["epochs"]] == [1]
+    assert len(rep["history_warnings"]) == 1
+    assert rep["ledger"]["integrity"]["ok"]
+    json.dumps(rep)   # one JSON document
+
+
+def test_run_report_errors(tmp_path):
+    with pytest.raises(RavenError, match="no run directory"):
+        run_report(tmp_path / "nope")
+    with pytest.raises(RavenError, match="is it a raven-hpc run directory"):
+        run_report(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"event": "epoch", "epoch": 1, "step": 3}) + "\n")
+    rep = run_report(tmp_path)
+    assert rep["ledger"] is None and rep["ledger_path"] is None
+    assert read_history(tmp_path)["summary"] == {}
+
+
+def test_iter_ledger_streams(ledger_file):
+    it = iter_ledger(ledger_file)
+    assert next(it)["ev"] == "run"
+
+
+# -------------------------------------------------------------------- drain --
+def test_drain_path_from_config(tmp_path):
+    assert drain_path(tmp_path) == tmp_path / "drain"
+    (tmp_path / "config.toml").write_text('[poc]\ndrain_file = "/somewhere/else/drain"\n')
+    assert str(drain_path(tmp_path)) == "/somewhere/else/drain"
+    (tmp_path / "config.toml").write_text('[poc]\ndrain_file = "ops/drain.txt"\n')
+    assert drain_path(tmp_path) == tmp_path / "ops" / "drain.txt"
+    (tmp_path / "config.toml").write_text('[poc]\ndrain_file = "{run}/d"\n')
+    assert drain_path(tmp_path) == tmp_path / "d"
+    (tmp_path / "config.toml").write_text('[train]\nepochs = 1\n')
+    assert drain_path(tmp_path) == tmp_path / "drain"
+
+
+def test_update_drain_adds_removes_atomically(tmp_path, monkeypatch):
+    calls = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (calls.append((a, b)), real(a, b)))
+    res = update_drain(tmp_path, [3, 1])
+    assert res["changed"] == [1, 3] and res["ranks"] == [1, 3]
+    assert (tmp_path / "drain").read_text() == "1\n3\n"
+    assert len(calls) == 1 and os.path.dirname(calls[0][0]) == str(tmp_path)
+    res = update_drain(tmp_path, [3, 5])
+    assert res["changed"] == [5] and res["unchanged"] == [3] and read_drain(tmp_path / "drain") == [1, 3, 5]
+    res = update_drain(tmp_path, [1, 7], undo=True)
+    assert res["changed"] == [1] and res["unchanged"] == [7]
+    assert (tmp_path / "drain").read_text() == "3\n5\n"
+    update_drain(tmp_path, [3, 5], undo=True)
+    assert (tmp_path / "drain").read_text() == "" and read_drain(tmp_path / "drain") == []
+    assert [p.name for p in tmp_path.iterdir()] == ["drain"]      # no temp files left
+
+
+def test_update_drain_keeps_comments_and_refuses_garbage(tmp_path):
+    (tmp_path / "drain").write_text("# bad node, ticket 42\n2\n")
+    update_drain(tmp_path, [4])
+    assert (tmp_path / "drain").read_text() == "# bad node, ticket 42\n2\n4\n"
+    (tmp_path / "drain").write_text("2\nnode7\n")
+    with pytest.raises(RavenError, match="not a rank"):
+        update_drain(tmp_path, [4])
+    assert (tmp_path / "drain").read_text() == "2\nnode7\n"
+    with pytest.raises(RavenError, match="no run directory"):
+        update_drain(tmp_path / "nope", [1])
+
+
+def test_update_drain_uses_the_configured_file(tmp_path):
+    (tmp_path / "ops").mkdir()
+    (tmp_path / "config.toml").write_text(f'[poc]\ndrain_file = "{tmp_path}/ops/drain"\n')
+    res = update_drain(tmp_path, [2])
+    assert res["path"] == str(tmp_path / "ops" / "drain") and (tmp_path / "ops" / "drain").read_text() == "2\n"
+    (tmp_path / "config.toml").write_text('[poc]\ndrain_file = "missing/dir/drain"\n')
+    with pytest.raises(RavenError, match="does not exist"):
+        update_drain(tmp_path, [2])
+
+
+def test_parse_ranks_and_drain_text():
+    assert parse_ranks(["3", "1", "3"]) == [1, 3]
+    for bad in (["0"], ["-1"], ["x"], ["1.5"], []):
+        with pytest.raises(RavenError):
+            parse_ranks(bad)
+    assert parse_drain("1\n\n# c\n2 3 # note\n4,5\n") == ([1, 2, 3, 4, 5], [])
+    assert parse_drain("1\nzero\n0\n")[1] == ["zero", "0"]
