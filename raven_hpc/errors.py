@@ -65,3 +65,11 @@ class WorkerError(RavenError):
     def __reduce__(self):
         msg = str(self).split(": ", 2)[-1]
         return (WorkerError, (self.rank, self.host, self.kind, msg, self.detail))
+
+
+class Interrupted(RavenError):
+    """The job was told to stop (SIGTERM / SIGUSR1: a time limit, a dead
+    rank under an MPI without fault tolerance, an operator); a checkpoint was
+    written first."""
+
+    exit_code = 143

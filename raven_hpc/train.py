@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import load_config, to_toml, validate
-from .errors import CheckpointError, ConfigError, RavenError
+from .errors import CheckpointError, ConfigError, Interrupted, RavenError
 
 __all__ = ["setup_run", "run_training", "Recorder", "broadcast_setup"]
 
@@ -310,7 +310,13 @@ def _run_master(master) -> dict:
         summary = rec.finish(master)
     except BaseException as exc:
         rec.ledger(master.sched.drain_events(), master.hosts)
-        rec._close_ledger("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", master.state.step)
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        rec._close_ledger("interrupted" if interrupted else "failed", master.state.step)
+        if isinstance(exc, Interrupted):
+            # the job is being torn down (peers may be dying): end it now
+            exc.abort_job = True
+            ds.close()
+            raise
         if not master.stop():
             # Some worker cannot be reached: the CLI reports and aborts the job.
             exc.abort_job = True

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ProtocolError, RavenError
+from ..errors import Interrupted, ProtocolError, RavenError
 from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, finite_sq, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
@@ -110,6 +110,8 @@ class Master:
         self._log_norm: float | None = None   # running typical log(|g| / samples) of accepted results
         self._drain_mtime: float | None = None
         self._drained: set[int] = set()
+        self.dead: set[int] = set()               # processes MPI reported failed (ULFM)
+        self.interrupted: int | None = None       # signal number once told to stop
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.outbox = Outbox()
         self.runner = TaskRunner(model, splits)
@@ -138,6 +140,13 @@ class Master:
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         """Wait for every worker's hello, then send the first parameters."""
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            try:
+                signal.signal(sig, self._on_signal)
+            except ValueError:   # not the main thread (tests driving a Master directly)
+                pass
         waiting = set(self.worker_ranks)
         t0 = self.clock()
         while waiting:
@@ -159,7 +168,8 @@ class Master:
         its own sends are complete.
         """
         for r in self.worker_ranks:
-            self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
+            if r not in self.dead:
+                self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
         deadline = self.clock() + STOP_TIMEOUT_S
         quiet_since = None
         while True:
@@ -185,7 +195,11 @@ class Master:
         MPI, st = self.MPI, self._status
         got = False
         while True:
-            msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            try:
+                msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            except MPI.Exception as exc:
+                self._process_failed(exc)
+                continue
             if msg is None:
                 break
             got = True
@@ -195,7 +209,16 @@ class Master:
                 buf = self._result_buffer(st.Get_count(MPI.BYTE)) if st.Get_tag() == TAG_RESULT else None
                 raw = buf.raw if buf is not None else np.empty(st.Get_count(MPI.BYTE), np.uint8)
                 self._receiving.append(_Pending(msg.Irecv([raw, MPI.BYTE]), buf, st.Get_source()))
-        self._receiving = [p for p in self._receiving if not p.request.Test()]
+        still = []
+        for p in self._receiving:
+            try:
+                if not p.request.Test():
+                    still.append(p)
+            except MPI.Exception as exc:
+                self._process_failed(exc)
+        self._receiving = [p for p in still if p.rank not in self.dead]
+        while self.outbox.errors:
+            self._process_failed(self.outbox.errors.pop())
         return got
 
     # -- messages -------------------------------------------------------------
@@ -221,8 +244,12 @@ class Master:
         buf.header[0] = self.state.step
         buf.header[1] = self.n
         for r in ([only] if only is not None else self.sched.live_workers()):
-            if r != 0:
-                self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
+            if r != 0 and r not in self.dead:
+                try:
+                    self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
+                except self.MPI.Exception as exc:
+                    self._process_failed(exc)
+                    continue
                 self.stats["bytes_out"] += buf.raw.nbytes
 
     def _result_buffer(self, nbytes: int) -> ResultBuffer:
@@ -241,7 +268,11 @@ class Master:
         MPI = self.MPI
         st = self._status
         while True:
-            msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            try:
+                msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+            except MPI.Exception as exc:
+                self._process_failed(exc)
+                continue
             if msg is None:
                 break
             src, tag = st.Get_source(), st.Get_tag()
@@ -262,10 +293,59 @@ class Master:
         if self._receiving:
             still = []
             for p in self._receiving:
-                (done if p.request.Test() else still).append(p)
+                try:
+                    (done if p.request.Test() else still).append(p)
+                except MPI.Exception as exc:   # its sender died mid-transfer
+                    self._process_failed(exc)
             self._receiving = still
         self.outbox.progress()
+        while self.outbox.errors:
+            self._process_failed(self.outbox.errors.pop())
         return [(p.rank, p.buf) for p in done]
+
+    # -- fault tolerance (ULFM) and signals -------------------------------------
+    def _process_failed(self, exc) -> None:
+        """An MPI call failed: if a process died (fault-tolerant MPI: Open MPI
+        ``--with-ft ulfm``), take it out of the schedule and go on; any other
+        MPI error is re-raised."""
+        MPI = self.MPI
+        try:
+            cls = exc.Get_error_class()
+        except AttributeError:
+            raise exc from None
+        if cls not in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING):
+            raise exc
+        self.comm.Ack_failed()
+        group = self.comm.Get_failed()
+        world = self.comm.Get_group()
+        failed = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+        group.Free()
+        world.Free()
+        for r in failed:
+            if r in self.dead or r == MPI.UNDEFINED:
+                continue
+            if r == 0:
+                raise ProtocolError("MPI reports the master itself as failed")
+            self.dead.add(r)
+            if self.sched.workers.get(r) is not None and self.sched.workers[r].live:
+                self.sched.remove_worker(r, self.clock(), "process failed (reported dead by MPI)")
+            else:
+                self.sched.workers[r].status = GONE
+        self._receiving = [p for p in self._receiving if p.rank not in self.dead]
+
+    def _on_signal(self, signum, frame) -> None:
+        self.interrupted = signum
+
+    def _check_interrupt(self) -> None:
+        """Told to stop: write a checkpoint at this step boundary, then stop."""
+        if self.interrupted is None:
+            return
+        import signal
+
+        name = signal.Signals(self.interrupted).name
+        path = self.rec.checkpoint(self)
+        raise Interrupted(f"stopped by {name} at step {self.state.step} (epoch {self.state.epoch}); checkpoint "
+                          f"written to {path}; continue with --resume")
 
     def _control(self, src: int, obj: dict, hello: set | None) -> None:
         kind = obj.get("type")
@@ -302,6 +382,7 @@ class Master:
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
         while open_ids:
+            self._check_interrupt()
             now = self.clock()
             self._send_tasks(self.sched.assign(now))
             results = self._poll()
@@ -331,7 +412,10 @@ class Master:
             else:
                 msg = task.message()
                 msg["type"] = "task"
-                self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
+                try:
+                    self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
+                except self.MPI.Exception as exc:
+                    self._process_failed(exc)
 
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
     def _housekeeping(self, open_ids: set, total: dict) -> None:

@@ -113,14 +113,26 @@ class Outbox:
 
     def __init__(self):
         self._pending: list[tuple[Any, Any]] = []
+        #: MPI errors of sends that failed (e.g. to a dead process under ULFM)
+        self.errors: list[Exception] = []
 
     def add(self, request, keepalive=None) -> None:
         self._pending.append((request, keepalive))
 
     def progress(self) -> int:
-        """Complete what can be completed; returns how many are still pending."""
+        """Complete what can be completed; returns how many are still pending.
+
+        A send that fails (its peer died, with a fault-tolerant MPI) is
+        dropped and its error kept in :attr:`errors`."""
         if self._pending:
-            self._pending = [(r, k) for r, k in self._pending if not r.Test()]
+            still = []
+            for r, k in self._pending:
+                try:
+                    if not r.Test():
+                        still.append((r, k))
+                except Exception as exc:  # noqa: BLE001 - MPI.Exception; mpi4py is not imported here
+                    self.errors.append(exc)
+            self._pending = still
         return len(self._pending)
 
     def transferring(self) -> bool:
