@@ -18,6 +18,8 @@ from typing import Callable, List
 
 from ._registry import BACKENDS, BackendUnavailableError, lookup, ops
 from . import activations, dense, losses, optim  # noqa: F401  (registration)
+from . import conv, pool  # noqa: F401  (registration)
+from . import norm  # noqa: F401  (registration)
 from .activations import ACTIVATIONS
 
 __all__ = [

@@ -289,7 +289,7 @@ def _make_master(comm, cfg: dict, on_event: EventFn | None):
         cfg_master = cfg
     ds, splits = open_splits(cfg_master)
     model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
-    opt = make_optimizer(dict(cfg["optimizer"]), model.num_params)
+    opt = make_optimizer(dict(cfg["optimizer"]), model.num_trainable)
     state = TrainState()
     ck = run_dir / "checkpoint.h5"
     if cfg["run"]["resume"] and ck.exists():

@@ -8,12 +8,61 @@ from __future__ import annotations
 from .tensor import GRADIENTS, Tensor, Workspace, enable_grad, is_grad_enabled, no_grad
 from .ops import activation_code, add, dense, matmul, relu, reshape, softmax_cross_entropy
 from .layers import INITIALIZERS, LAYERS, Dense, Flatten, Layer, register_layer
-from .losses import LOSSES
+from . import conv  # noqa: F401  (conv/pool ops and the conv2d, pool, reshape layers)
+from .norm import BatchNorm, Dropout, Embedding, LayerNorm, batch_norm, dropout, embedding, layer_norm
+from .merge import Add, Concat, MergeLayer, Mul, add_n, concat, mul_n
+from .layers import RunContext
+from . import activations  # noqa: F401  (activation ops and the "activation" layer)
+from .activations import (ACTIVATION_FNS, Activation, activation, elu, gelu, hardtanh, leaky_relu, log_softmax,
+                          selu, sigmoid, silu, softmax, softplus, softsign, swish, tanh)
+from .losses import LOSSES, bce_with_logits, huber_loss, mse_loss, resolve_loss
 from .model import Model, build_model, validate_model_spec
+from .builder import ModelBuilder, Node
 from .optim import (OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, clip_scale, grad_norm, make_optimizer,
                     register_optimizer, validate_optimizer_config)
+from .schedule import SCHEDULES, Schedule, make_schedule
 
 __all__ = [
+    # activations and losses (see activations.py, losses.py)
+    "ACTIVATION_FNS",
+    "Activation",
+    "activation",
+    "elu",
+    "gelu",
+    "hardtanh",
+    "leaky_relu",
+    "log_softmax",
+    "selu",
+    "sigmoid",
+    "silu",
+    "softmax",
+    "softplus",
+    "softsign",
+    "swish",
+    "tanh",
+    "bce_with_logits",
+    "huber_loss",
+    "mse_loss",
+    "resolve_loss",
+    # normalisation, dropout, embedding, merges, graphs (see norm.py, merge.py, builder.py)
+    "BatchNorm",
+    "Dropout",
+    "Embedding",
+    "LayerNorm",
+    "batch_norm",
+    "dropout",
+    "embedding",
+    "layer_norm",
+    "Add",
+    "Concat",
+    "MergeLayer",
+    "Mul",
+    "add_n",
+    "concat",
+    "mul_n",
+    "RunContext",
+    "ModelBuilder",
+    "Node",
     # autograd core
     "Tensor",
     "Workspace",
@@ -47,5 +96,13 @@ __all__ = [
     "make_optimizer",
     "register_optimizer",
     "validate_optimizer_config",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "clip_scale",
+    "grad_norm",
+    # learning-rate schedules
+    "SCHEDULES",
+    "Schedule",
+    "make_schedule",
 ]
-from .schedule import SCHEDULES, Schedule, make_schedule  # noqa: E402,F401

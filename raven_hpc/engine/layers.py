@@ -11,12 +11,27 @@ Input shapes: ``dense`` flattens every non-batch axis of its input (so an
 ``(n, 28, 28)`` or ``(n, 1, 28, 28)`` image batch feeds it directly); an
 explicit ``{"type": "flatten"}`` layer is available for readability and for
 layer types that will not flatten implicitly.
+
+Beyond that a layer may
+
+* keep **state**: non-trainable values that live in the flat parameter
+  vector after all trainable ones (batch norm's running statistics); it
+  lists them with :meth:`Layer.shapes_of_state`, and folds a step's summed
+  statistics into them with :meth:`Layer.update_state` (see
+  :meth:`raven_hpc.engine.Model.update_state`);
+* take **several inputs** (``MERGE = True``: ``add``, ``mul``, ``concat``):
+  its ``plan`` gets a tuple of input shapes and ``__call__`` a list of
+  tensors;
+* depend on the **run mode** (``USES_CONTEXT = True``: dropout, batch norm):
+  its ``__call__`` then also takes a :class:`RunContext` saying whether the
+  model trains and where random numbers come from.  Layers that do not care
+  keep the plain ``__call__(x, ws=None)``.
 """
 from __future__ import annotations
 
 import abc
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
@@ -31,6 +46,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "Layer",
+    "RunContext",
     "register_layer",
 ]
 
@@ -73,13 +89,54 @@ def register_layer(cls: Type["Layer"]) -> Type["Layer"]:
 
 _REQUIRED = object()
 
+#: spec keys every layer table may have; the model handles them (graph wiring)
+GRAPH_KEYS = ("name", "inputs")
+
+
+class RunContext:
+    """How one forward pass runs, for the layers that care (``USES_CONTEXT``).
+
+    ``training``: dropout drops and batch norm normalises with the batch's
+    statistics (and adds them to its state gradient); otherwise dropout is
+    the identity and batch norm uses its running statistics.
+
+    ``rng``: the pass's random stream, ``np.random.default_rng([seed,
+    *key])``, created on first use.  Layers draw from it in layer-list order,
+    so a ``(seed, key)`` pair fixes every dropout mask of the pass -- the
+    same on any rank.
+    """
+
+    __slots__ = ("training", "seed", "key", "_rng")
+
+    def __init__(self, training: bool = False, seed: int = 0, key: Sequence[int] = ()):
+        self.training = bool(training)
+        self.seed = int(seed)
+        self.key = tuple(int(k) for k in key)
+        self._rng: Optional[np.random.Generator] = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        if self._rng is None:
+            self._rng = np.random.default_rng([self.seed, *self.key])
+        return self._rng
+
+    def __repr__(self) -> str:
+        mode = "training" if self.training else "eval"
+        return f"RunContext({mode}, seed={self.seed}, key={self.key})"
+
+
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 class Layer(abc.ABC):
-    """Base class.  Subclasses set ``TYPE`` and ``KEYS`` and override hooks."""
+    """Base class.  Subclasses set ``TYPE`` and ``KEYS`` and override hooks.
+
+    ``in_shape`` is the per-sample input shape -- for a ``MERGE`` layer a
+    tuple of them, one per input.  The model sets :attr:`name` (the spec's
+    ``name``, default ``<type>_<index>``) before binding parameters.
+    """
 
     TYPE = ""
     #: spec key -> default (``_REQUIRED`` for keys without one); ``type`` implied
@@ -87,6 +144,10 @@ class Layer(abc.ABC):
     #: whether the layer accepts any input whose per-sample size matches
     #: (it flattens), rather than an exact shape
     FLATTENS_INPUT = False
+    #: takes two or more inputs (``plan`` gets a tuple of shapes, ``__call__`` a list)
+    MERGE = False
+    #: ``__call__(x, ws, ctx)`` gets the pass's :class:`RunContext`
+    USES_CONTEXT = False
 
     def __init__(self, cfg: Mapping[str, Any], index: int, in_shape: Shape):
         self.index = index
@@ -94,6 +155,7 @@ class Layer(abc.ABC):
         self.in_shape = tuple(in_shape)
         self.cfg, self.out_shape = self.plan(cfg, index, self.in_shape)
         self.params: Dict[str, Tensor] = {}
+        self.state: Dict[str, Tensor] = {}
 
     # -- validation (class-level, no allocation) ---------------------------
     @classmethod
@@ -106,9 +168,8 @@ class Layer(abc.ABC):
         allowed = {"type", *cls.KEYS}
         for key in cfg:
             if key not in allowed:
-                raise ModelError(
-                    f"{cls.where(index)}: unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}"
-                )
+                valid = ", ".join(sorted(allowed | set(GRAPH_KEYS)))
+                raise ModelError(f"{cls.where(index)}: unknown key {key!r}; valid keys: {valid}")
         out: Dict[str, Any] = {"type": cls.TYPE}
         for key, default in cls.KEYS.items():
             if key in cfg:
@@ -142,10 +203,50 @@ class Layer(abc.ABC):
     def num_params(self) -> int:
         return sum(int(np.prod(s)) for _, s in self.param_shapes())
 
+    # -- state (non-trainable) ---------------------------------------------------
+    @classmethod
+    def shapes_of_state(cls, cfg: Mapping[str, Any], in_shape: Shape) -> List[Tuple[str, Shape]]:
+        """``[(name, shape), ...]`` of non-trainable state, in flat-vector order."""
+        return []
+
+    def state_shapes(self) -> List[Tuple[str, Shape]]:
+        return self.shapes_of_state(self.cfg, self.in_shape)
+
+    def init_state(self, views: Mapping[str, np.ndarray]) -> None:
+        """Fill this layer's state views in place (called once, at build)."""
+
+    def bind_state(self, tensors: Mapping[str, Tensor]) -> None:
+        """Take the state tensors: ``data`` views the parameters, ``grad``
+        the gradient vector, where a training pass *adds* its statistics."""
+        self.state = dict(tensors)
+
+    def num_state(self) -> int:
+        return sum(int(np.prod(s)) for _, s in self.state_shapes())
+
+    def update_state(self, state: Mapping[str, np.ndarray], sums: Mapping[str, np.ndarray], num_samples: int) -> None:
+        """Fold one step's summed statistics into ``state`` (views, in place).
+
+        ``sums[name]`` is the sum over the step's tasks of what training
+        passes added to ``name``'s gradient slot; ``num_samples`` is the
+        step's sample count.  Layers with state must override this.
+        """
+        if self.state_shapes():  # pragma: no cover - a layer bug
+            raise NotImplementedError(f"{type(self).__name__} has state but no update_state")
+
+    # -- description --------------------------------------------------------------
+    def describe(self) -> str:
+        """Type label for summaries, e.g. ``dense (relu)``."""
+        act = self.cfg.get("activation")
+        return f"{self.TYPE} ({act})" if isinstance(act, str) and act not in ("linear", "none") else self.TYPE
+
     # -- compute ---------------------------------------------------------------
     @abc.abstractmethod
     def __call__(self, x: Tensor, ws: Optional[Workspace] = None) -> Tensor:
-        """The layer's output for ``x``, recorded on the graph."""
+        """The layer's output for ``x``, recorded on the graph.
+
+        ``MERGE`` layers get a list of tensors; ``USES_CONTEXT`` layers get a
+        third argument, the :class:`RunContext` (``None`` means evaluation).
+        """
 
 
 @register_layer

@@ -15,29 +15,40 @@ Kernels come from the registry, picked once at import
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+import math
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from raven_hpc.errors import DatasetError, ModelError
 from raven_hpc.kernels import ACTIVATIONS, get_kernel
+from raven_hpc.kernels.activations import ACTIVATION_PARAMS, LINEAR, SAVES_INPUT
 
 from .tensor import GRADIENTS, Tensor, Workspace, grad_target, is_grad_enabled
 
 __all__ = [
     "ACTIVATIONS",
+    "ACTIVATION_PARAMS",
+    "ActFn",
     "activation_code",
     "add",
+    "apply_activation",
+    "as_labels",
+    "check_real",
     "dense",
+    "fused_loss",
+    "fused_loss_grad",
     "matmul",
     "relu",
     "reshape",
+    "resolve_activation",
     "softmax_cross_entropy",
 ]
 
 ArrayLike = Union[Tensor, np.ndarray, float]
 
 _k_bias_act_fwd = get_kernel("bias_act_forward")
+_k_bias_act_keep = get_kernel("bias_act_forward_keep")
 _k_bias_act_bwd = get_kernel("bias_act_backward")
 _k_col_sum = get_kernel("col_sum")
 _k_act_fwd = get_kernel("act_forward")
@@ -63,16 +74,113 @@ def _buf(ws: Optional[Workspace], key: str, shape: Tuple[int, ...], dtype) -> np
     return np.empty(shape, dtype=dtype) if ws is None else ws.buf(key, shape, dtype)
 
 
+def check_real(where: str, key: str, value: Any, low: float = -math.inf, high: float = math.inf,
+               low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float if it is a finite real number in the given range.
+
+    Otherwise :class:`~raven_hpc.errors.ModelError`
+    ``"{where}: {key} must be a number in [low, high), got ..."``.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    v = float(value) if ok else math.nan
+    if ok and math.isfinite(v):
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    else:
+        ok = False
+    if not ok:
+        if math.isfinite(low) and math.isfinite(high):
+            rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif math.isfinite(low):
+            rng = f"{'>' if low_open else '>='} {low:g}"
+        elif math.isfinite(high):
+            rng = f"{'<' if high_open else '<='} {high:g}"
+        else:
+            rng = "(finite)"
+        raise ModelError(f"{where}: {key} must be a number {rng}, got {value!r}")
+    return v
+
+
+# -- activations: names, parameters, kernel codes ---------------------------------
+class ActFn(NamedTuple):
+    """A resolved elementwise activation, what the kernels need.
+
+    ``name`` is the canonical name (also the op name of its graph nodes),
+    ``code`` the kernel code, ``p0``/``p1`` its parameters (NaN where
+    unused), ``saves_input`` whether backward needs the pre-activation
+    (otherwise it works from the output; see :mod:`raven_hpc.kernels.activations`).
+    """
+
+    name: str
+    code: int
+    p0: float
+    p1: float
+    saves_input: bool
+
+    @property
+    def params(self) -> Dict[str, float]:
+        """The parameters by name, e.g. ``{"negative_slope": 0.01}``."""
+        return dict(zip(ACTIVATION_PARAMS.get(self.name, {}), (self.p0, self.p1)))
+
+
+#: other names of an activation -> its canonical name
+_ALIASES = {"swish": "silu"}
+
+
+def _check_activation_params(where: str, name: str, p: Dict[str, float]) -> None:
+    """Ranges the kernels rely on (output-based backward needs slope/alpha >= 0)."""
+    if name == "leaky_relu" and p["negative_slope"] < 0:
+        raise ModelError(f"{where}: leaky_relu negative_slope must be >= 0 (its gradient is computed from "
+                         f"the output, which needs a non-negative slope), got {p['negative_slope']!r}")
+    if name == "elu" and p["alpha"] < 0:
+        raise ModelError(f"{where}: elu alpha must be >= 0 (its gradient is computed from the output), "
+                         f"got {p['alpha']!r}")
+    if name == "hardtanh" and not p["min_val"] < p["max_val"]:
+        raise ModelError(f"{where}: hardtanh needs min_val < max_val, got min_val = {p['min_val']!r}, "
+                         f"max_val = {p['max_val']!r}")
+    if name == "softplus" and not p["beta"] > 0:
+        raise ModelError(f"{where}: softplus beta must be > 0, got {p['beta']!r}")
+
+
+def _make_actfn(where: str, name: str, params: Mapping[str, Any]) -> ActFn:
+    canon = _ALIASES.get(name, name)
+    defaults = ACTIVATION_PARAMS.get(canon, {})
+    for key in params:
+        if key not in defaults:
+            takes = f"its parameters: {', '.join(defaults)}" if defaults else "it takes none"
+            raise ModelError(f"{where}: activation {name!r} has no parameter {key!r}; {takes}")
+    values = {k: check_real(where, f"{canon} {k}", params.get(k, d)) for k, d in defaults.items()}
+    _check_activation_params(where, canon, values)
+    p = list(values.values()) + [math.nan] * (2 - len(values))
+    code = ACTIVATIONS[canon]
+    return ActFn(canon, code, p[0], p[1], code in SAVES_INPUT)
+
+
+#: every activation name with its default parameters (what ``dense`` uses)
+_DEFAULT_FNS: Dict[str, ActFn] = {name: _make_actfn("activation", name, {}) for name in ACTIVATIONS}
+
+
+def resolve_activation(name: Optional[str], params: Optional[Mapping[str, Any]] = None,
+                       where: str = "activation") -> ActFn:
+    """Check an activation name and its parameters; return the :class:`ActFn`.
+
+    ``None``/``"none"`` mean ``"linear"``.  Parameters not given take their
+    defaults (:data:`ACTIVATION_PARAMS`).  Raises
+    :class:`~raven_hpc.errors.ModelError` (prefixed with ``where``) for an
+    unknown name -- listing the known ones -- an unknown parameter or a
+    value out of range.
+    """
+    if name is None or name == "none":
+        name = "linear"
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise ModelError(f"{where}: unknown activation {name!r}; known activations: {', '.join(sorted(ACTIVATIONS))}")
+    if not params:
+        return _DEFAULT_FNS[name]
+    return _make_actfn(where, name, params)
+
+
 def activation_code(activation: Optional[str]) -> int:
     """Kernel code of an activation name (``None``/``"none"`` = linear)."""
-    if activation is None or activation == "none":
-        activation = "linear"
-    try:
-        return ACTIVATIONS[activation]
-    except (KeyError, TypeError):
-        raise ModelError(
-            f"unknown activation {activation!r}; known activations: {', '.join(sorted(ACTIVATIONS))}"
-        ) from None
+    return resolve_activation(activation).code
 
 
 def _unbroadcast(g: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
@@ -132,21 +240,41 @@ def _reshape_grad(g, node):
 
 
 # -- elementwise activations ------------------------------------------------
-def relu(a: ArrayLike) -> Tensor:
+def apply_activation(x: ArrayLike, fn: ActFn, *, ws: Optional[Workspace] = None) -> Tensor:
+    """``fn`` applied elementwise to ``x``, as one node named ``fn.name``.
+
+    ``linear`` returns ``x`` itself.  Backward works from the output, or --
+    for activations in ``SAVES_INPUT`` -- from the input, which the node
+    references (no copy when ``x`` is contiguous).  With ``ws`` the output
+    and the input gradient live in its buffers ``"y"`` and ``"gx"``.
+    """
+    x = _t(x)
+    if fn.code == LINEAR:
+        return x
+    xs = np.ascontiguousarray(x.data)
+    y = _buf(ws, "y", xs.shape, xs.dtype)
+    _k_act_fwd(xs.reshape(-1), y.reshape(-1), fn.code, fn.p0, fn.p1)
+    return Tensor._from_op(y, fn.name, (x,), (fn, xs if fn.saves_input else None, ws))
+
+
+def _activation_grad(g, node):
+    fn, saved_input, ws = node.ctx
+    s = node.data if saved_input is None else saved_input
+    g = np.ascontiguousarray(g, dtype=node.data.dtype)
+    gx = _buf(ws, "gx", g.shape, g.dtype)
+    _k_act_bwd(g.reshape(-1), s.reshape(-1), gx.reshape(-1), fn.code, fn.p0, fn.p1)
+    return (gx,)
+
+
+# one rule serves every elementwise activation; its nodes are named after it
+for _name in sorted(set(_ALIASES.get(n, n) for n in ACTIVATIONS) - {"linear"}):
+    _rule(_name)(_activation_grad)
+del _name
+
+
+def relu(a: ArrayLike, *, ws: Optional[Workspace] = None) -> Tensor:
     """``max(a, 0)``."""
-    a = _t(a)
-    x = np.ascontiguousarray(a.data)
-    out = np.empty_like(x)
-    _k_act_fwd(x.reshape(-1), out.reshape(-1), ACTIVATIONS["relu"])
-    return Tensor._from_op(out, "relu", (a,))
-
-
-@_rule("relu")
-def _relu_grad(g, node):
-    g = np.ascontiguousarray(g)
-    out = np.empty_like(g)
-    _k_act_bwd(g.reshape(-1), node.data.reshape(-1), out.reshape(-1), ACTIVATIONS["relu"])
-    return (out,)
+    return apply_activation(a, _DEFAULT_FNS["relu"], ws=ws)
 
 
 # -- dense (fused) ------------------------------------------------------------
@@ -154,45 +282,64 @@ def dense(
     x: ArrayLike,
     W: ArrayLike,
     b: Optional[ArrayLike] = None,
-    activation: Optional[str] = None,
+    activation: Union[str, ActFn, None] = None,
     *,
     ws: Optional[Workspace] = None,
 ) -> Tensor:
     """``act(x @ W + b)`` as one node.
 
-    ``x`` (n, k), ``W`` (k, m), ``b`` (m,) or ``None``.  The GEMM writes
-    into the output buffer (BLAS); one Numba pass then adds the bias and
-    applies the activation in place.  Backward fuses ``act'`` with the bias
-    gradient in one pass, then ``dW = x.T @ gz`` and -- only when ``x``
+    ``x`` (n, k), ``W`` (k, m), ``b`` (m,) or ``None``; ``activation`` a
+    name (default parameters) or a resolved :class:`ActFn`.  The GEMM
+    writes into the output buffer (BLAS); one Numba pass then adds the bias
+    and applies the activation in place.  Backward fuses ``act'`` with the
+    bias gradient in one pass, then ``dW = x.T @ gz`` and -- only when ``x``
     requires grad (not for the input layer) -- ``dx = gz @ W.T``.
+
+    Memory: activations whose backward needs the pre-activation
+    (``gelu``, ``silu``, ``softplus``) keep it in a second (n, m) buffer;
+    all others keep only the output.
     """
-    act = activation_code(activation)
+    fn = activation if isinstance(activation, ActFn) else resolve_activation(activation, where="dense")
+    act = fn.code
     x, W = _t(x), _t(W)
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0]:
         raise ValueError(f"dense: x {x.shape} and W {W.shape} do not fit (need (n, k) and (k, m))")
     n, m = x.shape[0], W.shape[1]
     dtype = np.result_type(x.dtype, W.dtype)
-    y = _buf(ws, "y", (n, m), dtype)
-    np.matmul(x.data, W.data, out=y)
     if b is not None:
         b = _t(b)
         if b.shape != (m,):
             raise ValueError(f"dense: bias shape {b.shape} != ({m},)")
-        _k_bias_act_fwd(y, b.data, act)
         parents = (x, W, b)
     else:
-        if act:
-            flat = y.reshape(-1)
-            _k_act_fwd(flat, flat, act)
         parents = (x, W)
-    return Tensor._from_op(y, "dense", parents, (act, ws))
+    pre = None
+    if fn.saves_input:
+        pre = _buf(ws, "z", (n, m), dtype)
+        np.matmul(x.data, W.data, out=pre)
+        y = _buf(ws, "y", (n, m), dtype)
+        if b is not None:
+            _k_bias_act_keep(pre, b.data, y, act, fn.p0, fn.p1)
+        else:
+            _k_act_fwd(pre.reshape(-1), y.reshape(-1), act, fn.p0, fn.p1)
+    else:
+        y = _buf(ws, "y", (n, m), dtype)
+        np.matmul(x.data, W.data, out=y)
+        if b is not None:
+            _k_bias_act_fwd(y, b.data, act, fn.p0, fn.p1)
+        elif act != LINEAR:
+            flat = y.reshape(-1)
+            _k_act_fwd(flat, flat, act, fn.p0, fn.p1)
+    return Tensor._from_op(y, "dense", parents, (fn, pre, ws))
 
 
 @_rule("dense")
 def _dense_grad(g, node):
     x, W = node.parents[0], node.parents[1]
     b = node.parents[2] if len(node.parents) == 3 else None
-    act, ws = node.ctx
+    fn, pre, ws = node.ctx
+    act = fn.code
+    saved = node.data if pre is None else pre  # what act' is computed from
     n, m = g.shape
     dtype = node.data.dtype
     g = np.ascontiguousarray(g, dtype=dtype)
@@ -201,15 +348,15 @@ def _dense_grad(g, node):
         db = grad_target(b)
         if db is None or db.dtype != dtype:
             db = _buf(ws, "db", (m,), dtype)
-        if act:
+        if act != LINEAR:
             gz = _buf(ws, "gz", (n, m), dtype)
-            _k_bias_act_bwd(g, node.data, act, gz, db)
+            _k_bias_act_bwd(g, saved, act, gz, db, fn.p0, fn.p1)
         else:
             gz = g
             _k_col_sum(g, db)
-    elif act:
+    elif act != LINEAR:
         gz = _buf(ws, "gz", (n, m), dtype)
-        _k_act_bwd(g.reshape(-1), node.data.reshape(-1), gz.reshape(-1), act)
+        _k_act_bwd(g.reshape(-1), saved.reshape(-1), gz.reshape(-1), act, fn.p0, fn.p1)
     else:
         gz = g
     dW = None
@@ -226,6 +373,10 @@ def _dense_grad(g, node):
 
 
 # -- losses -------------------------------------------------------------------
+# A loss op takes the model output (n, c) and int labels and returns
+# ``(loss_sum, n_correct)``; its kernel computes loss, accuracy and gradient
+# in one pass (:func:`fused_loss`).  ``softmax_cross_entropy`` lives here, the
+# other losses and the ``model.loss`` registry in :mod:`.losses`.
 def as_labels(labels: Any) -> np.ndarray:
     """Integer class labels as a contiguous int64 array (DatasetError otherwise)."""
     labels = np.asarray(labels)
@@ -236,39 +387,65 @@ def as_labels(labels: Any) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
-def softmax_cross_entropy(
-    logits: ArrayLike, labels: np.ndarray, *, ws: Optional[Workspace] = None
-) -> Tuple[Tensor, int]:
-    """Summed softmax cross-entropy of ``logits`` (n, c) against int labels.
+def fused_loss(op: str, kernel: Callable, output: ArrayLike, labels: Any, *args: Any,
+               ws: Optional[Workspace] = None) -> Tuple[Tensor, int]:
+    """Run a fused loss kernel; return ``(loss_sum tensor, n_correct)``.
 
-    Returns ``(loss, n_correct)``: a 0-d tensor holding the *sum* over the
-    batch, and how many rows' argmax equals the label.  Forward and the
-    gradient (``softmax - onehot``) come from one fused Numba pass; the
-    gradient is skipped when no graph is recorded.  Labels outside
-    ``[0, c)`` raise :class:`~raven_hpc.errors.DatasetError`.
+    ``kernel(out, labels, grad, want_grad, *args) -> (loss_sum, correct,
+    bad_row)`` (see :mod:`raven_hpc.kernels.losses`).  The gradient is
+    computed only when a graph is recorded, into ``ws``'s ``"dlogits"``
+    buffer when given; the loss node (op ``op``) keeps it for
+    :func:`fused_loss_grad`.  Labels outside ``[0, c)`` raise
+    :class:`~raven_hpc.errors.DatasetError`.
     """
-    logits = _t(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy needs (n, classes) logits, got {logits.shape}")
-    n, c = logits.shape
+    output = _t(output)
+    if output.ndim != 2:
+        raise ValueError(f"{op} needs (n, classes) outputs, got {output.shape}")
+    n, c = output.shape
     labels = as_labels(labels)
     if labels.shape != (n,):
-        raise ValueError(f"labels shape {labels.shape} does not match logits {logits.shape}")
-    z = np.ascontiguousarray(logits.data)
-    want = is_grad_enabled() and logits.requires_grad
+        raise ValueError(f"labels shape {labels.shape} does not match outputs {output.shape}")
+    z = np.ascontiguousarray(output.data)
+    want = is_grad_enabled() and output.requires_grad
     grad = _buf(ws, "dlogits", (n, c), z.dtype) if want else np.empty((0, 0), z.dtype)
-    total, correct, bad = _k_softmax_xent(z, labels, grad, want)
+    total, correct, bad = kernel(z, labels, grad, want, *args)
     if bad >= 0:
         raise DatasetError(
             f"label {int(labels[bad])} at batch row {int(bad)} is outside [0, {c}) "
             f"for a model with {c} classes"
         )
-    loss = Tensor._from_op(np.array(total, dtype=z.dtype), "softmax_cross_entropy", (logits,), grad)
+    loss = Tensor._from_op(np.array(total, dtype=z.dtype), op, (output,), grad)
     return loss, int(correct)
 
 
-@_rule("softmax_cross_entropy")
-def _softmax_xent_grad(g, node):
+def fused_loss_grad(g, node):
+    """Gradient rule shared by every :func:`fused_loss` op: scale the kept gradient."""
     grad = node.ctx
     s = float(g)
     return (grad if s == 1.0 else grad * np.asarray(s, dtype=grad.dtype),)
+
+
+def check_label_smoothing(where: str, value: Any) -> float:
+    """``label_smoothing`` as a float in [0, 1) (ModelError otherwise)."""
+    return check_real(where, "label_smoothing", value, 0.0, 1.0, high_open=True)
+
+
+def softmax_cross_entropy(
+    logits: ArrayLike, labels: np.ndarray, *, label_smoothing: float = 0.0, ws: Optional[Workspace] = None
+) -> Tuple[Tensor, int]:
+    """Summed softmax cross-entropy of ``logits`` (n, c) against int labels.
+
+    Returns ``(loss, n_correct)``: a 0-d tensor holding the *sum* over the
+    batch, and how many rows' argmax equals the label.  With
+    ``label_smoothing`` ``eps`` in [0, 1) the target is
+    ``(1 - eps) onehot + eps / c``, as in torch's
+    ``cross_entropy(..., label_smoothing=eps, reduction="sum")``.  Forward
+    and the gradient (``softmax - target``) come from one fused Numba pass;
+    the gradient is skipped when no graph is recorded.  Labels outside
+    ``[0, c)`` raise :class:`~raven_hpc.errors.DatasetError`.
+    """
+    eps = check_label_smoothing("softmax_cross_entropy", label_smoothing)
+    return fused_loss("softmax_cross_entropy", _k_softmax_xent, logits, labels, eps, ws=ws)
+
+
+_rule("softmax_cross_entropy")(fused_loss_grad)

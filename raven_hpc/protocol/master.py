@@ -646,8 +646,14 @@ class Master:
         if samples <= 0:
             raise ProtocolError(f"step {self.state.step} finished with no samples")
         self._writable_params()
-        self.opt.step(self.model.params, self.acc, scale=1.0 / samples,
+        nt = self.model.num_trainable
+        # the optimizer sees the trainable parameters; the rest of the vector
+        # is layer state (batch-norm running statistics), updated from the
+        # statistics the workers summed into the tail of their gradients
+        self.opt.step(self.model.params[:nt], self.acc[:nt], scale=1.0 / samples,
                       lr=self.lr_schedule.lr_at(self.state.step))
+        if self.model.num_state:
+            self.model.update_state(self.model.params, self.acc[nt:], samples)
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples

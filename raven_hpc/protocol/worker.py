@@ -53,7 +53,10 @@ class TaskRunner:
         else:
             # The gradient is written straight into the send buffer (no copy).
             self.model.bind_grads(out.grad)
-            loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False)
+            # dropout masks etc. are drawn from (step, first snippet): the same
+            # on whichever rank computes the task, and after a resume
+            key = (max(int(task["step"]), 0), int(task["snippets"][0]) if task["snippets"] else 0)
+            loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False, key=key)
             kind = KIND_GRAD
         out.set(kind=kind, step=task["step"], task=task["task"], version=task["version"],
                 samples=len(y), loss_sum=loss_sum, correct=correct,

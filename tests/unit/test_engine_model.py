@@ -233,10 +233,15 @@ def test_flatten_layer_and_1x28x28_input():
 
 def test_summary(mlp):
     rows = mlp.summary()
-    assert rows[0] == {"name": "dense_0", "type": "dense", "output_shape": (256,), "params": 784 * 256 + 256}
+    assert rows[0] == {"name": "dense_0", "type": "dense", "inputs": ["input"], "output_shape": (256,),
+                       "params": 784 * 256 + 256, "state": 0}
+    assert rows[1]["inputs"] == ["dense_0"]
     assert sum(r["params"] for r in rows) == mlp.num_params
     text = mlp.format_summary()
     assert "dense_2" in text and f"{mlp.num_params:,}" in text and "relu" in text
+    # a chain without state: no inputs or state columns
+    assert "inputs" not in text.splitlines()[0] and "state" not in text
+    assert mlp.num_trainable == mlp.num_params and mlp.num_state == 0 and mlp.state_info == []
 
 
 # -- spec validation ---------------------------------------------------------------------
@@ -246,13 +251,13 @@ BAD_SPECS = [
     ({"layers": []}, "non-empty list"),
     ({"layers": "dense"}, "non-empty list"),
     ({"layers": [D], "optimizer": "sgd"}, "model: unknown key 'optimizer'"),
-    ({"layers": [{"type": "conv9", "units": 3}, D]}, r"model.layers\[0\]: unknown layer type 'conv9'; known types: dense, flatten"),
+    ({"layers": [{"type": "conv9", "units": 3}, D]}, r"model.layers\[0\]: unknown layer type 'conv9'; known types: .*dense, .*flatten"),
     ({"layers": [{"units": 3}, D]}, r"model.layers\[0\]: missing key 'type'"),
     ({"layers": [7, D]}, r"model.layers\[0\]: must be a table"),
     ({"layers": [{"type": "dense", "units": 64, "activation": "tanhh"}, D]},
      r"model.layers\[0\] \(dense\): unknown activation 'tanhh'"),
     ({"layers": [{"type": "dense", "units": 64}, {"type": "dense", "unit": 10}]},
-     r"model.layers\[1\] \(dense\): unknown key 'unit'; valid keys: activation, type, units"),
+     r"model.layers\[1\] \(dense\): unknown key 'unit'; valid keys: activation, inputs, name, type, units"),
     ({"layers": [{"type": "dense"}]}, r"model.layers\[0\] \(dense\): missing required key 'units'"),
     ({"layers": [{"type": "dense", "units": 0}, D]}, r"model.layers\[0\] \(dense\): units must be a positive integer, got 0"),
     ({"layers": [{"type": "dense", "units": -3}, D]}, r"units must be a positive integer, got -3"),
@@ -263,7 +268,8 @@ BAD_SPECS = [
      r"model.layers\[1\] \(dense\): the last layer outputs shape \(5,\) .* for 10 classes; set units = 10"),
     ({"layers": [D, {"type": "flatten"}, {"type": "dense", "units": 10, "kernel": 3}]},
      r"model.layers\[2\] \(dense\): unknown key 'kernel'"),
-    ({"layers": [D], "loss": "mse"}, r"model.loss: unknown loss 'mse'; known losses: softmax_cross_entropy"),
+    ({"layers": [D], "loss": "hinge"}, r"model.loss: unknown loss 'hinge'; known losses: bce_with_logits, huber, "
+                                       r"mse, softmax_cross_entropy"),
     ({"layers": [D], "init": "orthogonal"}, r"model.init: unknown initialiser 'orthogonal'"),
     ({"layers": [D], "seed": -1}, r"model.seed must be a non-negative integer"),
     ({"layers": [D], "seed": 1.5}, r"model.seed must be a non-negative integer"),
