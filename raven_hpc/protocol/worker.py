@@ -89,7 +89,16 @@ def run_worker(comm, cfg: dict) -> None:
 
 
 def _worker_loop(comm, cfg: dict) -> None:
+    import signal
+
     from mpi4py import MPI
+
+    # SIGUSR1 (e.g. Slurm's --signal before a time limit) is the master's cue to
+    # checkpoint and stop; a worker must not die of it first.
+    try:
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except ValueError:   # not the main thread
+        pass
 
     from ..engine import build_model
 
