@@ -392,9 +392,19 @@ class Scheduler:
         return [c for c in task.copies if c.state == ASSIGNED]
 
     def assign(self, now: float) -> list[tuple[int, Task]]:
-        """Give queued tasks to workers with room, least loaded (then fastest) first."""
+        """Give queued tasks to workers.
+
+        Once workers' speeds are known, each task goes to the worker predicted
+        to *finish* it first (earliest finish time, counting what it already
+        has and what this pass planned for it).  When that worker is full
+        (``prefetch``), the task waits for it rather than going to a slower
+        worker that would finish it later -- so a slow worker gets only the
+        share of a step it can finish in time.  Before any speed is known:
+        least loaded, then lowest rank.
+        """
         out: list[tuple[int, Task]] = []
         keep: deque[int] = deque()
+        plan = self._plan_start(now)
         while self._queue:
             tid = self._queue.popleft()
             task = self.tasks.get(tid)
@@ -405,15 +415,20 @@ class Scheduler:
             if set(self._assignable()) - rejected - have:
                 have |= rejected   # a rejected task goes to someone else if anyone is left
             missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
+            deferred = False
             while missing > 0:
-                rank = self._pick_worker(exclude=have)
+                rank = self._pick_worker(exclude=have, task=task, plan=plan)
                 if rank is None:
                     break
+                have.add(rank)
+                if len(self.workers[rank].outstanding) >= self.prefetch:
+                    deferred = True     # its best worker is busy: wait for it
+                    missing -= 1
+                    continue
                 self._give(task, rank, now)
                 out.append((rank, task))
-                have.add(rank)
                 missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
-            if missing > 0:
+            if missing > 0 or deferred:
                 keep.append(tid)
                 if not self._has_room():
                     break
@@ -422,6 +437,20 @@ class Scheduler:
         keep.extend(self._queue)
         self._queue = keep
         return out
+
+    def _plan_start(self, now: float) -> dict | None:
+        """Per worker: when it is predicted to be free (None: speeds unknown)."""
+        speeds = [w.sec_per_sample for w in self.workers.values() if w.live and w.sec_per_sample]
+        if not speeds:
+            return None
+        speeds.sort()
+        typical = speeds[len(speeds) // 2]
+        plan = {"typical": typical}
+        for w in self.workers.values():
+            if w.live and w.accepting:
+                est = self._finish_estimates(w, now, default=typical)
+                plan[w.rank] = max([now, *est.values()])
+        return plan
 
     def _give(self, task: Task, rank: int, now: float, backup: bool = False) -> Copy:
         w = self.workers[rank]
@@ -456,16 +485,34 @@ class Scheduler:
     def _has_room(self) -> bool:
         return any(w.live and w.accepting and len(w.outstanding) < self.prefetch for w in self.workers.values())
 
-    def _pick_worker(self, exclude: set) -> int | None:
+    def _pick_worker(self, exclude: set, task: Task | None = None, plan: dict | None = None) -> int | None:
+        """The worker for (a copy of) ``task``; may be a full one when it is
+        still predicted to finish first (the caller then defers the task)."""
+        if plan is None or task is None or task.samples <= 0:
+            best = None
+            for r, w in self.workers.items():
+                if not w.live or not w.accepting or r in exclude or len(w.outstanding) >= self.prefetch:
+                    continue
+                speed = w.sec_per_sample if w.sec_per_sample is not None else 0.0
+                key = (len(w.outstanding), speed, r)
+                if best is None or key < best[0]:
+                    best = (key, r)
+            return None if best is None else best[1]
         best = None
         for r, w in self.workers.items():
-            if not w.live or not w.accepting or r in exclude or len(w.outstanding) >= self.prefetch:
+            if not w.live or not w.accepting or r in exclude or r not in plan:
                 continue
-            speed = w.sec_per_sample if w.sec_per_sample is not None else 0.0
-            key = (len(w.outstanding), speed, r)
+            speed = w.sec_per_sample or plan["typical"]
+            finish = plan[r] + task.samples * speed
+            full = len(w.outstanding) >= self.prefetch
+            key = (finish, full, speed, r)
             if best is None or key < best[0]:
                 best = (key, r)
-        return None if best is None else best[1]
+        if best is None:
+            return None
+        r = best[1]
+        plan[r] = best[0][0]
+        return r
 
     # -- results ------------------------------------------------------------------
     def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",
@@ -672,16 +719,17 @@ class Scheduler:
                 self._settling.discard(tid)
 
     # -- stragglers and hung workers -----------------------------------------------
-    def _finish_estimates(self, w: _Worker, now: float) -> dict[int, float]:
+    def _finish_estimates(self, w: _Worker, now: float, default: float | None = None) -> dict[int, float]:
         """Predicted finish time of each copy ``w`` has out, in its order."""
         est = {}
-        if w.sec_per_sample is None:
+        speed = w.sec_per_sample or default
+        if speed is None:
             return est
         copies = sorted((c.assigned_at, tid) for tid in w.outstanding
                         for c in self.tasks[tid].copies if c.rank == w.rank and c.state == ASSIGNED)
         t = w.last_heard if w.last_heard is not None else now
         for assigned_at, tid in copies:
-            t = max(t, assigned_at) + self.tasks[tid].samples * w.sec_per_sample
+            t = max(t, assigned_at) + self.tasks[tid].samples * speed
             est[tid] = t
         return est
 

@@ -3,6 +3,7 @@ probation, sampled verification, backups, hung workers, drain, credits.
 Driven without MPI, with hand-made fingerprints."""
 from __future__ import annotations
 
+import collections
 import math
 import random
 
@@ -146,33 +147,53 @@ def test_a_suspect_worker_is_always_verified():
     assert all(tk.quorum == 1 for tk in others)
 
 
-def test_backup_copy_for_a_straggler_on_an_idle_fast_worker():
-    s = Scheduler([1, 2], prefetch=1, backup_factor=1.5)
-    # learn speeds: rank 1 fast (1 ms/sample), rank 2 slow (4 ms/sample)
-    s.submit(tasks(2, samples=100))
+def learn(s, speeds, samples=100):
+    """One task per worker, completed at the given seconds per task."""
+    s.submit(tasks(len(speeds), start=900, samples=samples))
     out = dict(s.assign(0.0))
-    s.complete(1, out[1].task_id, 0.1, compute_s=0.1)
-    s.complete(2, out[2].task_id, 0.4, compute_s=0.4)
+    for r, sec in speeds.items():
+        s.complete(r, out[r].task_id, sec, compute_s=sec)
+
+
+def test_backup_copy_for_an_overdue_straggler_on_an_idle_worker():
+    s = Scheduler([1, 2], prefetch=1, backup_factor=1.5)
+    learn(s, {1: 0.1, 2: 0.1})                       # equally fast, as far as it knows
     s.submit(tasks(2, start=10, samples=100))
     out = dict(s.assign(1.0))
+    assert set(out) == {1, 2}
     s.complete(1, out[1].task_id, 1.1, compute_s=0.1)
+    assert s.backups(1.15) == []                     # rank 2's copy is not due yet
     t_slow = out[2]
-    assert s.backups(1.1) == [(1, t_slow)]
-    assert s.backups(1.1) == []            # one backup, and rank 1 is busy now
+    assert s.backups(1.3) == [(1, t_slow)]           # due at 1.1, still out at 1.3: back it up
+    assert s.backups(1.3) == []                      # one backup, and rank 1 is busy now
     backup = [c for c in t_slow.copies if c.backup]
     assert len(backup) == 1 and backup[0].rank == 1
-    assert s.complete(1, t_slow.task_id, 1.2, compute_s=0.1).accept
-    assert s.complete(2, t_slow.task_id, 1.4, compute_s=0.4).state == DUPLICATE
-    # no backup when the idle worker is not clearly faster
-    s2 = Scheduler([1, 2], prefetch=1)
-    s2.submit(tasks(2, samples=100))
-    out = dict(s2.assign(0.0))
-    s2.complete(1, out[1].task_id, 0.1, compute_s=0.1)
-    s2.complete(2, out[2].task_id, 0.12, compute_s=0.12)
-    s2.submit(tasks(2, start=10, samples=100))
-    out = dict(s2.assign(1.0))
-    s2.complete(1, out[1].task_id, 1.1, compute_s=0.1)
-    assert s2.backups(1.1) == []
+    assert s.complete(1, t_slow.task_id, 1.4, compute_s=0.1).accept
+    assert s.complete(2, t_slow.task_id, 1.6, compute_s=0.5).state == DUPLICATE
+
+
+def test_earliest_finish_gives_a_slow_worker_only_what_it_finishes_in_time():
+    """Fast rank 1 (1 ms/sample), rank 2 four times slower: of 8 tasks of 32
+    samples, rank 2 gets one -- it finishes it (128 ms) while rank 1 does
+    seven (224 ms); more would make it the step's straggler."""
+    s = Scheduler([1, 2], prefetch=2)
+    learn(s, {1: 0.1, 2: 0.4})
+    s.submit(tasks(8, start=10, samples=32))
+    now, given = 1.0, collections.Counter()
+    busy = {1: [], 2: []}
+    for _ in range(100):
+        for r, t in s.assign(now):
+            given[r] += 1
+            busy[r].append(t)
+        if not any(busy.values()):
+            break
+        # the next completion
+        r = min((r for r in busy if busy[r]), key=lambda r: (len(busy[r]) == 0, r == 2))
+        t = busy[r].pop(0)
+        now += 0.032 * (4 if r == 2 else 1)
+        s.complete(r, t.task_id, now, compute_s=0.032 * (4 if r == 2 else 1))
+    assert given[1] + given[2] == 8
+    assert given[2] == 1
 
 
 def test_hung_worker_is_named_after_its_timeout():
