@@ -16,28 +16,27 @@ so that every product is **one** BLAS GEMM with a long inner dimension:
 ``z`` and ``gz`` are "channel-major" (F, nb, P); the kernels here move them to
 and from the NCHW tensors in the same pass that adds the bias
 (:func:`conv_bias_out`) or sums the bias gradient (:func:`conv_grad_in`).  The
-block is sized so ``col`` stays in L2: the patch matrix is never materialised
-for the whole batch (a worker's memory does not grow with it), and the
-backward pass rebuilds a block's patches instead of keeping them.
+block is sized so ``col`` stays in cache: the patch matrix is never
+materialised for the whole batch (a worker's memory does not grow with it),
+and the backward pass rebuilds a block's patches instead of keeping them.
 
-Measured (LeNet-5 layers, batch 128, one thread, AMD EPYC, float32, forward +
-backward incl. bias and ReLU; median of 20):
+Direct convolution vs im2col + GEMM, measured in one run (LeNet-5's layers,
+batch 128, float32, one thread, AMD EPYC; forward / backward incl. bias and
+ReLU, ms, median of 20; im2col over the whole batch, before blocking):
 
-=====================================  =========  ==========  ===========
-layer                                  direct     im2col +    im2col +
-                                                  GEMM, whole  GEMM, blocked
-                                                  batch
-=====================================  =========  ==========  ===========
-conv 1->6, 5x5, pad 2, 28x28 (no dx)   2.9+16.7   4.5+4.5     see engine
-conv 6->16, 5x5, 14x14                 10.6+35.0  4.3+6.4     see engine
-=====================================  =========  ==========  ===========
+=====================================  ============  ===============
+layer                                  direct        im2col + GEMM
+=====================================  ============  ===============
+conv 1->6, 5x5, pad 2, 28x28 (no dx)   2.9 / 16.7    4.5 / 4.5
+conv 6->16, 5x5, 14x14                 10.6 / 35.0   4.3 / 6.4
+=====================================  ============  ===============
 
 "direct" is a straightforward loop nest (padded input, vectorised inner loop
 over ``ow``); its weight gradient is a reduction that does not vectorise
 without ``fastmath``, and it reuses nothing across filters.  im2col + GEMM
-wins everywhere except the forward of a single-channel first layer, and only
-there by 1.6 ms; it is the one kept.  (Numbers for the blocked version as
-shipped are in the engine module's docstring.)
+wins everywhere except the forward of a single-channel first layer, and
+only there by 1.6 ms, so it is the one kept.  The blocked version as
+shipped is faster still (numbers in :mod:`raven_hpc.engine.conv`).
 
 All index arithmetic in the inner loops is done in ``uint64``: with signed
 indices Numba inserts a negative-index wrap-around test on every access, which
@@ -51,7 +50,7 @@ from numba import njit, uint64
 
 from ._registry import register
 
-__all__ = ["conv_out_size", "im2col", "col2im", "conv_bias_out", "conv_grad_in"]
+__all__ = ["im2col", "col2im", "conv_bias_out", "conv_grad_in"]
 
 
 @njit(cache=True)
@@ -67,11 +66,6 @@ def _valid_range(n_out, stride, offset, size):
     if hi < lo:
         hi = lo
     return lo, hi
-
-
-def conv_out_size(size: int, k: int, stride: int, pad_total: int) -> int:
-    """Output length of a convolution/pooling window sweep (floor mode)."""
-    return (size + pad_total - k) // stride + 1
 
 
 @register("im2col")
@@ -191,20 +185,39 @@ def conv_grad_in(g, gz, db, n0, nb):
     The backward counterpart of :func:`conv_bias_out`.  ``g`` (N, F, P) (or
     a block of ``nb`` samples with ``n0 = 0``), ``gz`` 1-D in the layout
     (F, nb, P); ``db`` (F,) is *added to* (empty: no bias).  Row sums are
-    taken in float64.
+    taken in float64 with four independent accumulators (a single one makes
+    the pass latency-bound: 2.7x slower).
     """
     N, F, P = g.shape
     gf = g.reshape(-1)
     uP = uint64(P)
+    one, two, three, four = uint64(1), uint64(2), uint64(3), uint64(4)
+    P4 = uP - uP % four
     has_bias = db.shape[0] > 0
     for m in range(nb):
         for f in range(F):
             src = uint64((n0 + m) * F + f) * uP
             dst = uint64(f * nb + m) * uP
-            s = 0.0
-            for p in range(uP):
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            s3 = 0.0
+            for p in range(uint64(0), P4, four):
+                v0 = gf[src + p]
+                v1 = gf[src + p + one]
+                v2 = gf[src + p + two]
+                v3 = gf[src + p + three]
+                gz[dst + p] = v0
+                gz[dst + p + one] = v1
+                gz[dst + p + two] = v2
+                gz[dst + p + three] = v3
+                s0 += v0
+                s1 += v1
+                s2 += v2
+                s3 += v3
+            for p in range(P4, uP):
                 v = gf[src + p]
                 gz[dst + p] = v
-                s += v
+                s0 += v
             if has_bias:
-                db[f] += s
+                db[f] += (s0 + s1) + (s2 + s3)

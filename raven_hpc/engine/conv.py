@@ -13,24 +13,36 @@ shapes are per sample, ``(C, H, W)``): ``conv2d``, ``max_pool2d``,
 images (``{type = "reshape", shape = [1, 28, 28]}``).
 
 How ``conv2d`` runs (kernels in ``kernels/conv.py``): samples are taken in
-blocks sized so the block's patch matrix (``C*kh*kw x nb*OH*OW``,
-:data:`BLOCK_BYTES`) stays in L2.  Per block: im2col, one BLAS GEMM
-``W2 @ col``, then one pass that moves the result to NCHW and adds the bias,
-and the activation kernel over the block while it is still in cache.
+blocks of ``nb`` so that a block's patch matrix (``C*kh*kw x nb*OH*OW``)
+is about :data:`BLOCK_BYTES` and stays in cache.  Per block: im2col, one
+BLAS GEMM ``W2 @ col``, one pass that moves the result to NCHW and adds the
+bias, and the activation kernel over the block while it is still in cache.
 Backward per block: the activation's backward kernel, one pass back to
 channel-major that also sums the bias gradient, im2col again, ``dW +=
 gz @ col.T`` (GEMM) and -- only when the input needs a gradient, so never
-for the first layer -- ``dcol = W2.T @ gz`` (GEMM) and col2im.  Rebuilding
-the patches costs less than keeping them: memory stays independent of the
-batch, and every pass works from cache.  Activations are the shared
-elementwise kernels and codes (:func:`raven_hpc.engine.ops.resolve_activation`),
-so every activation the engine knows works in ``conv2d``, with parameters
-when given an :class:`~raven_hpc.engine.ops.ActFn`.
+for the first layer -- ``dcol = W2.T @ gz`` (GEMM, into the patch buffer)
+and col2im.  Rebuilding a block's patches is cheaper than keeping the
+whole batch's: scratch memory is bounded by the block size, not the batch,
+and every pass works from cache.  Activations are the shared elementwise
+kernels and codes (:func:`raven_hpc.engine.ops.resolve_activation`), so
+every activation the engine knows works in ``conv2d``, with parameters when
+given an :class:`~raven_hpc.engine.ops.ActFn`.
 
-Measured (``python bench/bench_engine.py``, LeNet-5 ``conv 6@5x5 pad 2 ->
-max 2 -> conv 16@5x5 -> max 2 -> 120 -> 84 -> 10``, batch 128, one thread):
-see ``bench/bench_engine.py`` and the README for the current numbers against
-torch.
+Measured (LeNet-5's two convolutions with ReLU, batch 128, float32, one
+thread, forward / backward in ms, CPU time, best of 5 on a loaded 2-core
+AMD EPYC):
+
+====================================  ==============  ==============
+layer                                 blocked, 1 MiB  whole batch
+====================================  ==============  ==============
+conv 1->6, 5x5, pad 2, 28x28 (no dx)  2.9 / 4.3       5.6 / 5.2
+conv 6->16, 5x5, 14x14                2.3 / 5.2       3.1 / 7.6
+====================================  ==============  ==============
+
+Block sizes from 512 KiB to 2 MiB measured the same within noise (L2 is
+512 KiB per core here, L3 32 MiB); below 256 KiB the per-block overhead
+(eight kernel and BLAS calls) shows.  ``bench/bench_engine.py`` compares the
+whole LeNet-5 with torch.
 """
 from __future__ import annotations
 
@@ -63,8 +75,8 @@ __all__ = [
 ArrayLike = Union[Tensor, np.ndarray, float]
 Pair = Tuple[int, int]
 
-#: target size of one block's patch matrix (bytes): L2-resident
-BLOCK_BYTES = 256 * 1024
+#: target size of one block's patch matrix in bytes (see the module docstring)
+BLOCK_BYTES = 1 << 20
 
 _k_im2col = get_kernel("im2col")
 _k_col2im = get_kernel("col2im")
@@ -260,6 +272,8 @@ def _conv2d_grad(g, node):
             dW = _buf(ws, "dW", W.shape, dtype)
         dW2 = dW.reshape(F, K)
         dW_blk = _buf(ws, "dW_blk", (F, K), dtype)
+        if N == 0:  # no block writes it
+            dW2.fill(0)
     dx = _buf(ws, "dx", x.shape, dtype) if x.requires_grad else None
 
     nb = _block(N, K * P, dtype.itemsize)
@@ -438,9 +452,13 @@ class Conv2D(Layer):
         if "b" in views:
             views["b"].fill(0)
 
+    def __init__(self, cfg, index, in_shape):
+        super().__init__(cfg, index, in_shape)
+        self.act_fn = ops.resolve_activation(self.cfg["activation"], where=self.where(index))
+
     def __call__(self, x, ws=None):
         c = self.cfg
-        return conv2d(x, self.params["W"], self.params.get("b"), c["stride"], c["padding"], c["activation"], ws=ws)
+        return conv2d(x, self.params["W"], self.params.get("b"), c["stride"], c["padding"], self.act_fn, ws=ws)
 
 
 class _Pool(Layer):

@@ -88,7 +88,8 @@ OP_CASES = [
     _row("conv2d_1x1", k=(1, 1), c=(2, 5)),
     _row("conv2d_relu_input_layer", padding=2, act="relu", k=(5, 5), requires_grad=(False, True, True)),
     _row("conv2d_frozen_weights", padding=1, requires_grad=(True, False, False)),
-    _row("conv2d_relu_many_blocks", padding=1, act="relu", n=(40, 48), hw=(8, 9), c=(3, 3)),
+    # 40 KB (float32) / 80 KB (float64) of patches per sample: several BLOCK_BYTES blocks
+    _row("conv2d_relu_many_blocks", padding=1, act="relu", k=(5, 5), n=(40, 48), hw=(12, 12), c=(4, 4)),
 ]
 
 for _name, _fn, _tname in (("max_pool2d", max_pool2d, "max_pool2d"), ("avg_pool2d", avg_pool2d, "avg_pool2d")):

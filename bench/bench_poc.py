@@ -1,0 +1,496 @@
+#!/usr/bin/env python
+"""Proof-of-Calculation benchmarks: stragglers, verification cost, detection
+of a corrupting worker, and the master's cost as workers grow.
+
+    python bench/bench_poc.py                      # all four parts (~10 min on 2 cores)
+    python bench/bench_poc.py straggler verify     # some parts
+    python bench/bench_poc.py --quick              # smoke run (~1 min idle, ~2 min on a busy box)
+
+Parts (each prints a table and writes bench/results/poc-<part>.json):
+
+straggler  1 master + 2 workers, MLP 784-512-256-10, 128 samples per worker
+           per step (global batch 256), SGD momentum 0.9 -- the model, batch
+           and optimizer of bench_vs_ddp.py -- with rank 2 slowed 4x
+           (``[faults] rules = [{rank = 2, mode = "slow", factor = 4.0}]``).
+           Tasks are single 32-sample snippets (``task_snippets = 1``): 8
+           tasks per step, so the scheduler can give the fast worker ~7 and
+           the slow one ~1 (with 128-sample tasks the split could only be
+           1:1).  Reference: PyTorch DDP (gloo), 2 processes x 1 thread, rank 1
+           slowed by the same definition (it sleeps 3x its measured compute
+           time of each step after backward, before the last allreduce).
+           "Capacity left" = the clean 1-worker raven rate (``-n 2``, same
+           config) x (1 + 1/4), measured in the same run.
+           Targets: raven / DDP >= 2; raven / capacity >= 0.9.
+verify     ``-n 3`` clean, ``poc.verify = 0`` vs ``0.05`` (interleaved
+           repeats): samples/s and overhead.  Target: <= 10%.
+detect     ``poc.verify = 0.05``, rank 2 turns bad at step F (``from_step``):
+           ``scale`` x1.5 and ``bitflip`` (bit 30 of one element) variants,
+           several ``train.seed`` values; steps from F to rank 2's
+           ``exclude`` event in ledger.jsonl -> median and max.
+           Target: <= 20 steps.
+scaling    master cost per step with -n 3, 5, 9, 17 on a small model
+           (784-64-10, 32-sample tasks, 2 tasks per worker per step, i.e.
+           the global batch grows with the workers), speculative backups off
+           (oversubscribed workers are descheduled for whole time slices and
+           would all look like stragglers).  Master CPU s per step
+           (summary master_cpu_s / steps), messages per step, master CPU per
+           message, step wall time; least-squares fit cost/step = a + b*N,
+           projected to 64 and 256 ranks.  Oversubscription (17 ranks on 2
+           cores) inflates wall time; master CPU per message is what scales.
+
+Timings on a shared machine are noisy: every part interleaves its variants
+(A B A B ...) and reports medians.  Use ``--keep DIR`` to keep the run
+directories (summary.json, ledger.jsonl) for inspection.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (LAYERS, data_source, prepare, raven_command, read_jsonl, run_ddp_procs,  # noqa: E402
+                     run_raven_cmd, write_raven_config, write_result)
+
+PARTS = ("straggler", "verify", "detect", "scaling")
+SNIPPET = 32
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x, spec=",.0f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def table(headers: list[str], rows: list[list], title: str = "") -> None:
+    """Print a plain aligned table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if title:
+        print(f"\n{title}")
+    for k, r in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def faults(*rules: str) -> str:
+    return "faults.rules=[" + ", ".join(rules) + "]"
+
+
+def ledger_stats(run_dir: str | Path) -> dict:
+    """Counts of a run's ledger.jsonl: copies by state, backups, verified
+    copies, strikes / exclusions per rank, copies per rank."""
+    recs = read_jsonl(Path(run_dir) / "ledger.jsonl")
+    states = collections.Counter()
+    per_rank = collections.Counter()
+    rank_state = collections.Counter()
+    extra = collections.Counter()
+    backups = verified = 0
+    tasks = set()
+    events = collections.defaultdict(list)
+    for e in recs:
+        ev = e.get("ev")
+        if ev == "copy":
+            if e.get("kind") != "grad":
+                continue
+            states[e["state"]] += 1
+            per_rank[e["rank"]] += 1
+            rank_state[(e["rank"], e["state"])] += 1
+            if e["state"] != "accepted":
+                extra["backup" if e.get("backup") else "other"] += 1
+            tasks.add(e["task"])
+            backups += bool(e.get("backup"))
+            verified += bool(e.get("verified"))
+        elif ev in ("strike", "exclude", "readmit", "lost", "drain"):
+            events[ev].append(e)
+    return {"states": dict(states), "copies_per_rank": {str(k): v for k, v in sorted(per_rank.items())},
+            "tasks": len(tasks), "copies": sum(states.values()), "backups": backups, "verified": verified,
+            "rank_state": {f"{r}:{st}": n for (r, st), n in sorted(rank_state.items())},
+            "extra_backup_copies": extra["backup"], "extra_other_copies": extra["other"],
+            "events": {k: v for k, v in events.items()}, "records": recs}
+
+
+class Bench:
+    def __init__(self, args, work: Path):
+        self.args = args
+        self.work = work
+        self.data = prepare(work, snippet_size=SNIPPET)
+        self.commands: list[str] = []
+        self._n = 0
+
+    def raven(self, cfg: Path, nranks: int, sets=(), tag: str = "run", timeout: float = 600) -> dict:
+        self._n += 1
+        run_dir = self.work / f"{self._n:03d}-{tag}"
+        cmd = raven_command(cfg, run_dir, nranks, sets)
+        self.commands.append(" ".join(f"'{c}'" if any(ch in c for ch in " [{\"") else c for c in cmd))
+        return run_raven_cmd(cfg, run_dir, nranks, sets, timeout=timeout)
+
+    def mnist_config(self, name: str, max_steps: int, workers: int = 2) -> Path:
+        a = self.args
+        return write_raven_config(self.work / f"{name}.toml", self.data, batch_size=a.batch * workers,
+                                  task_snippets=a.task_snippets, max_steps=max_steps, lr=a.lr, layers=LAYERS)
+
+    # ------------------------------------------------------------------ straggler
+    def straggler(self) -> dict:
+        a = self.args
+        f = a.slow_factor
+        cfg = self.mnist_config("straggler", a.steps)
+        slow = faults(f'{{rank = 2, mode = "slow", factor = {f}}}')
+        rows, out = [], []
+        print(f"\n== straggler: MLP 784-{'-'.join(map(str, LAYERS))}-10, 2 workers x {a.batch} samples/step, "
+              f"tasks of {a.task_snippets} x {SNIPPET} samples, rank 2 slowed {f}x; {a.repeats} repeat(s)",
+              flush=True)
+        for rep in range(a.repeats):
+            rs = self.raven(cfg, 3, [slow], "straggler-slow")
+            r1 = self.raven(cfg, 2, [], "straggler-1worker")
+            d = run_ddp_procs(self.data, self.work, workers=2, steps=a.ddp_steps, batch=a.batch, lr=a.lr,
+                              layers=LAYERS, slow_rank=1, slow_factor=f)
+            self.commands.append(f"(DDP gloo 2 x 1 thread, {a.ddp_steps} steps, rank 1 slowed {f}x)")
+            led = ledger_stats(rs["run_dir"])
+            cap = r1["samples_per_s"] * (1 + 1 / f)
+            rec = {"raven_slow": _brief(rs), "raven_1worker": _brief(r1), "ddp_slow": d,
+                   "capacity_samples_per_s": cap, "ratio_vs_ddp": rs["samples_per_s"] / d["samples_per_s"],
+                   "fraction_of_capacity": rs["samples_per_s"] / cap,
+                   "copies_per_rank": led["copies_per_rank"], "backups": led["backups"],
+                   "copy_states": led["states"]}
+            out.append(rec)
+            rsx = led["rank_state"]
+            acc2 = rsx.get("2:accepted", 0) / max(1, led["tasks"])
+            n2 = led["copies_per_rank"].get("2", 0)
+            wasted2 = (n2 - rsx.get("2:accepted", 0)) / max(1, n2)
+            rec.update(rank2_accepted_share=acc2, rank2_wasted_share=wasted2)
+            rows.append([rep + 1, fmt(rs["samples_per_s"]), fmt(d["samples_per_s"]), fmt(rec["ratio_vs_ddp"], ".2f"),
+                         fmt(r1["samples_per_s"]), fmt(cap), fmt(rec["fraction_of_capacity"], ".3f"),
+                         f"{acc2:.1%}", f"{wasted2:.0%}", led["backups"], fmt(rs["master_cpu_s"], ".1f"),
+                         fmt(r1["master_cpu_s"], ".1f"), fmt(d.get("slow_compute_ms"), ".1f"),
+                         fmt(d.get("slow_sleep_ms"), ".1f")])
+            print(f"  [{rep + 1}/{a.repeats}] raven {rs['samples_per_s']:,.0f}  DDP {d['samples_per_s']:,.0f}  "
+                  f"1-worker {r1['samples_per_s']:,.0f} samples/s", flush=True)
+        res = {
+            "raven_samples_per_s": med(r["raven_slow"]["samples_per_s"] for r in out),
+            "ddp_samples_per_s": med(r["ddp_slow"]["samples_per_s"] for r in out),
+            "raven_1worker_samples_per_s": med(r["raven_1worker"]["samples_per_s"] for r in out),
+            "ratio_vs_ddp_median": med(r["ratio_vs_ddp"] for r in out),
+            "fraction_of_capacity_median": med(r["fraction_of_capacity"] for r in out),
+        }
+        res["capacity_samples_per_s"] = res["raven_1worker_samples_per_s"] * (1 + 1 / f)
+        res["targets"] = {"ratio_vs_ddp >= 2": res["ratio_vs_ddp_median"] >= 2.0,
+                          "fraction_of_capacity >= 0.9": res["fraction_of_capacity_median"] >= 0.9}
+        rows.append(["median", fmt(res["raven_samples_per_s"]), fmt(res["ddp_samples_per_s"]),
+                     fmt(res["ratio_vs_ddp_median"], ".2f"), fmt(res["raven_1worker_samples_per_s"]),
+                     fmt(res["capacity_samples_per_s"]), fmt(res["fraction_of_capacity_median"], ".3f"),
+                     "", "", "", "", "", "", ""])
+        table(["rep", "raven/s", "DDP/s", "raven/DDP", "1-wkr/s", "capacity/s", "raven/cap", "rank2 accepted",
+               "rank2 wasted", "backups", "cpu s", "cpu 1-wkr s", "DDP slow ms", "DDP sleep ms"], rows,
+              f"straggler (rank 2 x{f}; samples/s; capacity = 1-worker x {1 + 1 / f:.2f}); "
+              "ratio/fraction medians are of per-repeat values; rank2 accepted = share of tasks whose applied "
+              "result came from the slow rank (ideal 1/(1+factor)); rank2 wasted = share of its copies not "
+              "applied (a backup won); cpu = master CPU s")
+        _targets(res["targets"])
+        return {"config": {"model": [784, *LAYERS, 10], "workers": 2, "batch_per_worker": a.batch,
+                           "task_snippets": a.task_snippets, "snippet_size": SNIPPET, "slow_factor": f,
+                           "raven_steps": a.steps, "ddp_steps": a.ddp_steps},
+                "summary": res, "runs": out}
+
+    # ------------------------------------------------------------------ verify
+    def verify(self) -> dict:
+        a = self.args
+        cfg = self.mnist_config("verify", a.steps)
+        print(f"\n== verify: -n 3 clean, poc.verify = 0 vs {a.verify}; {a.verify_repeats} interleaved repeat(s)",
+              flush=True)
+        out, rows = [], []
+        for rep in range(a.verify_repeats):
+            pair = {}
+            for v in (0.0, a.verify):
+                s = self.raven(cfg, 3, [f"poc.verify={v}"], f"verify-{v}")
+                led = ledger_stats(s["run_dir"])
+                pair[str(v)] = dict(_brief(s), verified_copies=led["verified"], copies=led["copies"],
+                                    tasks=led["tasks"], strikes=len(led["events"].get("strike", [])),
+                                    states=led["states"], backups=led["extra_backup_copies"],
+                                    verify_copies=led["extra_other_copies"])
+            base, ver = pair["0.0"], pair[str(a.verify)]
+            pair["overhead"] = 1 - ver["samples_per_s"] / base["samples_per_s"]
+            out.append(pair)
+            rows.append([rep + 1, fmt(base["samples_per_s"]), fmt(ver["samples_per_s"]), f"{pair['overhead']:+.1%}",
+                         f"{ver['verify_copies'] / max(1, ver['tasks']):.1%}",
+                         f"{base['backups'] / max(1, base['tasks']):.1%}", f"{ver['backups'] / max(1, ver['tasks']):.1%}",
+                         base["strikes"] + ver["strikes"],
+                         fmt(base["master_cpu_s"], ".2f"), fmt(ver["master_cpu_s"], ".2f")])
+            print(f"  [{rep + 1}/{a.verify_repeats}] verify=0 {base['samples_per_s']:,.0f}  verify={a.verify} "
+                  f"{ver['samples_per_s']:,.0f} samples/s", flush=True)
+        b0 = med(p["0.0"]["samples_per_s"] for p in out)
+        b1 = med(p[str(a.verify)]["samples_per_s"] for p in out)
+        res = {"verify": a.verify, "samples_per_s_verify0": b0, "samples_per_s_verify": b1,
+               "overhead_of_medians": 1 - b1 / b0, "overhead_median_of_pairs": med(p["overhead"] for p in out),
+               "false_strikes": sum(p["0.0"]["strikes"] + p[str(a.verify)]["strikes"] for p in out)}
+        res["targets"] = {"overhead (median of interleaved pairs) <= 10%": res["overhead_median_of_pairs"] <= 0.10}
+        rows.append(["median", fmt(b0), fmt(b1), f"{res['overhead_median_of_pairs']:+.1%}", "", "", "", "", "",
+                     ""])
+        table(["rep", "verify=0 /s", f"verify={a.verify} /s", "overhead", "verify copies", "backups(0)",
+               f"backups({a.verify})", "strikes", "cpu(0) s", f"cpu({a.verify}) s"], rows,
+              "verify overhead (samples/s; overhead median = median of per-pair overheads; verify copies = "
+              "extra non-backup copies (second copies for sampled verification) / tasks; backups = extra "
+              "speculative copies / tasks; "
+              "strikes on honest workers should be 0)")
+        print(f"  overhead of the medians ({fmt(b1)} vs {fmt(b0)} samples/s): {res['overhead_of_medians']:+.1%}")
+        _targets(res["targets"])
+        return {"config": {"model": [784, *LAYERS, 10], "workers": 2, "batch_per_worker": a.batch,
+                           "task_snippets": a.task_snippets, "steps": a.steps},
+                "summary": res, "runs": out}
+
+    # ------------------------------------------------------------------ detect
+    def detect(self) -> dict:
+        a = self.args
+        F = a.fault_from
+        cfg = self.mnist_config("detect", F + a.detect_steps)
+        variants = {
+            "scale": f'{{rank = 2, mode = "scale", factor = 1.5, from_step = {F}}}',
+            "bitflip": f'{{rank = 2, mode = "bitflip", count = 1, bit = 30, from_step = {F}}}',
+        }
+        print(f"\n== detect: -n 3, poc.verify = {a.verify}, rank 2 corrupts from step {F}; "
+              f"seeds {a.seeds}; runs stop at step {F + a.detect_steps}", flush=True)
+        out = {k: [] for k in variants}
+        rows = []
+        # interleave variants per seed
+        for seed in a.seeds:
+            for name, rule in variants.items():
+                s = self.raven(cfg, 3, [f"poc.verify={a.verify}", f"train.seed={seed}", faults(rule)],
+                               f"detect-{name}-s{seed}")
+                led = ledger_stats(s["run_dir"])
+                ev = led["events"]
+                excl = [e for e in ev.get("exclude", []) if e["rank"] == 2]
+                strikes2 = [e for e in ev.get("strike", []) if e["rank"] == 2]
+                strikes1 = [e for e in ev.get("strike", []) if e["rank"] != 2]
+                applied_bad = sum(1 for e in led["records"] if e.get("ev") == "copy" and e.get("kind") == "grad"
+                                  and e["rank"] == 2 and e["step"] >= F and e["state"] == "accepted")
+                rejected = sum(1 for e in led["records"] if e.get("ev") == "copy" and e["rank"] == 2
+                               and e["state"] == "rejected")
+                rec = {"seed": seed, "exclude_step": excl[0]["step"] if excl else None,
+                       "steps_to_exclude": excl[0]["step"] - F if excl else None,
+                       "first_strike_step": strikes2[0]["step"] if strikes2 else None,
+                       "strikes_rank2": len(strikes2), "strikes_honest": len(strikes1),
+                       "corrupt_applied": applied_bad, "rejected_rank2": rejected,
+                       "exclude_reason": excl[0]["reason"] if excl else None,
+                       "steps": s["steps"], "samples_per_s": s["samples_per_s"]}
+                out[name].append(rec)
+                rows.append([name, seed, fmt(rec["first_strike_step"], "d"), fmt(rec["exclude_step"], "d"),
+                             fmt(rec["steps_to_exclude"], "d", none=f">{a.detect_steps}"), rec["strikes_honest"],
+                             rec["corrupt_applied"], rec["rejected_rank2"]])
+                print(f"  {name} seed {seed}: excluded at step {rec['exclude_step']} "
+                      f"({rec['steps_to_exclude']} steps after the fault started)", flush=True)
+        res = {}
+        for name, recs in out.items():
+            st = [r["steps_to_exclude"] for r in recs]
+            missed = sum(x is None for x in st)
+            got = [x for x in st if x is not None]
+            res[name] = {"median_steps": med(got) if not missed else None, "max_steps": max(got) if got and not missed
+                         else None, "missed": missed, "runs": len(st),
+                         "corrupt_applied_median": med(r["corrupt_applied"] for r in recs),
+                         "honest_strikes": sum(r["strikes_honest"] for r in recs)}
+            res[name]["target_met"] = (not missed) and max(got) <= 20
+        res["targets"] = {f"{k}: max steps to exclusion <= 20": v["target_met"] for k, v in res.items()
+                          if isinstance(v, dict) and "target_met" in v}
+        table(["fault", "seed", "1st strike", "excluded at", "steps", "honest strikes", "bad applied",
+               "rank2 rejected"], rows,
+              f"detect (fault from step {F}; 'steps' = exclusion step - {F}; 'bad applied' = rank 2 results "
+              "accepted after the fault started)")
+        table(["fault", "median steps", "max steps", "missed", "bad applied (median)"],
+              [[k, fmt(v["median_steps"], "g"), fmt(v["max_steps"], "d"), f"{v['missed']}/{v['runs']}",
+                fmt(v["corrupt_applied_median"], "g")] for k, v in res.items() if k != "targets"])
+        _targets(res["targets"])
+        return {"config": {"verify": a.verify, "from_step": F, "max_steps": F + a.detect_steps, "seeds": a.seeds,
+                           "variants": variants, "task_snippets": a.task_snippets, "batch_per_worker": a.batch},
+                "summary": res, "runs": out}
+
+    # ------------------------------------------------------------------ scaling
+    def scaling(self) -> dict:
+        a = self.args
+        layers = tuple(a.scaling_layers)
+        out, rows = [], []
+        print(f"\n== scaling: MLP 784-{'-'.join(map(str, layers))}-10, {a.scaling_tasks} tasks of {SNIPPET} samples "
+              f"per worker per step, ranks {a.ranks}, {a.scaling_steps} steps, backups "
+              f"{'on' if a.scaling_backup else 'off'}", flush=True)
+        for rep in range(a.scaling_repeats):
+            for n in a.ranks:
+                w = n - 1
+                cfg = write_raven_config(self.work / f"scaling-{n}.toml", self.data,
+                                         batch_size=a.scaling_tasks * SNIPPET * w, task_snippets=1,
+                                         max_steps=a.scaling_steps, lr=a.lr, layers=layers)
+                sets = [] if a.scaling_backup else ["poc.backup=false"]
+                s = self.raven(cfg, n, sets, f"scaling-n{n}")
+                led = ledger_stats(s["run_dir"])
+                steps = max(1, s["steps"])
+                results = led["copies"]
+                rec = {"ranks": n, "workers": w, "steps": s["steps"], "wall_s": s["wall_s"],
+                       "elapsed_s": s["elapsed_s"], "master_cpu_s": s["master_cpu_s"], "messages": s["messages"],
+                       "result_copies": results, "backups": led["backups"],
+                       "cpu_ms_per_step": 1e3 * s["master_cpu_s"] / steps,
+                       "messages_per_step": s["messages"] / steps,
+                       "cpu_us_per_message": 1e6 * s["master_cpu_s"] / max(1, s["messages"]),
+                       "step_ms": 1e3 * s["wall_s"] / steps, "step_ms_parts": s["step_ms"],
+                       "samples_per_s": s["samples_per_s"], "num_params": s["num_params"], "repeat": rep}
+                out.append(rec)
+                print(f"  -n {n}: {rec['cpu_ms_per_step']:.2f} ms master CPU/step, "
+                      f"{rec['messages_per_step']:.1f} msgs/step, step {rec['step_ms']:.1f} ms "
+                      f"(launch {s['elapsed_s']:.0f} s)", flush=True)
+        by_n = collections.defaultdict(list)
+        for r in out:
+            by_n[r["ranks"]].append(r)
+        agg = []
+        for n in a.ranks:
+            rs = by_n[n]
+            agg.append({"ranks": n, "cpu_ms_per_step": med(r["cpu_ms_per_step"] for r in rs),
+                        "messages_per_step": med(r["messages_per_step"] for r in rs),
+                        "cpu_us_per_message": med(r["cpu_us_per_message"] for r in rs),
+                        "step_ms": med(r["step_ms"] for r in rs),
+                        "update_ms": med(r["step_ms_parts"]["update"] for r in rs),
+                        "backups_per_step": med(r["backups"] / max(1, r["steps"]) for r in rs),
+                        "samples_per_step": a.scaling_tasks * SNIPPET * (n - 1)})
+            rows.append([n, fmt(agg[-1]["cpu_ms_per_step"], ".2f"), fmt(agg[-1]["messages_per_step"], ".1f"),
+                         fmt(agg[-1]["cpu_us_per_message"], ".0f"), fmt(agg[-1]["step_ms"], ".1f"),
+                         fmt(agg[-1]["update_ms"], ".2f"), fmt(agg[-1]["backups_per_step"], ".2f")])
+        table(["ranks", "master CPU ms/step", "msgs/step", "CPU us/msg", "step ms (wall)", "update ms",
+               "backups/step"], rows,
+              "scaling (medians over repeats; num_params = "
+              f"{out[0]['num_params'] if out else '?'}, 4 bytes each per message)")
+        fit = _fit([r["ranks"] for r in agg], [r["cpu_ms_per_step"] for r in agg])
+        fit_msg = _fit([r["ranks"] for r in agg], [r["cpu_us_per_message"] for r in agg])
+        marg = _fit([r["messages_per_step"] for r in agg], [r["cpu_ms_per_step"] for r in agg])
+        proj = {}
+        if fit:
+            for n in a.project:
+                c = fit["a"] + fit["b"] * n
+                batch = a.scaling_tasks * SNIPPET * (n - 1)
+                proj[str(n)] = {"cpu_ms_per_step": c, "messages_per_step": a.scaling_tasks * (n - 1),
+                                "master_bound_steps_per_s": 1e3 / c if c > 0 else None,
+                                "master_bound_samples_per_s": batch * 1e3 / c if c > 0 else None}
+            print(f"\n  fit: master CPU ms/step = {fit['a']:.3f} + {fit['b']:.4f} x ranks (R^2 {fit['r2']:.3f})")
+            if marg:
+                print(f"       master CPU ms/step = {marg['a']:.3f} + {marg['b']:.4f} x messages/step "
+                      f"(R^2 {marg['r2']:.3f}): marginal master CPU {1e3 * marg['b']:.0f} us per result message")
+            if fit_msg:
+                print(f"       master CPU us/message (all master CPU / all messages) = {fit_msg['a']:.1f} "
+                      f"{fit_msg['b']:+.3f} x ranks (R^2 {fit_msg['r2']:.3f}; it falls while the per-step fixed "
+                      "cost is shared by more messages, then flattens at the marginal cost)")
+            table(["ranks", "master CPU ms/step", "msgs/step", "master-bound steps/s", "master-bound samples/s"],
+                  [[n, fmt(p["cpu_ms_per_step"], ".2f"), p["messages_per_step"],
+                    fmt(p["master_bound_steps_per_s"], ".1f"), fmt(p["master_bound_samples_per_s"])]
+                   for n, p in proj.items()],
+                  "projection (linear fit; weak scaling: the global batch grows with the workers)")
+        print("  caveat: 17 ranks on 2 cores are oversubscribed, which inflates step wall time (workers wait "
+              "for a time slice); master CPU per message is the figure that carries over to real nodes.")
+        return {"config": {"model": [784, *layers, 10], "tasks_per_worker": a.scaling_tasks, "snippet_size": SNIPPET,
+                           "steps": a.scaling_steps, "ranks": a.ranks, "backup": a.scaling_backup},
+                "per_ranks": agg, "fit_cpu_ms_per_step": fit, "fit_cpu_us_per_message": fit_msg,
+                "fit_cpu_ms_per_step_vs_messages": marg,
+                "projection": proj, "runs": out}
+
+
+def _fit(xs, ys):
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    sxy = sum((x - mx) * (y - my) for x, y in pts)
+    b = sxy / sxx if sxx else 0.0
+    a = my - b * mx
+    ss_tot = sum((y - my) ** 2 for _, y in pts)
+    ss_res = sum((y - a - b * x) ** 2 for x, y in pts)
+    return {"a": a, "b": b, "r2": 1 - ss_res / ss_tot if ss_tot else 1.0, "points": pts}
+
+
+def _brief(s: dict) -> dict:
+    return {k: s.get(k) for k in ("samples_per_s", "wall_s", "elapsed_s", "master_cpu_s", "steps", "messages",
+                                  "step_ms", "workers_status", "run_dir")}
+
+
+def _targets(t: dict) -> None:
+    for k, ok in t.items():
+        print(f"  target {k}: {'MET' if ok else 'MISSED'}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", metavar="PART",
+                    help=f"which parts to run: {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--only", action="append", choices=PARTS, default=[], help="same as naming a part")
+    ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat, one seed, -n 3 and 5")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (straggler, verify; default 3)")
+    ap.add_argument("--verify-repeats", type=int, default=None, help="interleaved pairs (verify; default 4)")
+    ap.add_argument("--steps", type=int, default=None, help="raven steps per straggler / verify run (default 200)")
+    ap.add_argument("--ddp-steps", type=int, default=None, help="DDP timed steps under the slowdown (default 100)")
+    ap.add_argument("--batch", type=int, default=128, help="samples per worker per step (multiple of 32)")
+    ap.add_argument("--task-snippets", type=int, default=1, help="32-sample snippets per task (default 1)")
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--slow-factor", type=float, default=4.0)
+    ap.add_argument("--verify", type=float, default=0.05, help="sampled verification fraction (verify, detect)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="train.seed values for detect (default 0..4)")
+    ap.add_argument("--fault-from", type=int, default=10, help="step the corrupting worker turns bad (detect)")
+    ap.add_argument("--detect-steps", type=int, default=None,
+                    help="steps run after the fault starts (detect; default 40)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=None, help="MPI sizes for scaling (default 3 5 9 17)")
+    ap.add_argument("--scaling-steps", type=int, default=None, help="steps per scaling run (default 100)")
+    ap.add_argument("--scaling-repeats", type=int, default=1)
+    ap.add_argument("--scaling-tasks", type=int, default=2, help="tasks per worker per step (scaling)")
+    ap.add_argument("--scaling-layers", type=int, nargs="+", default=[64], help="hidden layers (scaling)")
+    ap.add_argument("--scaling-backup", action="store_true", help="keep speculative backups on in scaling")
+    ap.add_argument("--project", type=int, nargs="+", default=[64, 256], help="ranks to project scaling to")
+    ap.add_argument("--keep", type=Path, default=None, help="keep run directories under this folder")
+    args = ap.parse_args()
+    bad = [p for p in args.parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
+    parts = [p for p in PARTS if p in (set(args.parts) | set(args.only))] or list(PARTS)
+    q = args.quick
+    defaults = {"repeats": 1 if q else 3, "verify_repeats": 1 if q else 4, "steps": 40 if q else 200,
+                "ddp_steps": 20 if q else 100,
+                "seeds": [0] if q else [0, 1, 2, 3, 4], "detect_steps": 20 if q else 40,
+                "ranks": [3, 5] if q else [3, 5, 9, 17], "scaling_steps": 40 if q else 100}
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if q:
+        args.fault_from = min(args.fault_from, 5)
+    if args.batch % SNIPPET:
+        raise SystemExit(f"--batch must be a multiple of {SNIPPET}")
+
+    t0 = time.perf_counter()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="bench-poc-", dir=args.keep))
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-poc-"))
+    try:
+        b = Bench(args, work)
+        print(f"data: {data_source()} -> {b.data} ({SNIPPET}-sample snippets); parts: {', '.join(parts)}"
+              f"{' (quick)' if q else ''}", flush=True)
+        for part in parts:
+            tp = time.perf_counter()
+            n0 = len(b.commands)
+            result = getattr(b, part)()
+            result.update(part=part, quick=q, elapsed_s=round(time.perf_counter() - tp, 1),
+                          commands=b.commands[n0:], when=time.strftime("%Y-%m-%d %H:%M:%S"))
+            path = write_result(f"poc-{part}{'-quick' if q else ''}.json", result)
+            print(f"  ({part}: {result['elapsed_s']:.0f} s; wrote {path})", flush=True)
+    finally:
+        if args.keep:
+            print(f"run directories kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
