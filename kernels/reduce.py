@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["finite_sq", "all_finite", "accumulate", "assign", "fingerprint", "FP_PROJECTIONS", "FP_SIZE"]
+__all__ = ["all_finite", "accumulate", "assign", "fingerprint", "FP_PROJECTIONS", "FP_SIZE"]
 
 #: random +-1 projections in a fingerprint; then the sum of squares
 FP_PROJECTIONS = 4
@@ -24,19 +24,6 @@ def all_finite(x):
         v = x[i]
         bad |= (v - v) != 0.0  # NaN - NaN and inf - inf are NaN; vectorises
     return not bad
-
-
-@njit(cache=True)
-def finite_sq(x):
-    """Sum of squares of the 1-D array in float64, or -1.0 if any element is
-    NaN or infinite (the master's cheap check of every gradient it gets)."""
-    sq = 0.0
-    bad = False
-    for i in range(x.shape[0]):
-        v = np.float64(x[i])
-        bad |= (v - v) != 0.0
-        sq += v * v
-    return -1.0 if bad else sq
 
 
 @njit(cache=True)
@@ -110,7 +97,6 @@ def warm_up() -> None:
     a = np.zeros(4, np.float64)
     x = np.ones(4, np.float32)
     all_finite(x)
-    finite_sq(x)
     accumulate(a, x)
     assign(a, x)
     fingerprint(x, 0, np.zeros(FP_SIZE, np.float64))

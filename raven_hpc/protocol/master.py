@@ -14,6 +14,7 @@ same :class:`TaskRunner` the workers use.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import Interrupted, ProtocolError, RavenError
-from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, finite_sq, warm_up
+from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
 from .scheduler import GONE, Scheduler, Task
@@ -34,6 +35,7 @@ __all__ = ["Master", "TrainState", "stop_workers"]
 STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
+HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
 
 
 def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
@@ -107,6 +109,7 @@ class Master:
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
         self._fp = np.zeros(FP_SIZE, np.float64)
         self._next_check = 0.0
+        self._next_backup_check = 0.0
         self._log_norm: float | None = None   # running typical log(|g| / samples) of accepted results
         self._drain_mtime: float | None = None
         self._drained: set[int] = set()
@@ -192,33 +195,17 @@ class Master:
 
     def _discard_incoming(self) -> bool:
         """Receive and drop every message that has arrived (shutting down)."""
-        MPI, st = self.MPI, self._status
+        MPI = self.MPI
         got = False
-        while True:
-            try:
-                msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
-            except MPI.Exception as exc:
-                self._process_failed(exc)
-                continue
-            if msg is None:
-                break
+        for msg, src, tag, nbytes in self._arrivals():
             got = True
-            if st.Get_tag() == TAG_CTRL:
+            if tag == TAG_CTRL:
                 msg.recv()
             else:
-                buf = self._result_buffer(st.Get_count(MPI.BYTE)) if st.Get_tag() == TAG_RESULT else None
-                raw = buf.raw if buf is not None else np.empty(st.Get_count(MPI.BYTE), np.uint8)
-                self._receiving.append(_Pending(msg.Irecv([raw, MPI.BYTE]), buf, st.Get_source()))
-        still = []
-        for p in self._receiving:
-            try:
-                if not p.request.Test():
-                    still.append(p)
-            except MPI.Exception as exc:
-                self._process_failed(exc)
-        self._receiving = [p for p in still if p.rank not in self.dead]
-        while self.outbox.errors:
-            self._process_failed(self.outbox.errors.pop())
+                buf = self._result_buffer(nbytes) if tag == TAG_RESULT else None
+                raw = buf.raw if buf is not None else np.empty(nbytes, np.uint8)
+                self._receiving.append(_Pending(msg.Irecv([raw, MPI.BYTE]), buf, src))
+        self._completed_receives()
         return got
 
     # -- messages -------------------------------------------------------------
@@ -263,10 +250,10 @@ class Master:
         pool.append(b)
         return b
 
-    def _poll(self, hello: set | None = None) -> list[tuple[int, ResultBuffer]]:
-        """Match everything that has arrived; return completed results."""
-        MPI = self.MPI
-        st = self._status
+    def _arrivals(self):
+        """Yield ``(message, source, tag, nbytes)`` for everything that has
+        arrived from any rank (a failed process is handled on the way)."""
+        MPI, st = self.MPI, self._status
         while True:
             try:
                 msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
@@ -274,14 +261,32 @@ class Master:
                 self._process_failed(exc)
                 continue
             if msg is None:
-                break
-            src, tag = st.Get_source(), st.Get_tag()
+                return
+            yield msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)
+
+    def _completed_receives(self) -> list[_Pending]:
+        """Receives that finished (those from a failed process are dropped)."""
+        done, still = [], []
+        for p in self._receiving:
+            try:
+                (done if p.request.Test() else still).append(p)
+            except self.MPI.Exception as exc:   # its sender died mid-transfer
+                self._process_failed(exc)
+        self._receiving = [p for p in still if p.rank not in self.dead]
+        self.outbox.progress()
+        while self.outbox.errors:
+            self._process_failed(self.outbox.errors.pop())
+        return done
+
+    def _poll(self, hello: set | None = None) -> list[tuple[int, ResultBuffer]]:
+        """Match everything that has arrived; return completed results."""
+        MPI = self.MPI
+        for msg, src, tag, nbytes in self._arrivals():
             self.stats["messages"] += 1
             w = self.sched.workers.get(src)
             if w is not None and w.status == GONE and hello is None:
                 self._readmit(src, "answered again after it was given up on")
             if tag == TAG_RESULT:
-                nbytes = st.Get_count(MPI.BYTE)
                 buf = self._result_buffer(nbytes)
                 self._receiving.append(_Pending(msg.Irecv([buf.raw, MPI.BYTE]), buf, src))
                 self.stats["bytes_in"] += nbytes
@@ -289,19 +294,7 @@ class Master:
                 self._control(src, msg.recv(), hello)
             else:
                 raise ProtocolError(f"unexpected message tag {tag} from rank {src}")
-        done = []
-        if self._receiving:
-            still = []
-            for p in self._receiving:
-                try:
-                    (done if p.request.Test() else still).append(p)
-                except MPI.Exception as exc:   # its sender died mid-transfer
-                    self._process_failed(exc)
-            self._receiving = still
-        self.outbox.progress()
-        while self.outbox.errors:
-            self._process_failed(self.outbox.errors.pop())
-        return [(p.rank, p.buf) for p in done]
+        return [(p.rank, p.buf) for p in self._completed_receives()]
 
     # -- fault tolerance (ULFM) and signals -------------------------------------
     def _process_failed(self, exc) -> None:
@@ -420,6 +413,9 @@ class Master:
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
     def _housekeeping(self, open_ids: set, total: dict) -> None:
         now = self.clock()
+        if now < self._next_backup_check:
+            return
+        self._next_backup_check = now + HOUSEKEEPING_S
         if self.backups_on:
             self._send_tasks(self.sched.backups(now))
         for task in self.sched.stuck():
@@ -514,8 +510,9 @@ class Master:
                 fp = (*self._fp, loss, correct)
                 sq = self._fp[-1]
             else:
-                sq = finite_sq(buf.grad)
-                finite = finite and sq >= 0.0
+                # BLAS dot: vectorised, and NaN/inf anywhere makes it non-finite
+                sq = float(np.dot(buf.grad, buf.grad))
+                finite = finite and math.isfinite(sq)
             if finite:
                 suspicious = self._screen(sq, buf.get("samples"))
                 if suspicious and fp is None:

@@ -403,6 +403,8 @@ class Scheduler:
         least loaded, then lowest rank.
         """
         out: list[tuple[int, Task]] = []
+        if not self._queue:
+            return out
         keep: deque[int] = deque()
         plan = self._plan_start(now)
         while self._queue:
