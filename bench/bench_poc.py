@@ -13,9 +13,11 @@ straggler  1 master + 2 workers, MLP 784-512-256-10, 128 samples per worker
            and optimizer of bench_vs_ddp.py -- with rank 2 slowed 4x
            (``[faults] rules = [{rank = 2, mode = "slow", factor = 4.0}]``).
            Tasks are single 32-sample snippets (``task_snippets = 1``): 8
-           tasks per step, so the scheduler can give the fast worker ~7 and
-           the slow one ~1 (with 128-sample tasks the split could only be
-           1:1).  Reference: PyTorch DDP (gloo), 2 processes x 1 thread, rank 1
+           tasks per step, which the scheduler merges into chunks sized by
+           each worker's measured speed (``cluster.max_chunk``), so the fast
+           worker computes large batches and the slow one only what it can
+           finish in time (with fixed 128-sample tasks the split could only
+           be 1:1).  Reference: PyTorch DDP (gloo), 2 processes x 1 thread, rank 1
            slowed by the same definition (it sleeps 3x its measured compute
            time of each step after backward, before the last allreduce).
            "Capacity left" = the clean 1-worker raven rate (``-n 2``, same
@@ -93,6 +95,7 @@ def ledger_stats(run_dir: str | Path) -> dict:
     states = collections.Counter()
     per_rank = collections.Counter()
     rank_state = collections.Counter()
+    snip_state = collections.Counter()   # snippets (work) by (rank, state): chunks differ in size
     extra = collections.Counter()
     backups = verified = 0
     tasks = set()
@@ -105,6 +108,7 @@ def ledger_stats(run_dir: str | Path) -> dict:
             states[e["state"]] += 1
             per_rank[e["rank"]] += 1
             rank_state[(e["rank"], e["state"])] += 1
+            snip_state[(e["rank"], e["state"])] += len(e.get("snippets") or [0])
             if e["state"] != "accepted":
                 extra["backup" if e.get("backup") else "other"] += 1
             tasks.add(e["task"])
@@ -115,6 +119,7 @@ def ledger_stats(run_dir: str | Path) -> dict:
     return {"states": dict(states), "copies_per_rank": {str(k): v for k, v in sorted(per_rank.items())},
             "tasks": len(tasks), "copies": sum(states.values()), "backups": backups, "verified": verified,
             "rank_state": {f"{r}:{st}": n for (r, st), n in sorted(rank_state.items())},
+            "rank_state_snippets": {f"{r}:{st}": n for (r, st), n in sorted(snip_state.items())},
             "extra_backup_copies": extra["backup"], "extra_other_copies": extra["other"],
             "events": {k: v for k, v in events.items()}, "records": recs}
 
@@ -163,9 +168,11 @@ class Bench:
                    "copies_per_rank": led["copies_per_rank"], "backups": led["backups"],
                    "copy_states": led["states"]}
             out.append(rec)
-            rsx = led["rank_state"]
-            acc2 = rsx.get("2:accepted", 0) / max(1, led["tasks"])
-            n2 = led["copies_per_rank"].get("2", 0)
+            # shares of *work* (snippets): tasks merged into chunks differ in size
+            rsx = led["rank_state_snippets"]
+            acc_all = sum(v for k, v in rsx.items() if k.endswith(":accepted"))
+            acc2 = rsx.get("2:accepted", 0) / max(1, acc_all)
+            n2 = sum(v for k, v in rsx.items() if k.startswith("2:"))
             wasted2 = (n2 - rsx.get("2:accepted", 0)) / max(1, n2)
             rec.update(rank2_accepted_share=acc2, rank2_wasted_share=wasted2)
             rows.append([rep + 1, fmt(rs["samples_per_s"]), fmt(d["samples_per_s"]), fmt(rec["ratio_vs_ddp"], ".2f"),
@@ -192,8 +199,8 @@ class Bench:
         table(["rep", "raven/s", "DDP/s", "raven/DDP", "1-wkr/s", "capacity/s", "raven/cap", "rank2 accepted",
                "rank2 wasted", "backups", "cpu s", "cpu 1-wkr s", "DDP slow ms", "DDP sleep ms"], rows,
               f"straggler (rank 2 x{f}; samples/s; capacity = 1-worker x {1 + 1 / f:.2f}); "
-              "ratio/fraction medians are of per-repeat values; rank2 accepted = share of tasks whose applied "
-              "result came from the slow rank (ideal 1/(1+factor)); rank2 wasted = share of its copies not "
+              "ratio/fraction medians are of per-repeat values; rank2 accepted = share of snippets whose applied "
+              "result came from the slow rank (ideal 1/(1+factor)); rank2 wasted = share of its snippets not "
               "applied (a backup won); cpu = master CPU s")
         _targets(res["targets"])
         return {"config": {"model": [784, *LAYERS, 10], "workers": 2, "batch_per_worker": a.batch,

@@ -632,6 +632,14 @@ class Model:
 
     # -- description -------------------------------------------------------------
     @property
+    def sample_independent(self) -> bool:
+        """Whether a batch's summed gradient equals the sum over any split of
+        it (no layer in training looks across samples or at the pass's key:
+        no dropout, no batch norm).  Then tasks can be merged into larger
+        batches without changing the result beyond float32 round-off."""
+        return not any(l.USES_CONTEXT for l in self.layers)
+
+    @property
     def is_sequential(self) -> bool:
         """Whether every layer reads just the previous one (a plain chain)."""
         return all(src == (i - 1,) for i, src in enumerate(self._sources))

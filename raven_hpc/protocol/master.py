@@ -104,7 +104,8 @@ class Master:
         self.sched = Scheduler(ranks, redundancy=poc["redundancy"], quorum=poc["quorum"], verify=poc["verify"],
                                rtol=poc["rtol"], max_strikes=poc["max_strikes"],
                                probation_steps=poc["probation_steps"], backup_factor=poc["backup_factor"],
-                               prefetch=cl["prefetch"], seed=cfg["train"]["seed"])
+                               prefetch=cl["prefetch"], seed=cfg["train"]["seed"],
+                               max_chunk=cl["max_chunk"] if model.sample_independent else 1)
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
         self._fp = np.zeros(FP_SIZE, np.float64)
@@ -558,6 +559,9 @@ class Master:
         total["compute_s"] += buf.get("compute_s")
         total["idle_s"] = total.get("idle_s", 0.0) + buf.get("recv_wait_s")
         open_ids.discard(tid)
+        task = self.sched.tasks.get(tid)
+        if task is not None and task.merged:
+            open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
             c = buf.get("compute_s")
             self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c

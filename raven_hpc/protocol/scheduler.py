@@ -126,6 +126,22 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
     return bool(worst <= 1.0), float(worst)
 
 
+def _water_fill(start: dict, sec_per_sample: dict, work: float) -> float:
+    """The time at which ``work`` samples are done when every worker r,
+    free from ``start[r]`` and taking ``sec_per_sample[r]`` per sample, keeps
+    computing until then (the finish time of a perfectly balanced split)."""
+    order = sorted(start, key=start.get)
+    rate = weighted = 0.0
+    t = start[order[0]] if order else 0.0
+    for i, r in enumerate(order):
+        rate += 1.0 / sec_per_sample[r]
+        weighted += start[r] / sec_per_sample[r]
+        t = (work + weighted) / rate
+        if i + 1 == len(order) or t <= start[order[i + 1]]:
+            break
+    return t
+
+
 @dataclass
 class Task:
     """A unit of work.  ``snippets`` are snippet ids of ``split``."""
@@ -145,6 +161,7 @@ class Task:
     accepted_fp: tuple | None = None
     accepted_verified: bool = False   # the applied result was agreed by a quorum / the master
     credited: int = 0
+    merged: list = field(default_factory=list)   # ids of queued tasks absorbed into this chunk
 
     def message(self) -> dict:
         """The assignment as sent to a worker (small, pickled)."""
@@ -232,7 +249,7 @@ class Scheduler:
 
     def __init__(self, workers: Iterable[int], *, redundancy: int = 1, prefetch: int = 2, quorum: int = 1,
                  verify: float = 0.0, rtol: float = 1e-3, max_strikes: int = 3, probation_steps: int = 0,
-                 backup_factor: float = 1.5, seed: int = 0):
+                 backup_factor: float = 1.5, seed: int = 0, max_chunk: int = 1):
         if redundancy < 1:
             raise ProtocolError(f"redundancy must be >= 1, got {redundancy}")
         if prefetch < 1:
@@ -250,6 +267,7 @@ class Scheduler:
         self.probation_steps = probation_steps
         self.backup_factor = backup_factor
         self.seed = seed
+        self.max_chunk = max(1, int(max_chunk))
         self.step = 0
         self.workers: dict[int, _Worker] = {}
         self.tasks: dict[int, Task] = {}
@@ -427,6 +445,8 @@ class Scheduler:
                     deferred = True     # its best worker is busy: wait for it
                     missing -= 1
                     continue
+                if self.max_chunk > 1 and plan is not None and not task.copies:
+                    self._merge(task, rank, plan)
                 self._give(task, rank, now)
                 out.append((rank, task))
                 missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
@@ -439,6 +459,55 @@ class Scheduler:
         keep.extend(self._queue)
         self._queue = keep
         return out
+
+    def _merge(self, task: Task, rank: int, plan: dict) -> None:
+        """Grow ``task`` (about to get its first copy, on ``rank``) into a
+        *chunk*: absorb queued, untouched tasks of the same step up to the
+        share of the step's unassigned work that ``rank`` can finish by the
+        time every worker, at its measured speed, is predicted to be done
+        (water-filling from each worker's predicted free time).  The worker
+        then computes the chunk as one batch -- larger matrix products, one
+        result message -- while a slow worker gets only the few tasks it can
+        finish in time.  The chunk never grows past that share, so it does not
+        delay the step; absorbed tasks leave the schedule and are listed in
+        ``task.merged`` (accepting the chunk settles them).
+        """
+        same = (task.step, task.kind, task.split, task.version, task.quorum, task.wanted)
+        cands = []
+        for tid in self._queue:
+            t = self.tasks.get(tid)
+            if (t is not None and t.state == PENDING and not t.copies and t.samples > 0
+                    and (t.step, t.kind, t.split, t.version, t.quorum, t.wanted) == same):
+                cands.append(t)
+        if not cands:
+            return
+        spp = {r: (w.sec_per_sample or plan["typical"]) for r, w in self.workers.items()
+               if w.live and w.accepting and r in plan}
+        if rank not in spp:
+            return
+        start = {r: plan[r] for r in spp}
+        start[rank] -= task.samples * spp[rank]
+        work = task.samples + sum(t.samples for t in cands)
+        finish = _water_fill(start, spp, work)
+        share = (finish - start[rank]) / spp[rank]
+        total = task.samples
+        take = []
+        for t in cands:
+            if len(take) + 1 >= self.max_chunk or total + t.samples > share * (1 + 1e-9):
+                break
+            take.append(t)
+            total += t.samples
+        if not take:
+            return
+        gone = set()
+        for t in take:
+            task.snippets = tuple(task.snippets) + tuple(t.snippets)
+            task.merged.extend([t.task_id, *t.merged])
+            gone.add(t.task_id)
+            del self.tasks[t.task_id]
+        plan[rank] += (total - task.samples) * spp[rank]
+        task.samples = total
+        self._queue = deque(tid for tid in self._queue if tid not in gone)
 
     def _plan_start(self, now: float) -> dict | None:
         """Per worker: when it is predicted to be free (None: speeds unknown)."""

@@ -281,3 +281,144 @@ def test_bad_settings_are_refused():
         Scheduler([1, 2], redundancy=1, quorum=2)
     with pytest.raises(ProtocolError):
         Scheduler([1], verify=1.5)
+
+
+# -- chunks: queued tasks merged into one batch per worker, sized by speed ------------
+
+def test_water_fill_balances_finish_times():
+    from raven_hpc.protocol.scheduler import _water_fill
+
+    # equal speeds, both free now: 100 samples at 1 s/sample each -> 50 s
+    assert _water_fill({1: 0.0, 2: 0.0}, {1: 1.0, 2: 1.0}, 100) == pytest.approx(50.0)
+    # rank 2 four times slower: rank 1 does 4/5 of the work
+    t = _water_fill({1: 0.0, 2: 0.0}, {1: 1.0, 2: 4.0}, 100)
+    assert t == pytest.approx(80.0)
+    # a worker busy past the balanced finish takes no share
+    assert _water_fill({1: 0.0, 2: 500.0}, {1: 1.0, 2: 1.0}, 100) == pytest.approx(100.0)
+
+
+def simulate(s, speeds, now=1.0, complete_order=None, rng=None):
+    """Run the queue to the end: each worker computes its copies in order at
+    ``speeds[r]`` seconds per sample; returns {rank: [task, ...]} as given."""
+    given = collections.defaultdict(list)
+    free = {r: now for r in speeds}
+    inflight = []   # (finish time, rank, task)
+    for _ in range(10_000):
+        for r, t in s.assign(now):
+            given[r].append(t)
+            start = max(free[r], now)
+            free[r] = start + t.samples * speeds[r]
+            inflight.append((free[r], r, t))
+        if not inflight:
+            break
+        inflight.sort(key=lambda x: x[0])
+        fin, r, t = inflight.pop(0)
+        now = max(now, fin)
+        s.complete(r, t.task_id, now, compute_s=t.samples * speeds[r])
+    return given
+
+
+def test_chunks_follow_speed_and_cover_every_snippet_once():
+    """Rank 2 is four times slower.  The fast rank gets the step's tasks as a
+    few large chunks; the slow one only what it finishes in time; every
+    snippet is computed once, and the chunk names the tasks it absorbed."""
+    s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1, 2: 0.4})
+    ts = tasks(8, start=10, samples=32)
+    s.submit(ts)
+    given = simulate(s, {1: 1e-3, 2: 4e-3})
+    snippets = collections.Counter(sn for r in given for t in given[r] for sn in t.snippets)
+    assert snippets == {i: 1 for i in range(8)}
+    work = {r: sum(t.samples for t in given[r]) for r in given}
+    assert work[1] >= 6 * 32 and work.get(2, 0) <= 2 * 32
+    assert len(given[1]) < 8                        # merged: fewer messages than tasks
+    absorbed = {tid for r in given for t in given[r] for tid in [t.task_id, *t.merged]}
+    assert absorbed == {t.task_id for t in ts}
+    # the step ends no later than with one task at a time (224 ms: 7 on rank 1)
+    s2 = Scheduler([1, 2], prefetch=2, max_chunk=1)
+    learn(s2, {1: 0.1, 2: 0.4})
+    s2.submit(tasks(8, start=10, samples=32))
+    one = simulate(s2, {1: 1e-3, 2: 4e-3})
+    assert all(len(t.snippets) == 1 for r in one for t in one[r])
+
+
+def test_equal_workers_share_a_step_evenly():
+    s = Scheduler([1, 2, 3], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1, 2: 0.1, 3: 0.1})
+    s.submit(tasks(12, start=10, samples=32))
+    given = simulate(s, {1: 1e-3, 2: 1e-3, 3: 1e-3})
+    work = {r: sum(t.samples for t in given[r]) for r in given}
+    assert work == {1: 128, 2: 128, 3: 128}
+
+
+def test_chunks_never_mix_steps_kinds_or_tasks_with_copies():
+    s = Scheduler([1], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1})
+    a = tasks(3, step=5, start=10)
+    b = [Task(20 + i, 5, (100 + i,), kind="eval", split="test", samples=32) for i in range(3)]
+    c = tasks(3, step=6, start=30)
+    s.submit(a + b + c)
+    out = s.assign(1.0)
+    for _, t in out:
+        members = [t] + [x for x in a + b + c if x.task_id in t.merged]
+        assert len({(m.step, m.kind, m.split) for m in members}) == 1
+
+
+def test_without_known_speeds_or_with_max_chunk_1_nothing_merges():
+    s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+    s.submit(tasks(6))
+    assert all(len(t.snippets) == 1 for _, t in s.assign(0.0))
+    s = Scheduler([1, 2], prefetch=2, max_chunk=1)
+    learn(s, {1: 0.1, 2: 0.1})
+    s.submit(tasks(6, start=10))
+    assert all(len(t.snippets) == 1 for _, t in s.assign(1.0))
+
+
+def test_max_chunk_bounds_the_merge():
+    s = Scheduler([1], prefetch=1, max_chunk=3)
+    learn(s, {1: 0.1})
+    s.submit(tasks(8, start=10))
+    (r, t), = s.assign(1.0)
+    assert len(t.snippets) == 3 and len(t.merged) == 2
+
+
+def test_exactly_once_per_snippet_with_chunks_redundancy_and_a_corrupting_worker():
+    """Random speeds and completion order, chunks on, quorum 2 with one
+    corrupting worker: every snippet of the step is settled exactly once by
+    an accepted (or arbitrated) copy, never with the corrupt fingerprint."""
+    rng = random.Random(11)
+    for trial in range(40):
+        ranks = list(range(1, rng.randint(3, 6)))
+        bad = rng.choice(ranks)
+        s = Scheduler(ranks, redundancy=2, quorum=2, prefetch=rng.randint(1, 3), max_strikes=2,
+                      max_chunk=rng.randint(2, 8))
+        learn(s, {r: rng.uniform(0.05, 0.5) for r in ranks})
+        ts = tasks(rng.randint(1, 20), step=1, start=10)   # learn()'s tasks are step 0
+        s.submit(ts)
+        settled = collections.Counter()
+        inflight, now = [], 1.0
+        for _ in range(10_000):
+            inflight += s.assign(now)
+            if not inflight:
+                for t in s.stuck():
+                    assert s.arbitrate(t.task_id, fp(), now)
+                    settled.update(t.snippets if t.step else ())
+                inflight += s.assign(now)
+            if not inflight:
+                break
+            rng.shuffle(inflight)
+            r, t = inflight.pop()
+            now += rng.random()
+            if not s.workers[r].live:
+                continue
+            v = s.complete(r, t.task_id, now, compute_s=rng.uniform(0.01, 1.0),
+                           fp=fp(scale=-1.0) if r == bad else fp(noise=rng.uniform(-1e-7, 1e-7)))
+            if t.step == 0:
+                continue
+            if v.arbitrate:
+                assert s.arbitrate(t.task_id, fp(), now)
+                settled.update(t.snippets)
+            if v.accept:
+                assert r != bad
+                settled.update(t.snippets)
+        assert settled == {i: 1 for i in range(len(ts))}, trial
