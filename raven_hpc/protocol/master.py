@@ -122,6 +122,10 @@ class Master:
         self.hosts = {0: hostname()}
         self.n = model.num_params
         self.acc = np.zeros(self.n, np.float64)
+        # The step's first accepted gradient is not copied into ``acc`` until a
+        # second one arrives: a step with one result (one worker, or one chunk)
+        # steps the optimizer straight from the received float32 buffer.
+        self._first: ResultBuffer | None = None
         # The model's parameters live in a send buffer: no packing copy per step.
         self._param_pool: list[ParamsBuffer] = [ParamsBuffer(self.n)]
         self._params_buf = self._param_pool[0]
@@ -243,6 +247,8 @@ class Master:
     def _result_buffer(self, nbytes: int) -> ResultBuffer:
         pool = self._result_pool.setdefault(nbytes, [])
         busy = {id(p.buf) for p in self._receiving}
+        if self._first is not None:
+            busy.add(id(self._first))
         busy.update(id(b) for held in self._held.values() for b in held.values())
         for b in pool:
             if id(b) not in busy:
@@ -370,8 +376,9 @@ class Master:
 
     def run_tasks(self, tasks: list[Task]) -> dict:
         """Run tasks to completion; returns summed loss, correct, samples (and
-        leaves the gradient sum of grad tasks in ``self.acc``)."""
+        leaves the gradient sum of grad tasks in :meth:`step_gradient`)."""
         self._acc_empty = True
+        self._first = None
         total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
@@ -394,7 +401,7 @@ class Master:
             if not results and not self._local and open_ids:
                 self._idle()
         self.sched.forget(t.task_id for t in tasks)
-        if self._acc_empty:
+        if self._acc_empty and self._first is None:
             self.acc.fill(0.0)
         self.rec.ledger(self.sched.drain_events(), self.hosts)
         return total
@@ -548,10 +555,13 @@ class Master:
         """Add an accepted result to the step (exactly once per task)."""
         is_grad = int(buf.get("kind")) != KIND_EVAL
         if is_grad:
-            if self._acc_empty:
-                assign(self.acc, buf.grad)
-                self._acc_empty = False
+            if self._acc_empty and self._first is None:
+                self._first = buf          # kept as it is until a second result comes
             else:
+                if self._first is not None:
+                    assign(self.acc, self._first.grad)
+                    self._first = None
+                    self._acc_empty = False
                 accumulate(self.acc, buf.grad)
         total["loss_sum"] += buf.get("loss_sum")
         total["correct"] += buf.get("correct")
@@ -648,17 +658,25 @@ class Master:
             raise ProtocolError(f"step {self.state.step} finished with no samples")
         self._writable_params()
         nt = self.model.num_trainable
+        grad = self.step_gradient()
         # the optimizer sees the trainable parameters; the rest of the vector
         # is layer state (batch-norm running statistics), updated from the
         # statistics the workers summed into the tail of their gradients
-        self.opt.step(self.model.params[:nt], self.acc[:nt], scale=1.0 / samples,
+        self.opt.step(self.model.params[:nt], grad[:nt], scale=1.0 / samples,
                       lr=self.lr_schedule.lr_at(self.state.step))
         if self.model.num_state:
-            self.model.update_state(self.model.params, self.acc[nt:], samples)
+            self.model.update_state(self.model.params, grad[nt:], samples)
+        self._first = None
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples
         self._send_params()
+
+    def step_gradient(self) -> np.ndarray:
+        """The gradient sum of the tasks :meth:`run_tasks` just ran: the
+        float64 accumulator, or the one received buffer when only one result
+        was applied."""
+        return self._first.grad if self._first is not None else self.acc
 
     def evaluate(self) -> dict:
         name = self.cfg["data"]["test_split"]

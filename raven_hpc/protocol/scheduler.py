@@ -12,6 +12,12 @@ task
     (step, task id, snippet ids, kind) -- the unit of work.  A step's snippets
     are cut into tasks; every task of a step must be *accepted exactly once*,
     which is how each snippet contributes to the update exactly once.
+chunk
+    tasks of one step merged into one before their first copy is given out
+    (``max_chunk``): a worker computes them as one batch and returns one
+    result, and a slow worker is given only the share it can finish in time
+    (:meth:`Scheduler._merge`).  A chunk is a task like any other; it lists
+    the ids it absorbed in ``merged``.
 copy
     one assignment of a task to one worker.  With ``redundancy = R`` a task
     gets R copies on distinct workers; the first acceptable one is used, the
@@ -33,8 +39,9 @@ agree to float32 round-off (:func:`agree`).
   calls :meth:`Scheduler.arbitrate`.
 * **Sampled verification.**  ``verify = f`` raises a fraction f of the other
   tasks to quorum 2, spread evenly over each worker's copies (every 1/f-th
-  copy of each worker, from a seeded phase), so a wrong worker is caught
-  within ~1/f of its own tasks.  Workers with a strike, or on probation after
+  copy of each worker, from a seeded phase; a chunk is one copy), so a wrong
+  worker is caught within ~1/f of its own copies -- it gets at least one per
+  step it works in.  Workers with a strike, or on probation after
   readmission, have every task verified.
 * **Strikes.**  Non-finite results and disagreements give strikes;
   ``max_strikes`` exclude the worker (its outstanding and held copies are
@@ -529,6 +536,9 @@ class Scheduler:
             if w.suspect:
                 self._raise_quorum(task)
             elif self.verify > 0.0 and not backup:
+                # per copy (a chunk is one copy): a fraction ``verify`` of each
+                # worker's copies, and so of its work, and a wrong worker is
+                # caught within ~1/verify of its copies -- at most that many steps
                 w.verify_credit += self.verify
                 if w.verify_credit >= 1.0:
                     w.verify_credit -= 1.0
