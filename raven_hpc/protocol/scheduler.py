@@ -133,22 +133,6 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
     return bool(worst <= 1.0), float(worst)
 
 
-def _water_fill(start: dict, sec_per_sample: dict, work: float) -> float:
-    """The time at which ``work`` samples are done when every worker r,
-    free from ``start[r]`` and taking ``sec_per_sample[r]`` per sample, keeps
-    computing until then (the finish time of a perfectly balanced split)."""
-    order = sorted(start, key=start.get)
-    rate = weighted = 0.0
-    t = start[order[0]] if order else 0.0
-    for i, r in enumerate(order):
-        rate += 1.0 / sec_per_sample[r]
-        weighted += start[r] / sec_per_sample[r]
-        t = (work + weighted) / rate
-        if i + 1 == len(order) or t <= start[order[i + 1]]:
-            break
-    return t
-
-
 @dataclass
 class Task:
     """A unit of work.  ``snippets`` are snippet ids of ``split``."""
@@ -469,15 +453,17 @@ class Scheduler:
 
     def _merge(self, task: Task, rank: int, plan: dict) -> None:
         """Grow ``task`` (about to get its first copy, on ``rank``) into a
-        *chunk*: absorb queued, untouched tasks of the same step up to the
-        share of the step's unassigned work that ``rank`` can finish by the
-        time every worker, at its measured speed, is predicted to be done
-        (water-filling from each worker's predicted free time).  The worker
-        then computes the chunk as one batch -- larger matrix products, one
-        result message -- while a slow worker gets only the few tasks it can
-        finish in time.  The chunk never grows past that share, so it does not
-        delay the step; absorbed tasks leave the schedule and are listed in
-        ``task.merged`` (accepting the chunk settles them).
+        *chunk* of the queued, untouched tasks of the same step that ``rank``
+        would be given anyway.
+
+        The step's remaining tasks are placed one by one on the worker
+        predicted to finish each first (from every worker's predicted free
+        time and measured speed, the same rule :meth:`assign` follows); those
+        that land on ``rank`` join the chunk.  The worker then computes them
+        as one batch -- larger matrix products, one result message -- while a
+        slow worker keeps only the tasks it can finish in time, so a chunk
+        never delays the step.  Absorbed tasks leave the schedule and are
+        listed in ``task.merged`` (accepting the chunk settles them).
         """
         same = (task.step, task.kind, task.split, task.version, task.quorum, task.wanted)
         cands = []
@@ -486,34 +472,29 @@ class Scheduler:
             if (t is not None and t.state == PENDING and not t.copies and t.samples > 0
                     and (t.step, t.kind, t.split, t.version, t.quorum, t.wanted) == same):
                 cands.append(t)
-        if not cands:
-            return
         spp = {r: (w.sec_per_sample or plan["typical"]) for r, w in self.workers.items()
                if w.live and w.accepting and r in plan}
-        if rank not in spp:
+        if not cands or rank not in spp:
             return
-        start = {r: plan[r] for r in spp}
-        start[rank] -= task.samples * spp[rank]
-        work = task.samples + sum(t.samples for t in cands)
-        finish = _water_fill(start, spp, work)
-        share = (finish - start[rank]) / spp[rank]
-        total = task.samples
+        load = {r: plan[r] for r in spp}     # plan[rank] already counts ``task``
         take = []
         for t in cands:
-            if len(take) + 1 >= self.max_chunk or total + t.samples > share * (1 + 1e-9):
-                break
-            take.append(t)
-            total += t.samples
+            best = min(spp, key=lambda r: (load[r] + t.samples * spp[r], r != rank, r))
+            load[best] += t.samples * spp[best]
+            if best == rank:
+                take.append(t)
+                if len(take) + 1 >= self.max_chunk:
+                    break
         if not take:
             return
         gone = set()
         for t in take:
             task.snippets = tuple(task.snippets) + tuple(t.snippets)
             task.merged.extend([t.task_id, *t.merged])
+            task.samples += t.samples
+            plan[rank] += t.samples * spp[rank]
             gone.add(t.task_id)
             del self.tasks[t.task_id]
-        plan[rank] += (total - task.samples) * spp[rank]
-        task.samples = total
         self._queue = deque(tid for tid in self._queue if tid not in gone)
 
     def _plan_start(self, now: float) -> dict | None:

@@ -41,13 +41,16 @@ def ledger(run_dir):
 
 
 def accepted_once(records):
-    """Every grad task of every step accepted exactly once."""
-    acc = collections.Counter((e["step"], e["task"]) for e in records
-                              if e["ev"] == "copy" and e["kind"] == "grad" and e["state"] == "accepted")
-    tasks = {(e["step"], e["task"]) for e in records if e["ev"] == "copy" and e["kind"] == "grad"}
+    """Every snippet of every step settled exactly once -- by one accepted
+    copy (tasks may be merged into chunks) or by the master's arbitration;
+    returns the accepted (step, snippet) counts."""
+    grad = [e for e in records if e["ev"] == "copy" and e["kind"] == "grad"]
+    snippets = {(e["step"], e["task"]): e["snippets"] for e in grad}
+    acc = collections.Counter((e["step"], s) for e in grad if e["state"] == "accepted" for s in e["snippets"])
     arbitrated = {e["reason"] for e in records if e["ev"] == "arbitrated"}
-    missing = {t for t in tasks if acc[t] == 0 and not any(f"task {t[1]} of step {t[0]} " in a for a in arbitrated)}
-    assert not missing, f"tasks never accepted: {sorted(missing)[:5]}"
+    missing = {(step, s) for (step, tid), ss in snippets.items() for s in ss
+               if acc[(step, s)] == 0 and not any(f"task {tid} of step {step} " in a for a in arbitrated)}
+    assert not missing, f"snippets never accepted: {sorted(missing)[:5]}"
     assert all(v == 1 for v in acc.values()), [k for k, v in acc.items() if v != 1][:5]
     return acc
 
@@ -73,7 +76,7 @@ def test_exactly_once_with_redundancy_3_and_random_delays(tmp_path, cfg, clean):
     np.testing.assert_allclose(params_of(rd), clean, rtol=1e-6, atol=1e-7)
     rec = ledger(rd)
     acc = accepted_once(rec)
-    assert len(acc) == STEPS * 4                      # 128 samples / 32 per task = 4 tasks per step
+    assert len(acc) == STEPS * 4                      # 128 samples / 32 per snippet = 4 per step
     dup = [e for e in rec if e["ev"] == "copy" and e["state"] == "duplicate"]
     assert dup and all(e["agreed"] for e in dup if e["verified"])
     credited = collections.Counter((e["step"], e["task"]) for e in rec if e["ev"] == "copy" and e["credited"])

@@ -285,18 +285,6 @@ def test_bad_settings_are_refused():
 
 # -- chunks: queued tasks merged into one batch per worker, sized by speed ------------
 
-def test_water_fill_balances_finish_times():
-    from raven_hpc.protocol.scheduler import _water_fill
-
-    # equal speeds, both free now: 100 samples at 1 s/sample each -> 50 s
-    assert _water_fill({1: 0.0, 2: 0.0}, {1: 1.0, 2: 1.0}, 100) == pytest.approx(50.0)
-    # rank 2 four times slower: rank 1 does 4/5 of the work
-    t = _water_fill({1: 0.0, 2: 0.0}, {1: 1.0, 2: 4.0}, 100)
-    assert t == pytest.approx(80.0)
-    # a worker busy past the balanced finish takes no share
-    assert _water_fill({1: 0.0, 2: 500.0}, {1: 1.0, 2: 1.0}, 100) == pytest.approx(100.0)
-
-
 def simulate(s, speeds, now=1.0, complete_order=None, rng=None):
     """Run the queue to the end: each worker computes its copies in order at
     ``speeds[r]`` seconds per sample; returns {rank: [task, ...]} as given."""
