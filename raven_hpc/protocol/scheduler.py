@@ -38,10 +38,10 @@ agree to float32 round-off (:func:`agree`).
   the master to *arbitrate*: it computes the task itself (it is trusted) and
   calls :meth:`Scheduler.arbitrate`.
 * **Sampled verification.**  ``verify = f`` raises a fraction f of the other
-  tasks to quorum 2, spread evenly over each worker's copies (every 1/f-th
-  copy of each worker, from a seeded phase; a chunk is one copy), so a wrong
-  worker is caught within ~1/f of its own copies -- it gets at least one per
-  step it works in.  Workers with a strike, or on probation after
+  tasks to quorum 2, spread evenly over each worker's work (every 1/f-th task
+  of each worker, from a seeded phase; a chunk of k tasks counts k, and the
+  sampled task is given on its own, never merged), so a wrong worker is
+  caught within ~1/f tasks of its own work at the cost of one task each time.  Workers with a strike, or on probation after
   readmission, have every task verified.
 * **Strikes.**  Non-finite results and disagreements give strikes;
   ``max_strikes`` exclude the worker (its outstanding and held copies are
@@ -436,7 +436,8 @@ class Scheduler:
                     deferred = True     # its best worker is busy: wait for it
                     missing -= 1
                     continue
-                if self.max_chunk > 1 and plan is not None and not task.copies:
+                if self.max_chunk > 1 and plan is not None and not task.copies \
+                        and not self._sample_due(task, rank):
                     self._merge(task, rank, plan)
                 self._give(task, rank, now)
                 out.append((rank, task))
@@ -517,12 +518,14 @@ class Scheduler:
             if w.suspect:
                 self._raise_quorum(task)
             elif self.verify > 0.0 and not backup:
-                # per copy (a chunk is one copy): a fraction ``verify`` of each
-                # worker's copies, and so of its work, and a wrong worker is
-                # caught within ~1/verify of its copies -- at most that many steps
-                w.verify_credit += self.verify
-                if w.verify_credit >= 1.0:
-                    w.verify_credit -= 1.0
+                # credit per task of work (a chunk of k tasks earns k x verify);
+                # the copy given once it reaches 1 is a single task (assign does
+                # not merge it) and is verified: a fraction ``verify`` of the
+                # work is checked, at the cost of one task each time, and a
+                # wrong worker is caught within ~1/verify tasks of its work
+                w.verify_credit += self.verify * (1 + len(task.merged))
+                if w.verify_credit >= 1.0 and not task.merged:
+                    w.verify_credit = min(w.verify_credit - 1.0, 1.0)
                     task.sampled = True
                     self._raise_quorum(task)
         c = Copy(task.task_id, rank, now, backup=backup)
@@ -531,6 +534,13 @@ class Scheduler:
         if w.last_heard is None or not w.outstanding - {task.task_id}:
             w.last_heard = max(w.last_heard or now, now)
         return c
+
+    def _sample_due(self, task: Task, rank: int) -> bool:
+        """Will the next copy :meth:`_give` hands ``rank`` be sampled for
+        verification?  (Then it is not merged into a chunk.)"""
+        w = self.workers[rank]
+        return (self.verify > 0.0 and task.kind == "grad" and task.quorum < 2 and not w.suspect
+                and w.verify_credit + self.verify >= 1.0)
 
     def _raise_quorum(self, task: Task) -> None:
         task.quorum = 2
