@@ -250,13 +250,15 @@ def _print_ledger(rep: dict) -> None:
     print(f"  {_plural(tot['backups'], 'backup')}, {tot['verified']:,} verified ({tot['disagreed']:,} disagreed), "
           f"{tot['credited']:,} credited, {_plural(tot['strikes'], 'strike')}")
     if led["ranks"]:
-        rows = [("rank", "host", "status", "copies", "returned", "accepted", "credited", "dup", "late",
+        rows = [("rank", "host", "status", "copies", "returned", "accepted", "snippets", "snip_acc", "credited",
+                 "dup", "late",
                  "rejected", "lost", "skipped", "backups", "strikes", "latency_ms", "ms/sample", "speed")]
         for d in led["ranks"]:
             lat = d["median_latency_s"]
             rel = d["relative_compute"]
             rows.append((str(d["rank"]), ",".join(d["hosts"]) or "?", d["status"],
-                         *(f"{d[k]:,}" for k in ("copies", "returned", "accepted", "credited", "duplicates",
+                         *(f"{d[k]:,}" for k in ("copies", "returned", "accepted", "snippets", "snippets_accepted",
+                                                 "credited", "duplicates",
                                                  "late", "rejected", "lost", "skipped", "backups", "strikes")),
                          _fmt_sig(None if lat is None else 1000 * lat), _fmt_sig(d["compute_ms_per_sample"]),
                          "-" if rel is None else f"{rel:.2f}x"))

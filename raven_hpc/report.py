@@ -25,7 +25,9 @@ distinct tasks, not of lines) and returns :func:`ledger_summary`'s dict:
     steps and grad tasks applied.
 ``ranks``
     one row per rank: copies assigned (every copy), returned (accepted +
-    duplicate + late + rejected), accepted, credited (fastest three),
+    duplicate + late + rejected), accepted, the snippets in its returned and
+    in its accepted grad copies (a copy of a chunk holds several), credited
+    (fastest three),
     duplicates, late, rejected, lost, skipped, backups issued to it, median
     latency (s), median compute time per sample (ms) and its ratio to the
     median over ranks (``relative_compute``; > 1 is slower), strikes, and the
@@ -200,13 +202,15 @@ class _Rank:
     """Running counters of one rank."""
 
     __slots__ = ("rank", "hosts", "counts", "backups", "credited", "verified", "disagreed",
-                 "latency", "compute", "strikes", "membership", "status")
+                 "latency", "compute", "strikes", "membership", "status", "snippets", "snippets_accepted")
 
     def __init__(self, rank: int):
         self.rank = rank
         self.hosts: list[str] = []
         self.counts = dict.fromkeys(COPY_STATES, 0)
         self.backups = 0
+        self.snippets = 0              # snippets in returned grad copies (a chunk holds several)
+        self.snippets_accepted = 0
         self.credited = 0
         self.verified = 0
         self.disagreed = 0
@@ -359,6 +363,12 @@ class _Summary:
         if kind != "grad":
             self.other_kinds[str(kind)] = self.other_kinds.get(str(kind), 0) + 1
             return
+        if state in _RETURNED:
+            sn = rec.get("snippets")
+            k = len(sn) if isinstance(sn, list) else 0
+            row.snippets += k
+            if state == "accepted":
+                row.snippets_accepted += k
         if type(step) is not int or type(task) not in _TASK_ID:
             self.malformed += 1
             return
@@ -481,6 +491,8 @@ class _Summary:
                 "copies": sum(c.values()),
                 "returned": sum(c[s] for s in RETURNED_STATES),
                 "accepted": c["accepted"],
+                "snippets": row.snippets,
+                "snippets_accepted": row.snippets_accepted,
                 "credited": row.credited,
                 "duplicates": c["duplicate"],
                 "late": c["late"],

@@ -504,3 +504,21 @@ def test_parse_ranks_and_drain_text():
             parse_ranks(bad)
     assert parse_drain("1\n\n# c\n2 3 # note\n4,5\n") == ([1, 2, 3, 4, 5], [])
     assert parse_drain("1\nzero\n0\n")[1] == ["zero", "0"]
+
+
+def test_snippets_are_counted_per_rank_for_chunks():
+    """A chunk is one copy holding several snippets: the rank rows count the
+    snippets in returned and in accepted grad copies."""
+    from raven_hpc.report import ledger_summary
+
+    led = Ledger()
+    led.run(0, ranks=3)
+    led.copy(0, 1, 1, "accepted")
+    led.rec(**{**json.loads(led.lines[-1]), "snippets": [0, 1, 2, 3, 4, 5, 6]})   # a 7-snippet chunk
+    led.lines.pop(-2)
+    led.copy(0, 8, 2, "accepted")                          # 2 snippets
+    led.copy(0, 8, 1, "duplicate")                         # a backup's copy of it
+    led.copy(0, 9, 2, "lost")                              # never returned: not counted
+    s = ledger_summary(json.loads(x) for x in led.lines)
+    assert (row(s, 1)["snippets"], row(s, 1)["snippets_accepted"]) == (9, 7)
+    assert (row(s, 2)["snippets"], row(s, 2)["snippets_accepted"]) == (2, 2)
