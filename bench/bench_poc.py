@@ -489,7 +489,8 @@ def main() -> None:
             result = getattr(b, part)()
             result.update(part=part, quick=q, elapsed_s=round(time.perf_counter() - tp, 1),
                           commands=b.commands[n0:], when=time.strftime("%Y-%m-%d %H:%M:%S"))
-            path = write_result(f"poc-{part}{'-quick' if q else ''}.json", result)
+            tag = f"-b{args.batch}" if part in ("straggler", "verify") and args.batch != 128 else ""
+            path = write_result(f"poc-{part}{tag}{'-quick' if q else ''}.json", result)
             print(f"  ({part}: {result['elapsed_s']:.0f} s; wrote {path})", flush=True)
     finally:
         if args.keep:

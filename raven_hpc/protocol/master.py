@@ -36,6 +36,7 @@ STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before sayi
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
+TRANSFER_FRESH_S = 0.005    # drive a parameter send's progress this long after posting it, then just poll
 
 
 def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
@@ -492,7 +493,7 @@ class Master:
         the workers (on a node the master shares with them, that is their
         compute time) and costs no latency at the arrival itself.
         """
-        if self._receiving or self.outbox.transferring():
+        if self._receiving or self.outbox.transferring(fresh_s=TRANSFER_FRESH_S):
             self.backoff.transfer()
             return
         due = self.sched.next_expected()

@@ -134,6 +134,22 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
     return bool(worst <= 1.0), float(worst)
 
 
+#: a slower worker gets a task only when predicted to finish it this much sooner
+#: (relative to now) than the fastest would: its predictions are the less
+#: certain ones, and on a shared node its compute slows the others
+SLOWER_MARGIN = 0.1
+
+
+def _effective(plan: dict, speed: float, finish: float) -> float:
+    """The predicted finish time a worker of ``speed`` (s/sample) is ranked
+    by: the fastest worker's as predicted, a slower one's stretched by
+    :data:`SLOWER_MARGIN`."""
+    if speed <= plan["fastest"] * 1.0001:
+        return finish
+    now = plan["now"]
+    return now + (finish - now) * (1.0 + SLOWER_MARGIN)
+
+
 @dataclass
 class Task:
     """A unit of work.  ``snippets`` are snippet ids of ``split``."""
@@ -488,7 +504,7 @@ class Scheduler:
         load = {r: plan[r] for r in spp}     # plan[rank] already counts ``task``
         take = []
         for t in cands:
-            best = min(spp, key=lambda r: (load[r] + t.samples * spp[r], r != rank, r))
+            best = min(spp, key=lambda r: (_effective(plan, spp[r], load[r] + t.samples * spp[r]), r != rank, r))
             load[best] += t.samples * spp[best]
             if best == rank:
                 take.append(t)
@@ -513,7 +529,7 @@ class Scheduler:
             return None
         speeds.sort()
         typical = speeds[len(speeds) // 2]
-        plan = {"typical": typical}
+        plan = {"typical": typical, "fastest": speeds[0], "now": now}
         for w in self.workers.values():
             if w.live and w.accepting:
                 est = self._finish_estimates(w, now, default=typical)
@@ -586,13 +602,14 @@ class Scheduler:
             speed = w.sec_per_sample or plan["typical"]
             finish = plan[r] + task.samples * speed
             full = len(w.outstanding) >= self.prefetch
-            key = (finish, full, speed, r)
+            key = (_effective(plan, speed, finish), full, speed, r)
             if best is None or key < best[0]:
                 best = (key, r)
         if best is None:
             return None
         r = best[1]
-        plan[r] = best[0][0]
+        w = self.workers[r]
+        plan[r] += task.samples * (w.sec_per_sample or plan["typical"])
         return r
 
     # -- results ------------------------------------------------------------------

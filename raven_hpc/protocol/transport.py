@@ -112,12 +112,12 @@ class Outbox:
     """Nonblocking sends kept alive (request + buffer) until they complete."""
 
     def __init__(self):
-        self._pending: list[tuple[Any, Any]] = []
+        self._pending: list[tuple[Any, Any, float]] = []   # (request, buffer kept alive, posted at)
         #: MPI errors of sends that failed (e.g. to a dead process under ULFM)
         self.errors: list[Exception] = []
 
     def add(self, request, keepalive=None) -> None:
-        self._pending.append((request, keepalive))
+        self._pending.append((request, keepalive, time.monotonic()))
 
     def progress(self) -> int:
         """Complete what can be completed; returns how many are still pending.
@@ -126,21 +126,30 @@ class Outbox:
         dropped and its error kept in :attr:`errors`."""
         if self._pending:
             still = []
-            for r, k in self._pending:
+            for entry in self._pending:
                 try:
-                    if not r.Test():
-                        still.append((r, k))
+                    if not entry[0].Test():
+                        still.append(entry)
                 except Exception as exc:  # noqa: BLE001 - MPI.Exception; mpi4py is not imported here
                     self.errors.append(exc)
             self._pending = still
         return len(self._pending)
 
-    def transferring(self) -> bool:
-        """True while a send of a (large) numpy buffer is still in flight."""
-        return any(k is not None for _, k in self._pending)
+    def transferring(self, fresh_s: float | None = None) -> bool:
+        """True while a send of a (large) numpy buffer is still in flight --
+        with ``fresh_s``, only one posted less than that long ago.
+
+        A send to a rank that is computing (or asleep) cannot progress until
+        that rank calls into MPI again, so spinning for it only takes CPU from
+        the ranks that share the node; right after posting, the receiver is
+        usually waiting for it, and driving progress is what makes it fast."""
+        if fresh_s is None:
+            return any(k is not None for _, k, _ in self._pending)
+        now = time.monotonic()
+        return any(k is not None and now - t < fresh_s for _, k, t in self._pending)
 
     def holds(self, buffer) -> bool:
-        return any(k is buffer for _, k in self._pending)
+        return any(k is buffer for _, k, _ in self._pending)
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -155,7 +164,7 @@ class Outbox:
         return True
 
     def cancel_all(self) -> None:
-        for r, _ in self._pending:
+        for r, _, _ in self._pending:
             try:
                 r.Cancel()
             except Exception:  # noqa: BLE001 - best effort at shutdown
