@@ -123,9 +123,9 @@ class Master:
         self.hosts = {0: hostname()}
         self.n = model.num_params
         self.acc = np.zeros(self.n, np.float64)
-        # The step's first accepted gradient is not copied into ``acc`` until a
-        # second one arrives: a step with one result (one worker, or one chunk)
-        # steps the optimizer straight from the received float32 buffer.
+        # A step settled by one result (one worker, or one chunk) steps the
+        # optimizer straight from the received float32 buffer: no copy into
+        # ``acc`` on the critical path.
         self._first: ResultBuffer | None = None
         # The model's parameters live in a send buffer: no packing copy per step.
         self._param_pool: list[ParamsBuffer] = [ParamsBuffer(self.n)]
@@ -555,24 +555,23 @@ class Master:
     def _apply(self, buf: ResultBuffer, tid: int, open_ids: set, total: dict) -> None:
         """Add an accepted result to the step (exactly once per task)."""
         is_grad = int(buf.get("kind")) != KIND_EVAL
+        open_ids.discard(tid)
+        task = self.sched.tasks.get(tid)
+        if task is not None and task.merged:
+            open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
-            if self._acc_empty and self._first is None:
-                self._first = buf          # kept as it is until a second result comes
-            else:
-                if self._first is not None:
-                    assign(self.acc, self._first.grad)
-                    self._first = None
-                    self._acc_empty = False
+            if not self._acc_empty:
                 accumulate(self.acc, buf.grad)
+            elif open_ids:
+                assign(self.acc, buf.grad)   # more to come: copy now, while the others compute
+                self._acc_empty = False
+            else:
+                self._first = buf            # the step's only result: the optimizer reads it as it is
         total["loss_sum"] += buf.get("loss_sum")
         total["correct"] += buf.get("correct")
         total["samples"] += int(buf.get("samples"))
         total["compute_s"] += buf.get("compute_s")
         total["idle_s"] = total.get("idle_s", 0.0) + buf.get("recv_wait_s")
-        open_ids.discard(tid)
-        task = self.sched.tasks.get(tid)
-        if task is not None and task.merged:
-            open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
             c = buf.get("compute_s")
             self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c

@@ -207,6 +207,10 @@ def abort(comm, code: int) -> None:  # pragma: no cover - ends the process
     """End every rank of the job now (used only when a clean stop failed)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    # The launcher forwards our output asynchronously and stops forwarding
+    # when the abort tears the job down: give it a moment, or the one message
+    # that says why the job ended can be lost (seen about once in 10 runs).
+    time.sleep(0.25)
     try:
         comm.Abort(code)
     finally:

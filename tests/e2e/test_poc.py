@@ -124,9 +124,16 @@ def test_slow_worker_does_not_hold_the_step_and_shows_as_slowest(tmp_path, cfg):
     copies = [e for e in rec if e["ev"] == "copy" and e["kind"] == "grad" and e["compute_s"]]
     per_sample = {r: np.median([e["compute_s"] / e["samples"] for e in copies if e["rank"] == r]) for r in (1, 2)}
     assert per_sample[2] > 2.5 * per_sample[1]
-    acc = collections.Counter(e["rank"] for e in copies if e["state"] == "accepted")
-    assert acc[1] > acc[2]                              # the fast worker did more of the work
-    assert any(e["backup"] for e in copies)             # stragglers got backup copies
+    acc = collections.Counter()
+    for e in copies:
+        if e["state"] == "accepted":
+            acc[e["rank"]] += len(e["snippets"])
+    # the step is not shared 1:1: the slow worker gets at most what it can
+    # finish in time (its share of the work, about 1/5, or less), and what it
+    # does not finish in time goes to the fast one as a backup
+    assert acc[2] <= 0.3 * (acc[1] + acc[2]), acc
+    late = [e for e in rec if e["ev"] == "copy" and e["rank"] == 2 and e["state"] in ("duplicate", "late")]
+    assert not late or any(e["backup"] for e in copies)
 
 
 def test_hung_worker_is_removed_after_its_timeout_and_training_finishes(tmp_path, cfg, clean):
