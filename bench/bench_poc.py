@@ -435,7 +435,7 @@ def main() -> None:
     ap.add_argument("--only", action="append", choices=PARTS, default=[], help="same as naming a part")
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, one repeat, one seed, -n 3 and 5")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved repeats (straggler, verify; default 3)")
-    ap.add_argument("--verify-repeats", type=int, default=None, help="interleaved pairs (verify; default 4)")
+    ap.add_argument("--verify-repeats", type=int, default=None, help="interleaved pairs (verify; default 8)")
     ap.add_argument("--steps", type=int, default=None, help="raven steps per straggler / verify run (default 200)")
     ap.add_argument("--ddp-steps", type=int, default=None, help="DDP timed steps under the slowdown (default 100)")
     ap.add_argument("--batch", type=int, default=128, help="samples per worker per step (multiple of 32)")
@@ -461,7 +461,7 @@ def main() -> None:
         ap.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
     parts = [p for p in PARTS if p in (set(args.parts) | set(args.only))] or list(PARTS)
     q = args.quick
-    defaults = {"repeats": 1 if q else 3, "verify_repeats": 1 if q else 4, "steps": 40 if q else 200,
+    defaults = {"repeats": 1 if q else 3, "verify_repeats": 1 if q else 8, "steps": 40 if q else 200,
                 "ddp_steps": 20 if q else 100,
                 "seeds": [0] if q else [0, 1, 2, 3, 4], "detect_steps": 20 if q else 40,
                 "ranks": [3, 5] if q else [3, 5, 9, 17], "scaling_steps": 40 if q else 100}
