@@ -237,25 +237,30 @@ def test_only_the_three_fastest_copies_are_credited():
     assert credited == [2, 4, 5]
 
 
-def test_exactly_once_and_corruption_never_accepted_under_quorum():
-    """Random completion order, one corrupting worker, quorum 2: every task
-    is accepted exactly once and never with the corrupt fingerprint."""
-    rng = random.Random(3)
+@pytest.mark.parametrize("chunks", [False, True])
+def test_exactly_once_and_corruption_never_accepted_under_quorum(chunks):
+    """Random completion order, one corrupting worker, quorum 2 -- and with
+    ``chunks``, learned speeds and tasks merged into chunks: every snippet is
+    settled exactly once, by an accepted (or arbitrated) copy, never with the
+    corrupt fingerprint."""
+    rng = random.Random(11 if chunks else 3)
     for trial in range(40):
         ranks = list(range(1, rng.randint(3, 6)))
         bad = rng.choice(ranks)
-        s = Scheduler(ranks, redundancy=2, quorum=2, prefetch=rng.randint(1, 3), max_strikes=2)
-        ts = tasks(rng.randint(1, 20))
+        s = Scheduler(ranks, redundancy=2, quorum=2, prefetch=rng.randint(1, 3), max_strikes=2,
+                      max_chunk=rng.randint(2, 8) if chunks else 1)
+        if chunks:
+            learn(s, {r: rng.uniform(0.05, 0.5) for r in ranks})
+        ts = tasks(rng.randint(1, 20), step=1, start=10)   # learn()'s tasks are step 0
         s.submit(ts)
-        accepted = {}
-        inflight = []
-        now = 0.0
+        settled, done = collections.Counter(), []
+        inflight, now = [], 1.0
         for _ in range(10_000):
             inflight += s.assign(now)
             if not inflight:
                 for t in s.stuck():      # its partners were excluded: the master decides
                     assert s.arbitrate(t.task_id, fp(), now)
-                    accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
+                    settled.update(t.snippets if t.step else ())
                 inflight += s.assign(now)
             if not inflight:
                 break
@@ -264,16 +269,19 @@ def test_exactly_once_and_corruption_never_accepted_under_quorum():
             now += rng.random()
             if not s.workers[r].live:
                 continue
-            good = fp(noise=rng.uniform(-1e-7, 1e-7))
-            v = s.complete(r, t.task_id, now, fp=fp(scale=-1.0) if r == bad else good)
+            v = s.complete(r, t.task_id, now, compute_s=rng.uniform(0.01, 1.0) if chunks else None,
+                           fp=fp(scale=-1.0) if r == bad else fp(noise=rng.uniform(-1e-7, 1e-7)))
+            if t.step == 0:
+                continue
             if v.arbitrate:
                 assert s.arbitrate(t.task_id, fp(), now)
-                accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
-            if v.accept:
+            elif v.accept:
                 assert r != bad
-                accepted[t.task_id] = accepted.get(t.task_id, 0) + 1
-        assert accepted == {t.task_id: 1 for t in ts}, trial
-        assert all(agree(t.accepted_fp, fp(), 1e-3)[0] for t in ts)
+            if v.arbitrate or v.accept:
+                settled.update(t.snippets)
+                done.append(t)
+        assert settled == {i: 1 for i in range(len(ts))}, trial
+        assert all(agree(t.accepted_fp, fp(), 1e-3)[0] for t in done)
 
 
 def test_bad_settings_are_refused():
@@ -368,48 +376,6 @@ def test_max_chunk_bounds_the_merge():
     s.submit(tasks(8, start=10))
     (r, t), = s.assign(1.0)
     assert len(t.snippets) == 3 and len(t.merged) == 2
-
-
-def test_exactly_once_per_snippet_with_chunks_redundancy_and_a_corrupting_worker():
-    """Random speeds and completion order, chunks on, quorum 2 with one
-    corrupting worker: every snippet of the step is settled exactly once by
-    an accepted (or arbitrated) copy, never with the corrupt fingerprint."""
-    rng = random.Random(11)
-    for trial in range(40):
-        ranks = list(range(1, rng.randint(3, 6)))
-        bad = rng.choice(ranks)
-        s = Scheduler(ranks, redundancy=2, quorum=2, prefetch=rng.randint(1, 3), max_strikes=2,
-                      max_chunk=rng.randint(2, 8))
-        learn(s, {r: rng.uniform(0.05, 0.5) for r in ranks})
-        ts = tasks(rng.randint(1, 20), step=1, start=10)   # learn()'s tasks are step 0
-        s.submit(ts)
-        settled = collections.Counter()
-        inflight, now = [], 1.0
-        for _ in range(10_000):
-            inflight += s.assign(now)
-            if not inflight:
-                for t in s.stuck():
-                    assert s.arbitrate(t.task_id, fp(), now)
-                    settled.update(t.snippets if t.step else ())
-                inflight += s.assign(now)
-            if not inflight:
-                break
-            rng.shuffle(inflight)
-            r, t = inflight.pop()
-            now += rng.random()
-            if not s.workers[r].live:
-                continue
-            v = s.complete(r, t.task_id, now, compute_s=rng.uniform(0.01, 1.0),
-                           fp=fp(scale=-1.0) if r == bad else fp(noise=rng.uniform(-1e-7, 1e-7)))
-            if t.step == 0:
-                continue
-            if v.arbitrate:
-                assert s.arbitrate(t.task_id, fp(), now)
-                settled.update(t.snippets)
-            if v.accept:
-                assert r != bad
-                settled.update(t.snippets)
-        assert settled == {i: 1 for i in range(len(ts))}, trial
 
 
 def test_sampled_verification_with_chunks_checks_small_chunks_at_the_rate_of_work():
