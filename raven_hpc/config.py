@@ -116,8 +116,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threads": Key((int,), 1, "BLAS/Numba threads per rank", minimum=1),
         "prefetch": Key((int,), 2, "tasks outstanding per worker (hides message latency)", minimum=1),
         "max_chunk": Key((int,), 16, "most tasks of a step merged into one chunk that a worker computes as one "
-                                     "batch, sized by its measured speed (1: no merging; models with dropout or "
-                                     "batch norm never merge)", minimum=1),
+                                     "batch, sized by its measured speed (1: no merging; models with batch norm "
+                                     "never merge)", minimum=1),
         "poll_min_us": Key((float,), 50.0, "first sleep of an idle rank, microseconds", minimum=0.0),
         "poll_max_us": Key((float,), 1000.0, "longest sleep of an idle rank, microseconds", minimum=1.0),
         "master_computes": Key((str,), "auto", "master computes tasks itself: auto (only when alone), yes, no",

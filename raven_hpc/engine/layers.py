@@ -104,15 +104,40 @@ class RunContext:
     *key])``, created on first use.  Layers draw from it in layer-list order,
     so a ``(seed, key)`` pair fixes every dropout mask of the pass -- the
     same on any rank.
+
+    ``segments``: optional ``((id, rows), ...)`` cutting the batch into
+    consecutive row ranges (a worker's chunk: one per snippet).  Then
+    :meth:`uniform_into` fills each range from its own stream,
+    ``default_rng([seed, *key, id])``, so a sample's dropout masks depend on
+    its snippet, not on which other snippets share the batch: merging tasks
+    into chunks leaves the result unchanged.  A single segment draws exactly
+    what ``key + (id,)`` without segments would.
     """
 
-    __slots__ = ("training", "seed", "key", "_rng")
+    __slots__ = ("training", "seed", "key", "segments", "_rng", "_seg_rngs")
 
-    def __init__(self, training: bool = False, seed: int = 0, key: Sequence[int] = ()):
+    def __init__(self, training: bool = False, seed: int = 0, key: Sequence[int] = (),
+                 segments: Optional[Sequence[Tuple[int, int]]] = None):
         self.training = bool(training)
         self.seed = int(seed)
         self.key = tuple(int(k) for k in key)
+        self.segments = None if segments is None else tuple((int(i), int(n)) for i, n in segments)
         self._rng: Optional[np.random.Generator] = None
+        self._seg_rngs: Optional[list] = None
+
+    def uniform_into(self, u: np.ndarray) -> None:
+        """Fill ``u`` (float32, batch first) with uniform [0, 1) numbers."""
+        if self.segments is None:
+            self.rng.random(out=u, dtype=np.float32)
+            return
+        if sum(n for _, n in self.segments) != u.shape[0]:
+            raise ValueError(f"segments cover {sum(n for _, n in self.segments)} rows, the batch has {u.shape[0]}")
+        if self._seg_rngs is None:
+            self._seg_rngs = [np.random.default_rng([self.seed, *self.key, i]) for i, _ in self.segments]
+        r0 = 0
+        for g, (_, n) in zip(self._seg_rngs, self.segments):
+            g.random(out=u[r0:r0 + n], dtype=np.float32)
+            r0 += n
 
     @property
     def rng(self) -> np.random.Generator:
@@ -148,6 +173,9 @@ class Layer(abc.ABC):
     MERGE = False
     #: ``__call__(x, ws, ctx)`` gets the pass's :class:`RunContext`
     USES_CONTEXT = False
+    #: in training, a sample's output depends on the other samples of the batch
+    #: (batch norm): such models are never computed in merged chunks
+    BATCH_COUPLED = False
 
     def __init__(self, cfg: Mapping[str, Any], index: int, in_shape: Shape):
         self.index = index

@@ -513,13 +513,15 @@ class Model:
             raise ModelError(f"labels have shape {y.shape} but the batch has {n} samples")
         return y
 
-    def _context(self, training: bool, key: Any) -> RunContext:
+    def _context(self, training: bool, key: Any, segments: Any = None) -> RunContext:
         if not training:
             return RunContext(False, self.spec["seed"])
         if key is None:
             key = (self._keyless_calls,)
             self._keyless_calls += 1
-        return RunContext(True, self.spec["seed"], _as_key(key))
+        if segments is not None:
+            segments = [(_as_key((i,))[0], int(n)) for i, n in segments]
+        return RunContext(True, self.spec["seed"], _as_key(key), segments)
 
     # -- compute -----------------------------------------------------------------
     def _forward(self, x: Tensor, use_ws: bool, ctx: RunContext) -> Tensor:
@@ -548,7 +550,8 @@ class Model:
     __call__ = forward
 
     def loss_and_grad(self, x: Any, y: Any, accumulate: bool = True,
-                      key: Optional[Sequence[int]] = None) -> Tuple[float, int]:
+                      key: Optional[Sequence[int]] = None,
+                      segments: Optional[Sequence[Tuple[int, int]]] = None) -> Tuple[float, int]:
         """Loss summed over the batch and the number of correct predictions, in training mode.
 
         **Adds** the gradient of the summed loss into :attr:`grads` (call
@@ -564,7 +567,10 @@ class Model:
         ``np.random.default_rng([seed, *key])``, so the same key gives the
         same masks on every rank.  ``None`` uses ``(n,)`` with ``n``
         counting this model's keyless training calls (reproducible within
-        one process).
+        one process).  ``segments``: ``((snippet id, rows), ...)`` covering
+        the batch in order; each snippet's rows then get their dropout masks
+        from ``default_rng([seed, *key, id])``, whatever else is in the batch
+        (a worker passes ``key = (step,)`` and one segment per snippet).
 
         ``x`` is ``(n, *input_shape)`` (float32 preferred: other dtypes are
         copied), ``y`` ``(n,)`` integer labels.  Scratch buffers are reused
@@ -573,7 +579,7 @@ class Model:
         xa = self._input(x)
         n = xa.shape[0]
         ya = self._labels(y, n)
-        ctx = self._context(True, key)
+        ctx = self._context(True, key, segments)
         if not accumulate and self.num_state:
             self._grads[self.num_trainable:] = 0
         if n == 0:
@@ -635,9 +641,10 @@ class Model:
     def sample_independent(self) -> bool:
         """Whether a batch's summed gradient equals the sum over any split of
         it (no layer in training looks across samples or at the pass's key:
-        no dropout, no batch norm).  Then tasks can be merged into larger
-        batches without changing the result beyond float32 round-off."""
-        return not any(l.USES_CONTEXT for l in self.layers)
+        no batch norm; dropout draws its masks per snippet, see
+        :class:`RunContext`).  Then tasks can be merged into larger batches
+        without changing the result beyond float32 round-off."""
+        return not any(l.BATCH_COUPLED for l in self.layers)
 
     @property
     def is_sequential(self) -> bool:

@@ -97,7 +97,10 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
         return x
     xd = np.ascontiguousarray(x.data)
     u = _buf(ws, "u", xd.shape, np.float32)
-    rng.random(out=u, dtype=np.float32)
+    if isinstance(rng, np.random.Generator):
+        rng.random(out=u, dtype=np.float32)
+    else:
+        rng.uniform_into(u)   # a RunContext: one stream per snippet of the batch
     y = _buf(ws, "y", xd.shape, xd.dtype)
     scale = 1.0 / (1.0 - rate)
     _k_drop_fwd(xd.reshape(-1), u.reshape(-1), rate, scale, y.reshape(-1))
@@ -355,7 +358,7 @@ class Dropout(Layer):
     def __call__(self, x, ws=None, ctx: Optional[RunContext] = None):
         if ctx is None or not ctx.training or self.cfg["rate"] == 0.0:
             return x
-        return dropout(x, self.cfg["rate"], ctx.rng, ws=ws)
+        return dropout(x, self.cfg["rate"], ctx, ws=ws)
 
 
 @register_layer
@@ -372,6 +375,7 @@ class BatchNorm(Layer):
     TYPE = "batchnorm"
     KEYS = {"momentum": 0.1, "eps": 1e-5, "affine": True}
     USES_CONTEXT = True
+    BATCH_COUPLED = True   # normalises with statistics across the batch
 
     @classmethod
     def plan(cls, cfg, index, in_shape):

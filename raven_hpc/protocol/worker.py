@@ -53,10 +53,14 @@ class TaskRunner:
         else:
             # The gradient is written straight into the send buffer (no copy).
             self.model.bind_grads(out.grad)
-            # dropout masks etc. are drawn from (step, first snippet): the same
-            # on whichever rank computes the task, and after a resume
-            key = (max(int(task["step"]), 0), int(task["snippets"][0]) if task["snippets"] else 0)
-            loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False, key=key)
+            # dropout masks are drawn per snippet from (step, snippet id): the
+            # same on whichever rank computes it, in whatever chunk, and after
+            # a resume
+            ids = [int(s) for s in task["snippets"]]
+            counts = split.snippets["count"][ids] if ids else []
+            segments = list(zip(ids, (int(c) for c in counts)))
+            loss_sum, correct = self.model.loss_and_grad(x, y, accumulate=False, key=(max(int(task["step"]), 0),),
+                                                         segments=segments)
             kind = KIND_GRAD
         out.set(kind=kind, step=task["step"], task=task["task"], version=task["version"],
                 samples=len(y), loss_sum=loss_sum, correct=correct,

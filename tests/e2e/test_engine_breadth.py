@@ -75,3 +75,24 @@ def test_graph_batchnorm_dropout_adamw_same_on_1_2_3_ranks(tmp_path, small_h5):
     model.params[:] = got[3]
     state = model.params[model.num_trainable:]
     assert model.num_state > 0 and not np.allclose(state, init[model.num_trainable:])
+
+
+def test_dropout_model_in_chunks_equals_one_task_at_a_time(tmp_path, small_h5):
+    """Dropout masks are drawn per snippet, so a dropout model may be merged
+    into chunks: the same parameters with chunks (max_chunk 16) on 1 and 3
+    ranks as with every 32-sample task computed alone (max_chunk 1)."""
+    cfg = tmp_path / "drop.toml"
+    cfg.write_text(config(tmp_path / "tmp.toml", small_h5).read_text()
+                   .replace('  {type = "batchnorm"},\n', ""))
+    got = {}
+    for n, chunk in ((3, 1), (3, 16), (1, 16)):
+        rd = tmp_path / f"run{n}-{chunk}"
+        res = run(mpiexec_cmd(n) + raven_cmd() + ["train", str(cfg), "--run-dir", str(rd),
+                                                  "--set", f"cluster.max_chunk={chunk}"], timeout=TIMEOUT)
+        assert res.returncode == 0, res.stdout + res.stderr
+        got[(n, chunk)] = params_of(rd)
+        ledger = [json.loads(x) for x in (rd / "ledger.jsonl").read_text().splitlines()]
+        sizes = {len(e["snippets"]) for e in ledger if e["ev"] == "copy" and e["kind"] == "grad"}
+        assert (sizes == {1}) == (chunk == 1), sizes     # chunks were really formed
+    np.testing.assert_allclose(got[(3, 16)], got[(3, 1)], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[(1, 16)], got[(3, 1)], rtol=1e-5, atol=1e-6)

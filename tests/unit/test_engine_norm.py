@@ -126,6 +126,41 @@ def test_keyless_training_calls_are_reproducible_per_model():
     assert seq_a == seq_b and len(set(seq_a)) == 3
 
 
+def test_per_snippet_masks_make_a_chunk_the_sum_of_its_snippets():
+    """With segments, each snippet's rows draw their dropout masks from
+    (seed, step, snippet id): a batch of three snippets gives the sum of the
+    three computed alone -- merging tasks into chunks changes nothing beyond
+    round-off -- and one segment is exactly the key (step, id)."""
+    x, y = _data(24, (10,), 4, seed=3)
+    parts = [(11, 8), (4, 10), (30, 6)]            # (snippet id, rows)
+    m = build_model(DROP, (10,), 4)
+    loss, correct = m.loss_and_grad(x, y, accumulate=False, key=(5,), segments=parts)
+    chunk = m.grads.copy()
+    total, loss_sum, correct_sum, r0 = np.zeros_like(chunk, dtype=np.float64), 0.0, 0, 0
+    for sid, n in parts:
+        l1, c1 = m.loss_and_grad(x[r0:r0 + n], y[r0:r0 + n], accumulate=False, key=(5,), segments=[(sid, n)])
+        g1 = m.grads.copy()
+        l2, _ = m.loss_and_grad(x[r0:r0 + n], y[r0:r0 + n], accumulate=False, key=(5, sid))
+        assert l1 == l2 and g1.tobytes() == m.grads.tobytes()
+        total += g1
+        loss_sum += l1
+        correct_sum += c1
+        r0 += n
+    np.testing.assert_allclose(chunk, total, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(loss_sum, rel=1e-5) and correct == correct_sum
+    # the same rows in another chunk order, or other snippet ids, give other masks
+    m.loss_and_grad(x, y, accumulate=False, key=(5,), segments=[(11, 8), (4, 10), (31, 6)])
+    assert not np.allclose(m.grads, chunk)
+    with pytest.raises(ValueError, match="segments cover"):
+        m.loss_and_grad(x, y, key=(5,), segments=[(11, 8)])
+
+
+def test_models_with_batch_norm_are_not_merged_but_dropout_models_are():
+    assert build_model(DROP, (10,), 4).sample_independent
+    bn = {"layers": [{"type": "dense", "units": 8}, {"type": "batchnorm"}, {"type": "dense", "units": 4}]}
+    assert not build_model(bn, (10,), 4).sample_independent
+
+
 @pytest.mark.parametrize("key", [(-1,), (1.5,), 3, ("a",)])
 def test_bad_keys(key):
     m = build_model(DROP, (10,), 4)
