@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -117,6 +118,13 @@ def cmd_train(args) -> int:
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    hang_s = os.environ.get("RAVEN_DUMP_STACKS_AFTER_S")
+    if hang_s:
+        # for operators chasing a hang: every rank prints its Python stack to
+        # stderr once this many seconds have passed (and goes on)
+        import faulthandler
+
+        faulthandler.dump_traceback_later(float(hang_s), repeat=False)
     overrides = list(args.set or [])
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -461,7 +469,44 @@ def main(argv=None) -> int:
         _err("interrupted")
         rc = 130
     sys.stdout.flush()
+    if args.command == "train":
+        _finalize_mpi(rc)
     return rc
+
+
+FINALIZE_DEADLINE_S = 20.0
+
+
+def _finalize_mpi(rc: int, deadline_s: float = FINALIZE_DEADLINE_S) -> None:
+    """``MPI_Finalize`` now, with a deadline.
+
+    Everything is written by now.  After a process failure, Open MPI 5's
+    ULFM finalize occasionally never returns (measured: 4 runs in 150 of the
+    killed-worker test, the survivors asleep inside it), so a rank that knows
+    of a failure (the master, and the workers through its stop message)
+    leaves without it: under ``--with-ft ulfm`` the launcher still reports
+    success.  Otherwise, past the deadline, faulthandler's watchdog -- a C
+    thread, so it fires although ``MPI_Finalize`` holds the GIL -- prints
+    where each thread is and ends the process (exit code 1) instead of
+    leaving the job hanging."""
+    import faulthandler
+
+    from mpi4py import MPI
+
+    from .protocol import transport
+
+    if not MPI.Is_initialized() or MPI.Is_finalized():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if transport.peer_failed:
+        os._exit(rc)
+    faulthandler.cancel_dump_traceback_later()
+    faulthandler.dump_traceback_later(deadline_s, exit=True)
+    try:
+        MPI.Finalize()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 if __name__ == "__main__":  # pragma: no cover

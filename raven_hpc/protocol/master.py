@@ -27,6 +27,7 @@ from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
 from .scheduler import GONE, Scheduler, Task
+from . import transport
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
 
@@ -178,7 +179,8 @@ class Master:
         """
         for r in self.worker_ranks:
             if r not in self.dead:
-                self.outbox.add(self.comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
+                self.outbox.add(self.comm.issend({"type": "stop", "peer_failed": bool(self.dead)},
+                                                 dest=r, tag=TAG_CTRL))
         deadline = self.clock() + STOP_TIMEOUT_S
         quiet_since = None
         while True:
@@ -328,6 +330,7 @@ class Master:
             if r == 0:
                 raise ProtocolError("MPI reports the master itself as failed")
             self.dead.add(r)
+            transport.peer_failed = True
             if self.sched.workers.get(r) is not None and self.sched.workers[r].live:
                 self.sched.remove_worker(r, self.clock(), "process failed (reported dead by MPI)")
             else:

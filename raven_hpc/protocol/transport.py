@@ -21,6 +21,11 @@ from .messages import TAG_CTRL
 
 __all__ = ["Backoff", "Outbox", "hostname", "error_message", "raise_remote", "abort", "wait_until"]
 
+#: set once this rank knows a process of the job failed (fault-tolerant MPI):
+#: it then leaves without ``MPI_Finalize``, which after a failure can hang
+#: (see :func:`raven_hpc.cli._finalize_mpi`)
+peer_failed = False
+
 
 def hostname() -> str:
     return socket.gethostname()

@@ -144,6 +144,10 @@ def _worker_loop(comm, cfg: dict) -> None:
                 if obj["type"] == "task":
                     queue.append(obj)
                 elif obj["type"] == "stop":
+                    if obj.get("peer_failed"):
+                        from . import transport
+
+                        transport.peer_failed = True
                     outbox.flush(backoff, timeout_s=30.0)
                     return
                 else:
