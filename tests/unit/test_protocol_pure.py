@@ -138,3 +138,32 @@ def test_fingerprint_flags_non_finite_and_separates_wrong_copies():
     flipped.view(np.uint32)[123] ^= np.uint32(1 << 30)
     assert not agree(fp(g), fp(flipped), 1e-3)[0]
     assert not agree(fp(g), fp(g * np.float32(1.01)), 1e-3)[0]
+
+
+def test_outbox_drives_progress_only_for_fresh_large_sends():
+    """``transferring(fresh_s)``: a large send counts only in its first
+    ``fresh_s`` seconds (a peer busy computing cannot take it sooner, and
+    spinning for it would only take CPU from the ranks beside us); small
+    sends (no buffer kept alive) never count; completed sends leave."""
+    import time as _time
+
+    from raven_hpc.protocol.transport import Outbox
+
+    class Req:
+        def __init__(self):
+            self.done = False
+
+        def Test(self):
+            return self.done
+
+    box = Outbox()
+    small, large = Req(), Req()
+    box.add(small)
+    assert not box.transferring() and not box.transferring(fresh_s=1.0)
+    buf = np.zeros(4)
+    box.add(large, buf)
+    assert box.transferring() and box.transferring(fresh_s=1.0) and box.holds(buf)
+    _time.sleep(0.02)
+    assert box.transferring() and not box.transferring(fresh_s=0.01)
+    large.done = small.done = True
+    assert box.progress() == 0 and not box.transferring() and not box.holds(buf)
