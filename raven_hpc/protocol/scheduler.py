@@ -135,6 +135,10 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
     return bool(worst <= 1.0), float(worst)
 
 
+#: a worker idle this many steps since its speed was last measured gets one
+#: task as a probe, whatever its estimate says (see :meth:`Scheduler._probe`)
+REPROBE_STEPS = 10
+
 #: a slower worker gets a task only when predicted to finish it this much sooner
 #: (relative to now) than the fastest would: its predictions are the less
 #: certain ones, and on a shared node its compute slows the others
@@ -229,6 +233,7 @@ class Copy:
     agreed: bool | None = None
     credited: bool = False
     disputed: bool = False      # disagreed with an unverified accepted result
+    idle_start: bool = False    # its worker had nothing else out when it was given
 
 
 @dataclass(frozen=True)
@@ -259,11 +264,15 @@ class _Worker:
     outstanding: set = field(default_factory=set)   # task ids with an ASSIGNED copy
     done: int = 0
     sec_per_sample: float | None = None             # EWMA of measured speed
+    latency: float = 0.0                            # EWMA of a copy's time out beyond its compute
     last_heard: float | None = None                 # last result (or assignment start)
     strikes: int = 0
     probation_left: int = 0                         # steps of probation still to serve
     excluded_at: int | None = None                  # step it was excluded at
     verify_credit: float = 0.0                      # sampled verification quota
+    measured_step: int | None = None                # step of the task its speed was last learnt from
+    probing: bool = False                           # a probe is out: its result replaces the estimate
+    probe_step: int | None = None                   # step of the last probe given to it
 
     @property
     def suspect(self) -> bool:
@@ -307,6 +316,7 @@ class Scheduler:
         self.backup_factor = backup_factor
         self.seed = seed
         self.max_chunk = max(1, int(max_chunk))
+        self.reprobe_steps = REPROBE_STEPS
         self.step = 0
         self.workers: dict[int, _Worker] = {}
         self.tasks: dict[int, Task] = {}
@@ -475,6 +485,18 @@ class Scheduler:
                 have |= rejected   # a rejected task goes to someone else if anyone is left
             missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
             deferred = False
+            if missing > 0 and plan is not None and not task.copies:
+                probe = self._probe(task, exclude=have)
+                if probe is not None:
+                    # an extra copy: the task still goes where it would have,
+                    # so the step never waits for the probe (whose result is
+                    # compared with the other copy like any second copy)
+                    task.wanted += 1
+                    have.add(probe)
+                    self._give(task, probe, now).reason = "probe"
+                    out.append((probe, task))
+                    plan[probe] += task.samples * self.workers[probe].sec_per_sample
+                    missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
             while missing > 0:
                 rank = self._pick_worker(exclude=have, task=task, plan=plan)
                 if rank is None:
@@ -505,6 +527,34 @@ class Scheduler:
         keep.extend(self._queue)
         self._queue = keep
         return out
+
+    def _probe(self, task: Task, exclude: set) -> int | None:
+        """An idle worker whose speed was last measured ``reprobe_steps`` or
+        more steps before ``task``'s, to be given ``task`` (unmerged) as a
+        probe (an extra copy) -- None when there is none.
+
+        Speeds are learnt only from results, so a worker measured slow once
+        (a cold start, a busy neighbour, a page-fault storm) would otherwise
+        never be given work again and never be measured again.  A probe is an
+        extra copy of one task (the task is assigned as usual besides), at
+        most one per worker every ``reprobe_steps`` steps, so the step never
+        waits for it.  Its result replaces the old estimate instead of being
+        averaged into it, and is compared with the other copy's."""
+        if task.kind != "grad" or task.samples <= 0 or self.reprobe_steps <= 0:
+            return None
+        live = [w for w in self.workers.values() if w.live and w.accepting]
+        if len(live) < 2:
+            return None
+        stale = [w for w in live
+                 if w.rank not in exclude and not w.outstanding
+                 and w.sec_per_sample is not None and w.measured_step is not None
+                 and task.step - max(w.measured_step, w.probe_step or 0) >= self.reprobe_steps]
+        if not stale:
+            return None
+        w = min(stale, key=lambda w: (w.measured_step, w.rank))
+        w.probing = True
+        w.probe_step = task.step
+        return w.rank
 
     def _merge(self, task: Task, rank: int, plan: dict, limit: int) -> None:
         """Grow ``task`` (about to get its first copy, on ``rank``) into a
@@ -567,7 +617,7 @@ class Scheduler:
         for w in self.workers.values():
             if w.live and w.accepting:
                 est = self._finish_estimates(w, now, default=typical)
-                plan[w.rank] = max([now, *est.values()])
+                plan[w.rank] = max([now + w.latency, *est.values()])
         return plan
 
     def _give(self, task: Task, rank: int, now: float, backup: bool = False) -> Copy:
@@ -587,7 +637,7 @@ class Scheduler:
                     w.verify_credit = max(w.verify_credit - k, -float(k))
                     task.sampled = True
                     self._raise_quorum(task)
-        c = Copy(task.task_id, rank, now, backup=backup)
+        c = Copy(task.task_id, rank, now, backup=backup, idle_start=not w.outstanding)
         task.copies.append(c)
         w.outstanding.add(task.task_id)
         if w.last_heard is None or not w.outstanding - {task.task_id}:
@@ -679,6 +729,13 @@ class Scheduler:
                 self.strike(rank, now, f"{copy.reason} (task {task_id})")
             return Verdict(False, REJECTED, copy.reason)
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
+        if copy.idle_start and compute_s is not None:
+            # what a copy costs beyond its compute (parameters and task in,
+            # result out, the worker's wake-up): counted once per step in the
+            # predicted finish times, so a slow worker's small share is given
+            # only when its result still comes back before the step would end
+            lat = max(0.0, now - copy.assigned_at - compute_s)
+            w.latency = lat if w.latency == 0.0 else 0.8 * w.latency + 0.2 * lat
         w.done += 1
         if task.state == DONE:
             return self._compare_to_accepted(task, copy, now)
@@ -826,7 +883,12 @@ class Scheduler:
         if task.samples <= 0 or seconds <= 0:
             return
         s = seconds / task.samples
-        w.sec_per_sample = s if w.sec_per_sample is None else 0.8 * w.sec_per_sample + 0.2 * s
+        if w.sec_per_sample is None or w.probing:
+            w.sec_per_sample = s     # first measurement, or a probe of a stale estimate
+        else:
+            w.sec_per_sample = 0.8 * w.sec_per_sample + 0.2 * s
+        w.probing = False
+        w.measured_step = task.step if w.measured_step is None else max(w.measured_step, task.step)
 
     def close(self, task_ids: Iterable[int], now: float) -> None:
         """Forget tasks (e.g. the run stops); copies still out become late."""
@@ -860,8 +922,10 @@ class Scheduler:
         copies = sorted((c.assigned_at, tid) for tid in w.outstanding
                         for c in self.tasks[tid].copies if c.rank == w.rank and c.state == ASSIGNED)
         t = w.last_heard if w.last_heard is not None else now
+        lat = w.latency
         for assigned_at, tid in copies:
-            t = max(t, assigned_at) + self.tasks[tid].samples * speed
+            t = max(t, assigned_at + lat) + self.tasks[tid].samples * speed
+            lat = 0.0
             est[tid] = t
         return est
 

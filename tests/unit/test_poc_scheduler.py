@@ -401,3 +401,63 @@ def test_sampled_verification_with_chunks_checks_small_chunks_at_the_rate_of_wor
                     assert t.quorum == 1
     for r in (1, 2):
         assert verified[r] > 0 and abs(verified[r] - work[r] / 8) <= 3, (r, verified[r], work[r])
+
+
+# -- probes: a worker measured slow once is measured again -----------------------
+
+def test_a_worker_measured_slow_once_is_probed_again_and_then_shares_the_work():
+    """Rank 2's first result was slow (a cold start: 40x rank 1), so earliest
+    finish gives it nothing and, learning only from results, it would never
+    be measured again.  After ``reprobe_steps`` idle steps it gets an extra
+    copy of one task as a probe; that result (really 2x rank 1) replaces the
+    estimate, and from then on it takes its share of every step."""
+    s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1, 2: 4.0})
+    got = {}
+    tid = 10
+    for step in range(1, 16):
+        ts = [Task(tid + i, step, (i,), samples=32) for i in range(8)]
+        tid += 8
+        s.submit(ts)
+        given = simulate(s, {1: 1e-3, 2: 2e-3}, now=float(step))
+        got[step] = {r: sum(t.samples for t in given[r]) for r in given}
+    assert all(got[st].get(2, 0) == 0 for st in range(1, s.reprobe_steps))
+    # the probe: an extra copy of one task; rank 1 still does the whole step
+    assert got[s.reprobe_steps] == {1: 256, 2: 32}
+    assert s.workers[2].sec_per_sample == pytest.approx(2e-3)        # replaced, not averaged
+    assert all(got[st].get(2, 0) >= 64 for st in range(s.reprobe_steps + 1, 16))
+
+
+def test_no_probe_without_a_second_worker_or_when_disabled():
+    s = Scheduler([1], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1})
+    s.submit([Task(10 + i, 50, (i,), samples=32) for i in range(4)])
+    assert s.workers[1].probing is False and s._probe(s.tasks[10], exclude=set()) is None
+    s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1, 2: 4.0})
+    s.reprobe_steps = 0
+    s.submit([Task(10 + i, 50, (i,), samples=32) for i in range(8)])
+    given = simulate(s, {1: 1e-3, 2: 2e-3}, now=50.0)
+    assert 2 not in given
+
+
+def test_a_workers_latency_beyond_its_compute_counts_in_its_predicted_finish():
+    """Rank 2 computes at half rank 1's speed but each of its copies comes
+    back 0.2 s after its compute (a slow link, a busy node): a share of the
+    step on it would end the step later than rank 1 doing it all, so it gets
+    none; with no latency it takes about a third."""
+    def one_step(lat2):
+        s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+        s.submit(tasks(2, start=900, samples=32))
+        out = dict(s.assign(0.0))
+        s.complete(1, out[1].task_id, 0.032, compute_s=0.032)
+        s.complete(2, out[2].task_id, 0.064 + lat2, compute_s=0.064)
+        assert s.workers[2].latency == pytest.approx(lat2)
+        s.submit(tasks(8, start=10, samples=32, step=1))
+        now = 1.0
+        given = collections.Counter()
+        for r, t in s.assign(now):
+            given[r] += t.samples
+        return given
+    assert one_step(0.0)[2] >= 64
+    assert one_step(0.2)[2] == 0
