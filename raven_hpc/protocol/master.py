@@ -26,7 +26,7 @@ from ..errors import Interrupted, ProtocolError, RavenError
 from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
-from .scheduler import GONE, Scheduler, Task
+from .scheduler import ASSIGNED, DONE, GONE, Scheduler, Task
 from . import transport
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
@@ -37,6 +37,7 @@ STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before sayi
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
+UNDO_BYTES = 256 * 2**20     # accepted results kept per step in case a later copy disputes them
 EXPECT_AFTER_DUE_S = 0.002  # poll briskly at least this long past a result's predicted arrival
 TRANSFER_FRESH_S = 0.005    # drive a parameter send's progress this long after posting it, then just poll
 
@@ -111,6 +112,7 @@ class Master:
                                max_chunk=cl["max_chunk"] if model.sample_independent else 1)
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
+        self._undo: dict[int, ResultBuffer] = {}   # task -> accepted result of this step a later copy may dispute
         self._fp = np.zeros(FP_SIZE, np.float64)
         self._next_check = 0.0
         self._next_backup_check = 0.0
@@ -253,6 +255,7 @@ class Master:
         busy = {id(p.buf) for p in self._receiving}
         if self._first is not None:
             busy.add(id(self._first))
+        busy.update(id(b) for b in self._undo.values())
         busy.update(id(b) for held in self._held.values() for b in held.values())
         for b in pool:
             if id(b) not in busy:
@@ -384,6 +387,7 @@ class Master:
         leaves the gradient sum of grad tasks in :meth:`step_gradient`)."""
         self._acc_empty = True
         self._first = None
+        self._undo.clear()
         total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
@@ -405,6 +409,7 @@ class Master:
                 self._housekeeping(open_ids, total)
             if not results and not self._local and open_ids:
                 self._idle()
+        self._undo.clear()
         self.sched.forget(t.task_id for t in tasks)
         if self._acc_empty and self._first is None:
             self.acc.fill(0.0)
@@ -485,10 +490,25 @@ class Master:
             raise TrainingDiverged(f"training diverged at step {self.state.step}: the master's own computation "
                                    f"of task {task.task_id} is NaN/inf; lower [optimizer] lr or check the data")
         fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
-        apply = self.sched.arbitrate(task.task_id, fp, self.clock())
+        done = task.state == DONE
+        wrong = self._undo.get(task.task_id) if done else None
+        apply = self.sched.arbitrate(task.task_id, fp, self.clock(), replace=wrong is not None)
         self._held.pop(task.task_id, None)
-        if apply:
+        if apply and done:
+            self._swap(wrong, buf, total)         # the applied result was wrong: take it out
+            self._undo.pop(task.task_id, None)
+        elif apply:
             self._apply(buf, task.task_id, open_ids, total)
+
+    def _swap(self, wrong: ResultBuffer, right: ResultBuffer, total: dict) -> None:
+        """Replace an accepted result already added to this step's sum by the
+        master's own computation of the same task."""
+        if self._acc_empty:
+            raise ProtocolError("internal: a result to take out of an empty step sum")
+        self.acc -= wrong.grad
+        accumulate(self.acc, right.grad)
+        total["loss_sum"] += right.get("loss_sum") - wrong.get("loss_sum")
+        total["correct"] += right.get("correct") - wrong.get("correct")
 
     def _idle(self) -> None:
         """Nothing arrived: sleep until a result is due, else back off.
@@ -571,6 +591,12 @@ class Master:
         if task is not None and task.merged:
             open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
+            if (task is not None and task.quorum < 2 and open_ids and sum(b.raw.nbytes for b in self._undo.values()) + buf.raw.nbytes
+                    <= UNDO_BYTES and any(c.state == ASSIGNED for c in task.copies)):
+                # other copies are still out: if one disputes this result and
+                # the master finds it wrong before the step ends, it is taken
+                # out again (_swap) -- so keep it until then
+                self._undo[tid] = buf
             if not self._acc_empty:
                 accumulate(self.acc, buf.grad)
             elif open_ids:

@@ -46,7 +46,15 @@ agree to float32 round-off (:func:`agree`).
   readmission, have every task verified.
 * **Strikes.**  Non-finite results and disagreements give strikes;
   ``max_strikes`` exclude the worker (its outstanding and held copies are
-  dropped, none of its disputed results is used).  After
+  dropped, none of its disputed results is used).
+* **Disputes under quorum 1.**  With ``redundancy >= 2`` and ``quorum = 1``
+  the first result is applied at once; a later copy that disagrees with it
+  makes the master compute the task itself.  If that proves the applied
+  result wrong while its step is still open, the master swaps it for its own
+  (:meth:`Scheduler.arbitrate` with ``replace``): the wrong copy becomes
+  *rejected* and the master's copy the accepted one.  A dispute settled after
+  the step's update was applied can only strike the worker: quorum >= 2 (or
+  sampled verification) is what guarantees that no wrong result is used.  After
   ``probation_steps`` steps it is readmitted on probation.
 * **Fastest three.**  The first three copies of a task that were accepted or
   agreed with the accepted result are *credited*.
@@ -84,7 +92,7 @@ FINAL_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED)
 TRANSITIONS = {
     ASSIGNED: {HELD, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED},
     HELD: {ACCEPTED, DUPLICATE, REJECTED, LATE},
-    ACCEPTED: set(),
+    ACCEPTED: {REJECTED},    # only by the master's arbitration, before the step is applied
     DUPLICATE: set(),
     LATE: set(),
     REJECTED: set(),
@@ -234,6 +242,7 @@ class Copy:
     credited: bool = False
     disputed: bool = False      # disagreed with an unverified accepted result
     idle_start: bool = False    # its worker had nothing else out when it was given
+    event: dict | None = field(default=None, repr=False, compare=False)   # its ledger record, once final
 
 
 @dataclass(frozen=True)
@@ -843,16 +852,21 @@ class Scheduler:
             return Verdict(False, HELD, "copies disagree: one more copy", hold=True)
         return Verdict(False, HELD, "copies disagree and no other worker is left", hold=True, arbitrate=True)
 
-    def arbitrate(self, task_id: int, fp: Sequence[float], now: float) -> bool:
+    def arbitrate(self, task_id: int, fp: Sequence[float], now: float, replace: bool = False) -> bool:
         """The master computed ``task_id`` itself (fingerprint ``fp``).
 
         Held copies that agree are credited, the others rejected with a
         strike.  For an open task the master's result is the one applied
-        (returns True: apply it); for a task already done (a dispute about
-        an unverified accepted result) only strikes are handed out (False).
+        (returns True: apply it).  For a task already done (a dispute about
+        an unverified accepted result) the copies that disagree get strikes;
+        when the accepted one is among them and ``replace`` is True (the
+        master can still take it out of the step's update), it is rejected
+        and the master's result becomes the accepted one (True: swap the
+        accepted result for the master's); otherwise False.
         """
         task = self.tasks[task_id]
         fp = tuple(fp)
+        wrong_accepted = None
         for c in task.copies:
             if c.fp is None or not (c.state in (HELD, ACCEPTED, DUPLICATE) or c.disputed):
                 continue
@@ -866,6 +880,8 @@ class Scheduler:
                 why = f"disagreed with the master's own computation (off by {worst:.3g} x tolerance)"
                 if c.state == HELD:
                     self._move(task, c, REJECTED, now, why)
+                elif c.state == ACCEPTED:
+                    wrong_accepted = c
                 c.reason = why
                 self.strike(c.rank, now, why)
         if task.state in (PENDING, RUNNING):
@@ -876,6 +892,18 @@ class Scheduler:
             task.accepted_fp = fp
             task.accepted_verified = True
             self._event("arbitrated", 0, f"task {task_id} of step {task.step} computed by the master")
+            return True
+        if (task.state == DONE and replace and wrong_accepted is not None
+                and any(e is wrong_accepted.event for e in self._events)):
+            self._move(task, wrong_accepted, REJECTED, now,
+                       f"{wrong_accepted.reason}; replaced by the master's result before the step was applied")
+            mine = Copy(task_id, 0, now, fp=fp, verified=True, agreed=True)
+            task.copies.append(mine)
+            self._move(task, mine, ACCEPTED, now, "computed by the master (arbitration of a dispute)")
+            task.accepted_fp = fp
+            task.accepted_verified = True
+            self._event("arbitrated", 0, f"task {task_id} of step {task.step}: the applied result of rank "
+                                         f"{wrong_accepted.rank} was wrong and is replaced by the master's")
             return True
         return False
 
@@ -1038,7 +1066,14 @@ class Scheduler:
         copy.reason = reason
         if new == HELD:
             return
-        self._events.append({
+        if copy.event is not None:
+            # a final state changes (accepted -> rejected by arbitration, which
+            # only does so while the record is not written out): rewrite it
+            if any(e is copy.event for e in self._events):
+                copy.event.update(state=new, finished=now, reason=reason, verified=copy.verified,
+                                  agreed=copy.agreed, credited=copy.credited)
+                return
+        copy.event = {
             "ev": "copy",
             "step": task.step,
             "task": task.task_id,
@@ -1056,4 +1091,5 @@ class Scheduler:
             "agreed": copy.agreed,
             "credited": copy.credited,
             "reason": reason,
-        })
+        }
+        self._events.append(copy.event)

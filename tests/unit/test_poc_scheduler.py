@@ -461,3 +461,55 @@ def test_a_workers_latency_beyond_its_compute_counts_in_its_predicted_finish():
         return given
     assert one_step(0.0)[2] >= 64
     assert one_step(0.2)[2] == 0
+
+
+# -- disputes under quorum 1 ------------------------------------------------------
+
+def test_quorum_1_dispute_replaces_a_wrong_applied_result_while_its_step_is_open():
+    """Redundancy 2, quorum 1: rank 1's wrong result is applied first; rank
+    2's copy disputes it, the master computes the task and agrees with rank 2.
+    With ``replace`` (the step is still open) rank 1's copy becomes rejected,
+    the master's copy is the one accepted -- exactly one accepted record --
+    and rank 1 gets the strike."""
+    s = Scheduler([1, 2], redundancy=2, quorum=1)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    assert s.complete(1, t.task_id, 1.0, fp=fp(scale=2.0)).accept      # wrong, applied
+    v = s.complete(2, t.task_id, 2.0, fp=fp())
+    assert v.arbitrate and not v.accept and v.state == REJECTED
+    assert s.arbitrate(t.task_id, fp(), 3.0, replace=True) is True       # swap it out
+    assert {c.rank: c.state for c in t.copies} == {1: REJECTED, 2: REJECTED, 0: ACCEPTED}
+    assert s.worker_stats()[1]["strikes"] == 1 and s.worker_stats()[2]["strikes"] == 0
+    recs = [e for e in s.drain_events() if e["ev"] == "copy"]
+    assert [e["rank"] for e in recs if e["state"] == "accepted"] == [0]
+    (r1,) = [e for e in recs if e["rank"] == 1]                          # one record, rewritten
+    assert r1["state"] == "rejected" and "replaced by the master" in r1["reason"]
+
+
+def test_quorum_1_dispute_after_the_step_was_applied_only_strikes():
+    """The same dispute once the records were written out (the step's update
+    is applied): nothing can be taken back -- strike only, no swap."""
+    for replace in (False, True):
+        s = Scheduler([1, 2], redundancy=2, quorum=1)
+        (t,) = tasks(1)
+        s.submit([t])
+        s.assign(0.0)
+        s.complete(1, t.task_id, 1.0, fp=fp(scale=2.0))
+        s.drain_events()                                                 # the step ended
+        s.complete(2, t.task_id, 2.0, fp=fp())
+        assert s.arbitrate(t.task_id, fp(), 3.0, replace=replace) is False
+        assert {c.rank: c.state for c in t.copies} == {1: ACCEPTED, 2: REJECTED}
+        assert s.worker_stats()[1]["strikes"] == 1
+
+
+def test_quorum_1_dispute_by_the_wrong_copy_keeps_the_applied_result():
+    s = Scheduler([1, 2], redundancy=2, quorum=1)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    s.complete(1, t.task_id, 1.0, fp=fp())
+    assert s.complete(2, t.task_id, 2.0, fp=fp(scale=-1.0)).arbitrate
+    assert s.arbitrate(t.task_id, fp(), 3.0, replace=True) is False
+    assert {c.rank: c.state for c in t.copies} == {1: ACCEPTED, 2: REJECTED}
+    assert s.worker_stats()[2]["strikes"] == 1 and s.worker_stats()[1]["strikes"] == 0
