@@ -38,7 +38,6 @@ STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
 UNDO_BYTES = 256 * 2**20     # accepted results kept per step in case a later copy disputes them
-EXPECT_AFTER_DUE_S = 0.002  # poll briskly at least this long past a result's predicted arrival
 TRANSFER_FRESH_S = 0.005    # drive a parameter send's progress this long after posting it, then just poll
 
 
@@ -521,14 +520,7 @@ class Master:
             self.backoff.transfer()
             return
         due = self.sched.next_expected()
-        if due is None:
-            self.backoff.idle()
-        elif not self.backoff.sleep_until(due, self.clock()):
-            # close to (or past) the predicted arrival: poll briskly for a
-            # while -- a backed-off sleep here delays the step by up to its cap
-            task_s = self._task_s or 0.0
-            self.backoff.expect(time.perf_counter() + (due - self.clock())
-                                + max(0.5 * task_s, EXPECT_AFTER_DUE_S))
+        if due is None or not self.backoff.sleep_until(due, self.clock()):
             self.backoff.idle()
 
     def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:

@@ -241,7 +241,6 @@ class Copy:
     agreed: bool | None = None
     credited: bool = False
     disputed: bool = False      # disagreed with an unverified accepted result
-    idle_start: bool = False    # its worker had nothing else out when it was given
     event: dict | None = field(default=None, repr=False, compare=False)   # its ledger record, once final
 
 
@@ -273,7 +272,6 @@ class _Worker:
     outstanding: set = field(default_factory=set)   # task ids with an ASSIGNED copy
     done: int = 0
     sec_per_sample: float | None = None             # EWMA of measured speed
-    latency: float = 0.0                            # EWMA of a copy's time out beyond its compute
     last_heard: float | None = None                 # last result (or assignment start)
     strikes: int = 0
     probation_left: int = 0                         # steps of probation still to serve
@@ -626,7 +624,7 @@ class Scheduler:
         for w in self.workers.values():
             if w.live and w.accepting:
                 est = self._finish_estimates(w, now, default=typical)
-                plan[w.rank] = max([now + w.latency, *est.values()])
+                plan[w.rank] = max([now, *est.values()])
         return plan
 
     def _give(self, task: Task, rank: int, now: float, backup: bool = False) -> Copy:
@@ -646,7 +644,7 @@ class Scheduler:
                     w.verify_credit = max(w.verify_credit - k, -float(k))
                     task.sampled = True
                     self._raise_quorum(task)
-        c = Copy(task.task_id, rank, now, backup=backup, idle_start=not w.outstanding)
+        c = Copy(task.task_id, rank, now, backup=backup)
         task.copies.append(c)
         w.outstanding.add(task.task_id)
         if w.last_heard is None or not w.outstanding - {task.task_id}:
@@ -738,13 +736,6 @@ class Scheduler:
                 self.strike(rank, now, f"{copy.reason} (task {task_id})")
             return Verdict(False, REJECTED, copy.reason)
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
-        if copy.idle_start and compute_s is not None:
-            # what a copy costs beyond its compute (parameters and task in,
-            # result out, the worker's wake-up): counted once per step in the
-            # predicted finish times, so a slow worker's small share is given
-            # only when its result still comes back before the step would end
-            lat = max(0.0, now - copy.assigned_at - compute_s)
-            w.latency = lat if w.latency == 0.0 else 0.8 * w.latency + 0.2 * lat
         w.done += 1
         if task.state == DONE:
             return self._compare_to_accepted(task, copy, now)
@@ -950,10 +941,8 @@ class Scheduler:
         copies = sorted((c.assigned_at, tid) for tid in w.outstanding
                         for c in self.tasks[tid].copies if c.rank == w.rank and c.state == ASSIGNED)
         t = w.last_heard if w.last_heard is not None else now
-        lat = w.latency
         for assigned_at, tid in copies:
-            t = max(t, assigned_at + lat) + self.tasks[tid].samples * speed
-            lat = 0.0
+            t = max(t, assigned_at) + self.tasks[tid].samples * speed
             est[tid] = t
         return est
 

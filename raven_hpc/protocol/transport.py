@@ -51,7 +51,6 @@ class Backoff:
         self.slept_s = 0.0
         self.transfer_spin_s = 0.02
         self._spun = 0.0
-        self._expect_until = 0.0
 
     def cap_for(self, work_s: float) -> None:
         """Bound the sleep by a fraction of the work being waited for.
@@ -94,20 +93,9 @@ class Backoff:
         self._delay = self.min_s
         self._spun = 0.0
 
-    def expect(self, until: float) -> None:
-        """Something is expected before ``until`` (a ``time.perf_counter()``
-        time): until then, idle rounds sleep only ``min_s`` instead of backing
-        off (a backed-off sleep would delay its arrival by up to the cap)."""
-        self._expect_until = until
-
     def idle(self) -> None:
         self._idle += 1
         if self._idle <= self.spins:
-            return
-        if self._expect_until and time.perf_counter() < self._expect_until:
-            if self.min_s > 0:
-                time.sleep(self.min_s)
-                self.slept_s += self.min_s
             return
         if self._delay > 0:
             time.sleep(self._delay)

@@ -20,12 +20,6 @@ from .transport import Backoff, Outbox, hostname, send_error
 
 __all__ = ["TaskRunner", "run_worker", "await_stop"]
 
-#: after sending its last queued result a worker polls at the shortest sleep
-#: for this long (half its task's compute time, within these bounds), since
-#: the next parameters come as soon as the master has stepped
-EXPECT_MIN_S = 0.002
-EXPECT_MAX_S = 0.02
-
 
 class TaskRunner:
     """Computes one task on a model and fills a :class:`ResultBuffer`.
@@ -188,10 +182,6 @@ def _worker_loop(comm, cfg: dict) -> None:
             t_sent = time.perf_counter()
             backoff.busy()
             backoff.cap_for(buf.get("compute_s"))
-            if not queue:
-                # the next parameters follow the master's update, due soon
-                # after the step's last result: keep polling briskly a while
-                backoff.expect(t_sent + min(max(0.5 * buf.get("compute_s"), EXPECT_MIN_S), EXPECT_MAX_S))
         elif progressed:
             backoff.busy()
         elif outbox.transferring():

@@ -441,28 +441,6 @@ def test_no_probe_without_a_second_worker_or_when_disabled():
     assert 2 not in given
 
 
-def test_a_workers_latency_beyond_its_compute_counts_in_its_predicted_finish():
-    """Rank 2 computes at half rank 1's speed but each of its copies comes
-    back 0.2 s after its compute (a slow link, a busy node): a share of the
-    step on it would end the step later than rank 1 doing it all, so it gets
-    none; with no latency it takes about a third."""
-    def one_step(lat2):
-        s = Scheduler([1, 2], prefetch=2, max_chunk=16)
-        s.submit(tasks(2, start=900, samples=32))
-        out = dict(s.assign(0.0))
-        s.complete(1, out[1].task_id, 0.032, compute_s=0.032)
-        s.complete(2, out[2].task_id, 0.064 + lat2, compute_s=0.064)
-        assert s.workers[2].latency == pytest.approx(lat2)
-        s.submit(tasks(8, start=10, samples=32, step=1))
-        now = 1.0
-        given = collections.Counter()
-        for r, t in s.assign(now):
-            given[r] += t.samples
-        return given
-    assert one_step(0.0)[2] >= 64
-    assert one_step(0.2)[2] == 0
-
-
 # -- disputes under quorum 1 ------------------------------------------------------
 
 def test_quorum_1_dispute_replaces_a_wrong_applied_result_while_its_step_is_open():
