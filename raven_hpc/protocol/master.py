@@ -386,7 +386,6 @@ class Master:
         leaves the gradient sum of grad tasks in :meth:`step_gradient`)."""
         self._acc_empty = True
         self._first = None
-        self._undo.clear()
         total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
@@ -499,6 +498,15 @@ class Master:
         elif apply:
             self._apply(buf, task.task_id, open_ids, total)
 
+    def _may_be_disputed(self, task: Task, buf: ResultBuffer) -> bool:
+        """Keep this accepted result until the step ends?  Yes when other
+        copies of an unverified (quorum-1) task are still out: if one disputes
+        it and the master finds it wrong while the step is open, it is taken
+        out again (:meth:`_swap`) -- within ``UNDO_BYTES`` per step."""
+        if task.quorum >= 2 or not any(c.state == ASSIGNED for c in task.copies):
+            return False
+        return sum(b.raw.nbytes for b in self._undo.values()) + buf.raw.nbytes <= UNDO_BYTES
+
     def _swap(self, wrong: ResultBuffer, right: ResultBuffer, total: dict) -> None:
         """Replace an accepted result already added to this step's sum by the
         master's own computation of the same task."""
@@ -583,11 +591,7 @@ class Master:
         if task is not None and task.merged:
             open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
-            if (task is not None and task.quorum < 2 and open_ids and sum(b.raw.nbytes for b in self._undo.values()) + buf.raw.nbytes
-                    <= UNDO_BYTES and any(c.state == ASSIGNED for c in task.copies)):
-                # other copies are still out: if one disputes this result and
-                # the master finds it wrong before the step ends, it is taken
-                # out again (_swap) -- so keep it until then
+            if open_ids and task is not None and self._may_be_disputed(task, buf):
                 self._undo[tid] = buf
             if not self._acc_empty:
                 accumulate(self.acc, buf.grad)

@@ -46,7 +46,8 @@ agree to float32 round-off (:func:`agree`).
   readmission, have every task verified.
 * **Strikes.**  Non-finite results and disagreements give strikes;
   ``max_strikes`` exclude the worker (its outstanding and held copies are
-  dropped, none of its disputed results is used).
+  dropped, none of its disputed results is used).  After
+  ``probation_steps`` steps it is readmitted on probation.
 * **Disputes under quorum 1.**  With ``redundancy >= 2`` and ``quorum = 1``
   the first result is applied at once; a later copy that disagrees with it
   makes the master compute the task itself.  If that proves the applied
@@ -54,8 +55,7 @@ agree to float32 round-off (:func:`agree`).
   (:meth:`Scheduler.arbitrate` with ``replace``): the wrong copy becomes
   *rejected* and the master's copy the accepted one.  A dispute settled after
   the step's update was applied can only strike the worker: quorum >= 2 (or
-  sampled verification) is what guarantees that no wrong result is used.  After
-  ``probation_steps`` steps it is readmitted on probation.
+  sampled verification) is what guarantees that no wrong result is used.
 * **Fastest three.**  The first three copies of a task that were accepted or
   agreed with the accepted result are *credited*.
 * **Stragglers.**  :meth:`Scheduler.backups` gives a task whose copies sit on
@@ -143,8 +143,8 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
     return bool(worst <= 1.0), float(worst)
 
 
-#: a worker idle this many steps since its speed was last measured gets one
-#: task as a probe, whatever its estimate says (see :meth:`Scheduler._probe`)
+#: a worker idle this many steps since its speed was last measured gets an
+#: extra copy of one task as a probe, whatever its estimate says (see :meth:`Scheduler._probe`)
 REPROBE_STEPS = 10
 
 #: a slower worker gets a task only when predicted to finish it this much sooner
@@ -493,7 +493,7 @@ class Scheduler:
             missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
             deferred = False
             if missing > 0 and plan is not None and not task.copies:
-                probe = self._probe(task, exclude=have)
+                probe = self._probe(task, exclude=have, plan=plan)
                 if probe is not None:
                     # an extra copy: the task still goes where it would have,
                     # so the step never waits for the probe (whose result is
@@ -535,7 +535,7 @@ class Scheduler:
         self._queue = keep
         return out
 
-    def _probe(self, task: Task, exclude: set) -> int | None:
+    def _probe(self, task: Task, exclude: set, plan: dict) -> int | None:
         """An idle worker whose speed was last measured ``reprobe_steps`` or
         more steps before ``task``'s, to be given ``task`` (unmerged) as a
         probe (an extra copy) -- None when there is none.
@@ -549,16 +549,20 @@ class Scheduler:
         averaged into it, and is compared with the other copy's."""
         if task.kind != "grad" or task.samples <= 0 or self.reprobe_steps <= 0:
             return None
-        live = [w for w in self.workers.values() if w.live and w.accepting]
-        if len(live) < 2:
+        # the candidates are worked out once per assign pass and step (usually
+        # none): this runs for every task given out
+        key = ("_stale", task.step)
+        stale = plan.get(key)
+        if stale is None:
+            live = [w for w in self.workers.values() if w.live and w.accepting]
+            stale = plan[key] = [] if len(live) < 2 else sorted(
+                (w for w in live if w.sec_per_sample is not None and w.measured_step is not None
+                 and task.step - max(w.measured_step, w.probe_step or 0) >= self.reprobe_steps),
+                key=lambda w: (w.measured_step, w.rank))
+        w = next((w for w in stale if w.rank not in exclude and not w.outstanding), None)
+        if w is None:
             return None
-        stale = [w for w in live
-                 if w.rank not in exclude and not w.outstanding
-                 and w.sec_per_sample is not None and w.measured_step is not None
-                 and task.step - max(w.measured_step, w.probe_step or 0) >= self.reprobe_steps]
-        if not stale:
-            return None
-        w = min(stale, key=lambda w: (w.measured_step, w.rank))
+        stale.remove(w)
         w.probing = True
         w.probe_step = task.step
         return w.rank
@@ -885,7 +889,7 @@ class Scheduler:
             self._event("arbitrated", 0, f"task {task_id} of step {task.step} computed by the master")
             return True
         if (task.state == DONE and replace and wrong_accepted is not None
-                and any(e is wrong_accepted.event for e in self._events)):
+                and self._record_pending(wrong_accepted)):
             self._move(task, wrong_accepted, REJECTED, now,
                        f"{wrong_accepted.reason}; replaced by the master's result before the step was applied")
             mine = Copy(task_id, 0, now, fp=fp, verified=True, agreed=True)
@@ -1035,6 +1039,10 @@ class Scheduler:
             for r, w in self.workers.items()
         }
 
+    def _record_pending(self, copy: Copy) -> bool:
+        """Is ``copy``'s ledger record made but not yet drained?"""
+        return copy.event is not None and any(e is copy.event for e in self._events)
+
     def drain_events(self) -> list[dict]:
         """Ledger records (copies that reached a final state, membership
         events) since the last call."""
@@ -1055,13 +1063,12 @@ class Scheduler:
         copy.reason = reason
         if new == HELD:
             return
-        if copy.event is not None:
+        if self._record_pending(copy):
             # a final state changes (accepted -> rejected by arbitration, which
             # only does so while the record is not written out): rewrite it
-            if any(e is copy.event for e in self._events):
-                copy.event.update(state=new, finished=now, reason=reason, verified=copy.verified,
-                                  agreed=copy.agreed, credited=copy.credited)
-                return
+            copy.event.update(state=new, finished=now, reason=reason, verified=copy.verified,
+                              agreed=copy.agreed, credited=copy.credited)
+            return
         copy.event = {
             "ev": "copy",
             "step": task.step,

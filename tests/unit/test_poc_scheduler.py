@@ -432,7 +432,7 @@ def test_no_probe_without_a_second_worker_or_when_disabled():
     s = Scheduler([1], prefetch=2, max_chunk=16)
     learn(s, {1: 0.1})
     s.submit([Task(10 + i, 50, (i,), samples=32) for i in range(4)])
-    assert s.workers[1].probing is False and s._probe(s.tasks[10], exclude=set()) is None
+    assert s.workers[1].probing is False and s._probe(s.tasks[10], exclude=set(), plan={}) is None
     s = Scheduler([1, 2], prefetch=2, max_chunk=16)
     learn(s, {1: 0.1, 2: 4.0})
     s.reprobe_steps = 0
@@ -443,16 +443,21 @@ def test_no_probe_without_a_second_worker_or_when_disabled():
 
 # -- disputes under quorum 1 ------------------------------------------------------
 
+def two_copies_out():
+    """Redundancy 2, quorum 1: one task, its copies out on ranks 1 and 2."""
+    s = Scheduler([1, 2], redundancy=2, quorum=1)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    return s, t
+
 def test_quorum_1_dispute_replaces_a_wrong_applied_result_while_its_step_is_open():
     """Redundancy 2, quorum 1: rank 1's wrong result is applied first; rank
     2's copy disputes it, the master computes the task and agrees with rank 2.
     With ``replace`` (the step is still open) rank 1's copy becomes rejected,
     the master's copy is the one accepted -- exactly one accepted record --
     and rank 1 gets the strike."""
-    s = Scheduler([1, 2], redundancy=2, quorum=1)
-    (t,) = tasks(1)
-    s.submit([t])
-    s.assign(0.0)
+    s, t = two_copies_out()
     assert s.complete(1, t.task_id, 1.0, fp=fp(scale=2.0)).accept      # wrong, applied
     v = s.complete(2, t.task_id, 2.0, fp=fp())
     assert v.arbitrate and not v.accept and v.state == REJECTED
@@ -469,10 +474,7 @@ def test_quorum_1_dispute_after_the_step_was_applied_only_strikes():
     """The same dispute once the records were written out (the step's update
     is applied): nothing can be taken back -- strike only, no swap."""
     for replace in (False, True):
-        s = Scheduler([1, 2], redundancy=2, quorum=1)
-        (t,) = tasks(1)
-        s.submit([t])
-        s.assign(0.0)
+        s, t = two_copies_out()
         s.complete(1, t.task_id, 1.0, fp=fp(scale=2.0))
         s.drain_events()                                                 # the step ended
         s.complete(2, t.task_id, 2.0, fp=fp())
@@ -482,10 +484,7 @@ def test_quorum_1_dispute_after_the_step_was_applied_only_strikes():
 
 
 def test_quorum_1_dispute_by_the_wrong_copy_keeps_the_applied_result():
-    s = Scheduler([1, 2], redundancy=2, quorum=1)
-    (t,) = tasks(1)
-    s.submit([t])
-    s.assign(0.0)
+    s, t = two_copies_out()
     s.complete(1, t.task_id, 1.0, fp=fp())
     assert s.complete(2, t.task_id, 2.0, fp=fp(scale=-1.0)).arbitrate
     assert s.arbitrate(t.task_id, fp(), 3.0, replace=True) is False
