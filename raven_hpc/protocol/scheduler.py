@@ -235,6 +235,7 @@ class Copy:
     finished_at: float | None = None
     reason: str = ""
     backup: bool = False
+    probe: bool = False         # an extra copy to re-measure a worker's speed (_probe)
     compute_s: float | None = None
     fp: tuple | None = None
     verified: bool = False
@@ -500,7 +501,7 @@ class Scheduler:
                     # compared with the other copy like any second copy)
                     task.wanted += 1
                     have.add(probe)
-                    self._give(task, probe, now).reason = "probe"
+                    self._give(task, probe, now).probe = True
                     out.append((probe, task))
                     plan[probe] += task.samples * self.workers[probe].sec_per_sample
                     missing = self._wanted(task) - len(self._active_copies(task)) - self._held(task)
@@ -1083,6 +1084,7 @@ class Scheduler:
             "latency_s": now - copy.assigned_at,
             "state": new,
             "backup": copy.backup,
+            "probe": copy.probe,
             "verified": copy.verified,
             "agreed": copy.agreed,
             "credited": copy.credited,

@@ -130,9 +130,11 @@ def test_slow_worker_does_not_hold_the_step_and_shows_as_slowest(tmp_path, cfg):
             acc[e["rank"]] += len(e["snippets"])
     # the step is not shared 1:1: the slow worker gets at most what it can
     # finish in time (its share of the work, about 1/5, or less), and what it
-    # does not finish in time goes to the fast one as a backup
+    # does not finish in time goes to the fast one as a backup (a probe, an
+    # extra copy to re-measure it after 10 idle steps, may come second anyway)
     assert acc[2] <= 0.3 * (acc[1] + acc[2]), acc
-    late = [e for e in rec if e["ev"] == "copy" and e["rank"] == 2 and e["state"] in ("duplicate", "late")]
+    late = [e for e in rec if e["ev"] == "copy" and e["rank"] == 2 and e["state"] in ("duplicate", "late")
+            and not e["probe"]]
     assert not late or any(e["backup"] for e in copies)
 
 

@@ -424,6 +424,8 @@ def test_a_worker_measured_slow_once_is_probed_again_and_then_shares_the_work():
     assert all(got[st].get(2, 0) == 0 for st in range(1, s.reprobe_steps))
     # the probe: an extra copy of one task; rank 1 still does the whole step
     assert got[s.reprobe_steps] == {1: 256, 2: 32}
+    probes = [e for e in s.drain_events() if e["ev"] == "copy" and e["probe"]]
+    assert [(e["rank"], e["step"]) for e in probes] == [(2, s.reprobe_steps)]   # marked in the ledger
     assert s.workers[2].sec_per_sample == pytest.approx(2e-3)        # replaced, not averaged
     assert all(got[st].get(2, 0) >= 64 for st in range(s.reprobe_steps + 1, 16))
 
