@@ -59,9 +59,11 @@ agree to float32 round-off (:func:`agree`).
 * **Fastest three.**  The first three copies of a task that were accepted or
   agreed with the accepted result are *credited*.
 * **Stragglers.**  :meth:`Scheduler.backups` gives a task whose copies sit on
-  a slow worker a speculative copy on an idle one when that one is predicted
-  to finish first; :meth:`Scheduler.hung` names workers silent past a
-  timeout, which the master then removes.
+  a slow worker a speculative copy on an idle one when that one's result is
+  predicted to *arrive* first -- compute time plus each worker's measured
+  overhead (messages and wake-ups around a task, see :data:`OVERHEAD_SAMPLES`);
+  :meth:`Scheduler.hung` names workers silent past a timeout, which the master
+  then removes.
 """
 from __future__ import annotations
 
@@ -147,20 +149,48 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
 #: extra copy of one task as a probe, whatever its estimate says (see :meth:`Scheduler._probe`)
 REPROBE_STEPS = 10
 
+#: a worker's overhead per copy -- the time from assignment to the master
+#: holding its result that compute does not explain (parameters and task
+#: message out, result back, wake-ups on both sides) -- is the median of its
+#: last this many copies that were first in its queue (a queued copy also
+#: waits for the one before it).  Backups compare predicted *arrivals*: on a
+#: shared node a 32-sample backup on the fast worker costs ~1 ms of compute
+#: but ~3 ms until it lands, while the slow copy it would race is ~2 ms from
+#: landing -- judged by compute alone such backups were wasted (and delayed
+#: the fast worker's next step) in a third of the straggler benchmark's steps.
+OVERHEAD_SAMPLES = 8
+
 #: a slower worker gets a task only when predicted to finish it this much sooner
 #: (relative to now) than the fastest would: its predictions are the less
 #: certain ones, and on a shared node its compute slows the others
 SLOWER_MARGIN = 0.1
 
 
-def _effective(plan: dict, speed: float, finish: float) -> float:
-    """The predicted finish time a worker of ``speed`` (s/sample) is ranked
-    by: the fastest worker's as predicted, a slower one's stretched by
-    :data:`SLOWER_MARGIN`."""
-    if speed <= plan["fastest"] * 1.0001:
+#: a worker at least this many times slower than the fastest is ranked by its
+#: predicted *arrival*: its finish time plus how much more overhead per copy it
+#: has than the fastest worker (see :data:`OVERHEAD_SAMPLES`).  A straggler's
+#: share is one small chunk whose result lands after the fast worker's whole
+#: share otherwise -- measured in the straggler benchmark (4x slow rank, 256
+#: samples per step): steps it took part in ran 1.5-3 ms *longer* than steps
+#: without it, although its compute was predicted to finish in time.
+#: Workers of about equal speed are not affected (their overheads differ
+#: mostly by the order the master serves them).
+STRAGGLER_RATIO = 2.0
+
+
+def _effective(plan: dict, rank: int, speed: float, finish: float) -> float:
+    """The predicted finish time worker ``rank`` of ``speed`` (s/sample) is
+    ranked by: the fastest worker's as predicted, a slower one's stretched by
+    :data:`SLOWER_MARGIN`, a much slower one's (:data:`STRAGGLER_RATIO`) also
+    moved by its extra overhead."""
+    fastest = plan["fastest"]
+    if speed <= fastest * 1.0001:
         return finish
     now = plan["now"]
-    return now + (finish - now) * (1.0 + SLOWER_MARGIN)
+    t = now + (finish - now) * (1.0 + SLOWER_MARGIN)
+    if speed >= STRAGGLER_RATIO * fastest:
+        t += max(0.0, plan["overhead"].get(rank, 0.0) - plan["fastest_overhead"])
+    return t
 
 
 def _place(cands: list, plan: dict, spp: dict, first: int) -> dict:
@@ -172,7 +202,7 @@ def _place(cands: list, plan: dict, spp: dict, first: int) -> dict:
     placed = {}
 
     def key(r, samples):
-        return (_effective(plan, spp[r], load[r] + samples * spp[r]), r != first, r)
+        return (_effective(plan, r, spp[r], load[r] + samples * spp[r]), r != first, r)
 
     sizes = {t.samples for t in cands}
     if len(sizes) == 1:
@@ -236,6 +266,7 @@ class Copy:
     reason: str = ""
     backup: bool = False
     probe: bool = False         # an extra copy to re-measure a worker's speed (_probe)
+    head: bool = False          # first in its worker's queue when given (nothing to wait for)
     compute_s: float | None = None
     fp: tuple | None = None
     verified: bool = False
@@ -281,6 +312,16 @@ class _Worker:
     measured_step: int | None = None                # step of the task its speed was last learnt from
     probing: bool = False                           # a probe is out: its result replaces the estimate
     probe_step: int | None = None                   # step of the last probe given to it
+    overheads: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES))
+
+    @property
+    def overhead_s(self) -> float:
+        """Median of the recent per-copy overheads (0 while none is known)."""
+        if not self.overheads:
+            return 0.0
+        xs = sorted(self.overheads)
+        n = len(xs)
+        return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
     @property
     def suspect(self) -> bool:
@@ -626,6 +667,9 @@ class Scheduler:
         speeds.sort()
         typical = speeds[len(speeds) // 2]
         plan = {"typical": typical, "fastest": speeds[0], "now": now}
+        live = [w for w in self.workers.values() if w.live and w.sec_per_sample]
+        plan["overhead"] = {w.rank: w.overhead_s for w in live}
+        plan["fastest_overhead"] = min(live, key=lambda w: w.sec_per_sample).overhead_s
         for w in self.workers.values():
             if w.live and w.accepting:
                 est = self._finish_estimates(w, now, default=typical)
@@ -649,7 +693,7 @@ class Scheduler:
                     w.verify_credit = max(w.verify_credit - k, -float(k))
                     task.sampled = True
                     self._raise_quorum(task)
-        c = Copy(task.task_id, rank, now, backup=backup)
+        c = Copy(task.task_id, rank, now, backup=backup, head=not w.outstanding)
         task.copies.append(c)
         w.outstanding.add(task.task_id)
         if w.last_heard is None or not w.outstanding - {task.task_id}:
@@ -698,7 +742,7 @@ class Scheduler:
             speed = w.sec_per_sample or plan["typical"]
             finish = plan[r] + task.samples * speed
             full = len(w.outstanding) >= self.prefetch
-            key = (_effective(plan, speed, finish), full, speed, r)
+            key = (_effective(plan, r, speed, finish), full, speed, r)
             if best is None or key < best[0]:
                 best = (key, r)
         if best is None:
@@ -741,6 +785,8 @@ class Scheduler:
                 self.strike(rank, now, f"{copy.reason} (task {task_id})")
             return Verdict(False, REJECTED, copy.reason)
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
+        if copy.head and compute_s is not None:
+            w.overheads.append(max(0.0, now - copy.assigned_at - compute_s))
         w.done += 1
         if task.state == DONE:
             return self._compare_to_accepted(task, copy, now)
@@ -955,9 +1001,13 @@ class Scheduler:
         """Speculative copies of straggling tasks for idle workers.
 
         Only once every open task has its copies out (end of a step).  A
-        task gets a backup on an idle worker when that worker is predicted
-        to finish it ``backup_factor`` times sooner than the copy out, or the
-        copy out is already overdue.
+        task gets a backup on an idle worker when that worker's result is
+        predicted to arrive ``backup_factor`` times sooner than the copy out
+        would, or the copy out is already overdue by the backup's own time.
+        Arrivals are predicted compute finish plus each worker's measured
+        overhead (:attr:`_Worker.overhead_s`): the copy out lands at its
+        compute finish + its worker's overhead, the backup after its compute
+        + the idle worker's overhead.
         """
         if any(self.tasks[t].state == PENDING for t in self._queue if t in self.tasks):
             return []
@@ -974,13 +1024,14 @@ class Scheduler:
             active = self._active_copies(task)
             if not active:
                 continue
-            due = min(estimates.get(c.rank, {}).get(task.task_id, math.inf) for c in active)
+            due = min(estimates.get(c.rank, {}).get(task.task_id, math.inf) + self.workers[c.rank].overhead_s
+                      for c in active)
             tried = {c.rank for c in task.copies}
             idle.sort(key=lambda w: w.sec_per_sample)
             for w in idle:
                 if w.rank in tried:
                     continue
-                mine = task.samples * w.sec_per_sample
+                mine = task.samples * w.sec_per_sample + w.overhead_s
                 if due == math.inf or due - now > self.backup_factor * mine or now > due + mine:
                     task.wanted += 1
                     c = self._give(task, w.rank, now, backup=True)
@@ -1036,7 +1087,7 @@ class Scheduler:
     def worker_stats(self) -> dict[int, dict]:
         return {
             r: {"live": w.live, "status": w.status, "outstanding": len(w.outstanding), "done": w.done,
-                "sec_per_sample": w.sec_per_sample, "strikes": w.strikes, "probation_left": w.probation_left}
+                "sec_per_sample": w.sec_per_sample, "overhead_s": w.overhead_s, "strikes": w.strikes, "probation_left": w.probation_left}
             for r, w in self.workers.items()
         }
 

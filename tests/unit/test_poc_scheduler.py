@@ -172,6 +172,52 @@ def test_backup_copy_for_an_overdue_straggler_on_an_idle_worker():
     assert s.complete(2, t_slow.task_id, 1.6, compute_s=0.5).state == DUPLICATE
 
 
+def test_backup_races_predicted_arrivals_not_compute_times():
+    """A task's result lands its compute time *plus* its worker's overhead
+    (messages, wake-ups) after it is given.  Both ranks compute 100 samples
+    in 0.1 s and lose 0.3 s per copy outside compute.  Rank 2's copy, given
+    at 1.0, is due by compute at 1.1 but lands at ~1.4; a backup on rank 1
+    would land 0.1 + 0.3 s after it is given.  Judged by compute alone, rank
+    2's copy was backed up at 1.2 while still in transit (and the backup
+    lost the race); by arrivals, only once it is overdue by the backup's
+    own time."""
+    s = Scheduler([1, 2], prefetch=1, backup_factor=1.5)
+    s.submit(tasks(2, start=900, samples=100))
+    first = dict(s.assign(0.0))
+    for r in (1, 2):
+        s.complete(r, first[r].task_id, 0.4, compute_s=0.1)   # 0.1 s compute + 0.3 s overhead
+    st = s.worker_stats()
+    assert st[1]["overhead_s"] == pytest.approx(0.3) and st[2]["overhead_s"] == pytest.approx(0.3)
+    s.submit(tasks(2, start=10, samples=100))
+    out = dict(s.assign(1.0))
+    assert set(out) == {1, 2}
+    s.complete(1, out[1].task_id, 1.35, compute_s=0.1)
+    assert s.backups(1.45) == []        # rank 2 lands at ~1.4; a backup would land at ~1.85
+    assert s.backups(1.75) == []
+    assert s.backups(1.85) == [(1, out[2])]   # overdue by more than a backup takes: back it up
+
+
+def test_overhead_is_learnt_from_copies_first_in_their_queue():
+    """A queued copy also waits for the copy before it: its latency says
+    nothing about messages and wake-ups, so only head copies are sampled."""
+    s = Scheduler([1], prefetch=2)
+    s.submit(tasks(2, samples=10))
+    out = s.assign(0.0)
+    assert [r for r, _ in out] == [1, 1]
+    heads = [c.head for _, t in out for c in t.copies]
+    assert heads == [True, False]
+    s.complete(1, out[0][1].task_id, 0.25, compute_s=0.2)   # overhead 0.05
+    s.complete(1, out[1][1].task_id, 0.45, compute_s=0.2)   # waited 0.2 for the first: not sampled
+    assert s.worker_stats()[1]["overhead_s"] == pytest.approx(0.05)
+    # the median of the recent samples: one outlier does not move it
+    for i, ovh in enumerate([0.05, 0.05, 2.0, 0.05]):
+        (t,) = tasks(1, start=100 + i, samples=10)
+        s.submit([t])
+        ((_, t),) = s.assign(1.0 + i)
+        s.complete(1, t.task_id, 1.0 + i + 0.2 + ovh, compute_s=0.2)
+    assert s.worker_stats()[1]["overhead_s"] == pytest.approx(0.05)
+
+
 def test_earliest_finish_gives_a_slow_worker_only_what_it_finishes_in_time():
     """Fast rank 1 (1 ms/sample), rank 2 four times slower: of 8 tasks of 32
     samples, rank 2 gets one -- it finishes it (128 ms) while rank 1 does
