@@ -171,7 +171,7 @@ SLOWER_MARGIN = 0.1
 #: has than the fastest worker (see :data:`OVERHEAD_SAMPLES`).  A straggler's
 #: share is one small chunk whose result lands after the fast worker's whole
 #: share otherwise -- measured in the straggler benchmark (4x slow rank, 256
-#: samples per step): steps it took part in ran 1.5-3 ms *longer* than steps
+#: samples per step): steps it took part in ran 0.5-5 ms *longer* than steps
 #: without it, although its compute was predicted to finish in time.
 #: Workers of about equal speed are not affected (their overheads differ
 #: mostly by the order the master serves them).

@@ -242,6 +242,56 @@ def test_earliest_finish_gives_a_slow_worker_only_what_it_finishes_in_time():
     assert given[2] == 1
 
 
+def _run_step(s, spt, n=8, samples=32, start=10):
+    """Simulate one step of ``n`` tasks on workers computing ``spt[r]`` s per
+    task; returns tasks given per rank."""
+    s.submit(tasks(n, start=start, samples=samples))
+    now, given = 1.0, collections.Counter()
+    busy = collections.defaultdict(list)
+    for _ in range(100):
+        for r, t in s.assign(now):
+            given[r] += 1
+            busy[r].append(t)
+        if not any(busy.values()):
+            break
+        r = min((r for r in busy if busy[r]), key=lambda r: (spt[r], r))
+        t = busy[r].pop(0)
+        now += spt[r]
+        s.complete(r, t.task_id, now, compute_s=spt[r])
+    return given
+
+
+@pytest.mark.parametrize("slow_overhead, slow_tasks", [(0.0, 1), (0.2, 0)])
+def test_a_much_slower_worker_is_placed_by_predicted_arrival(slow_overhead, slow_tasks):
+    """As above (rank 2 four times slower: 128 ms for the one task it would
+    get, while rank 1 does seven in 224 ms), but rank 2 also loses 0.2 s per
+    copy outside compute that rank 1 does not: its task would land at ~0.33 s,
+    after rank 1 could have done all eight (0.26 s).  So it gets none."""
+    s = Scheduler([1, 2], prefetch=2)
+    s.submit(tasks(2, start=900, samples=100))
+    first = dict(s.assign(0.0))
+    s.complete(1, first[1].task_id, 0.1 + 0.01, compute_s=0.1)
+    s.complete(2, first[2].task_id, 0.4 + 0.01 + slow_overhead, compute_s=0.4)
+    assert _run_step(s, {1: 0.032, 2: 0.128})[2] == slow_tasks
+
+
+def test_equally_fast_workers_are_not_placed_by_overhead():
+    """Workers of about the same speed split the step the same whatever
+    their overheads (those differ mostly by the order the master serves
+    them)."""
+    splits = []
+    for overhead in (0.0, 0.3):
+        s = Scheduler([1, 2], prefetch=2)
+        s.submit(tasks(2, start=900, samples=100))
+        first = dict(s.assign(0.0))
+        s.complete(1, first[1].task_id, 0.11, compute_s=0.1)
+        s.complete(2, first[2].task_id, 0.105 + 0.01 + overhead, compute_s=0.105)   # 5% slower
+        given = _run_step(s, {1: 0.032, 2: 0.0336})
+        assert given[1] + given[2] == 8 and given[2] >= 1
+        splits.append(dict(given))
+    assert splits[0] == splits[1]
+
+
 def test_hung_worker_is_named_after_its_timeout():
     s = Scheduler([1, 2], prefetch=1)
     s.submit(tasks(2))
