@@ -149,6 +149,15 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
 #: extra copy of one task as a probe, whatever its estimate says (see :meth:`Scheduler._probe`)
 REPROBE_STEPS = 10
 
+#: a worker whose probe did not earn it any work before its next probe is due
+#: waits twice as long for the one after, up to this many times
+#: ``reprobe_steps``; any work it is given resets the wait.  A probe costs the
+#: worker holding the task's other copy a little (the task is computed apart
+#: from that worker's chunk: ~1-1.5 ms of a 12 ms step in the straggler
+#: benchmark), so a worker that stays too slow is probed ever more rarely,
+#: while one that recovers is noticed within ``reprobe_steps`` x this.
+REPROBE_MAX_FACTOR = 8
+
 #: a worker's overhead per copy -- the time from assignment to the master
 #: holding its result that compute does not explain (parameters and task
 #: message out, result back, wake-ups on both sides) -- is the median of its
@@ -312,6 +321,8 @@ class _Worker:
     measured_step: int | None = None                # step of the task its speed was last learnt from
     probing: bool = False                           # a probe is out: its result replaces the estimate
     probe_step: int | None = None                   # step of the last probe given to it
+    probe_wait: int = 0                             # steps from a measurement to its next probe (0: reprobe_steps)
+    given_step: int | None = None                   # step of the last copy given to it
     overheads: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES))
 
     @property
@@ -599,15 +610,22 @@ class Scheduler:
             live = [w for w in self.workers.values() if w.live and w.accepting]
             stale = plan[key] = [] if len(live) < 2 else sorted(
                 (w for w in live if w.sec_per_sample is not None and w.measured_step is not None
-                 and task.step - max(w.measured_step, w.probe_step or 0) >= self.reprobe_steps),
+                 and task.step - max(w.measured_step, w.probe_step or 0) >= self._probe_wait(w)),
                 key=lambda w: (w.measured_step, w.rank))
         w = next((w for w in stale if w.rank not in exclude and not w.outstanding), None)
         if w is None:
             return None
         stale.remove(w)
+        base = self.reprobe_steps
+        if w.probe_step is not None and w.given_step == w.probe_step:
+            # nothing given to it since its last probe: that probe did not pay
+            w.probe_wait = min(2 * self._probe_wait(w), base * REPROBE_MAX_FACTOR)
         w.probing = True
         w.probe_step = task.step
         return w.rank
+
+    def _probe_wait(self, w: _Worker) -> int:
+        return w.probe_wait or self.reprobe_steps
 
     def _merge(self, task: Task, rank: int, plan: dict, limit: int) -> None:
         """Grow ``task`` (about to get its first copy, on ``rank``) into a
@@ -693,6 +711,9 @@ class Scheduler:
                     w.verify_credit = max(w.verify_credit - k, -float(k))
                     task.sampled = True
                     self._raise_quorum(task)
+        if w.given_step is not None and task.step > w.given_step and w.given_step == w.probe_step:
+            w.probe_wait = 0     # given work after its last probe: probe at the base rate again
+        w.given_step = task.step if w.given_step is None else max(w.given_step, task.step)
         c = Copy(task.task_id, rank, now, backup=backup, head=not w.outstanding)
         task.copies.append(c)
         w.outstanding.add(task.task_id)

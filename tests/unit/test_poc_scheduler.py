@@ -513,6 +513,35 @@ def test_a_worker_measured_slow_once_is_probed_again_and_then_shares_the_work():
     assert all(got[st].get(2, 0) >= 64 for st in range(s.reprobe_steps + 1, 16))
 
 
+def probe_steps(s, true_speed, steps, start_step=1):
+    """Run ``steps`` steps of 8 x 32 samples; the steps rank 2 was probed at."""
+    tid = 100_000 * start_step
+    for step in range(start_step, start_step + steps):
+        s.submit([Task(tid + i, step, (i,), samples=32) for i in range(8)])
+        tid += 8
+        simulate(s, {1: 1e-3, 2: true_speed(step)}, now=float(step))
+    return [e["step"] for e in s.drain_events() if e["ev"] == "copy" and e["probe"] and e["rank"] == 2]
+
+
+def test_a_worker_that_stays_too_slow_is_probed_ever_more_rarely():
+    """Rank 2 stays 40x slower than rank 1: each probe confirms it is not
+    worth any work, so the wait to the next one doubles (10, 20, 40, 80
+    steps), up to ``REPROBE_MAX_FACTOR`` x ``reprobe_steps``.  When it
+    recovers, the next probe measures it, it is given work again, and later
+    probes (if it idles again) come every ``reprobe_steps`` steps."""
+    from raven_hpc.protocol.scheduler import REPROBE_MAX_FACTOR
+
+    s = Scheduler([1, 2], prefetch=2, max_chunk=16)
+    learn(s, {1: 0.1, 2: 4.0})
+    assert REPROBE_MAX_FACTOR == 8 and s.reprobe_steps == 10
+    slow = probe_steps(s, lambda step: 4e-2, 400)
+    assert slow == [10, 20, 40, 80, 160, 240, 320, 400]
+    # it recovers: the probe at step 480 finds it 2x rank 1; it shares the work
+    fast = probe_steps(s, lambda step: 2e-3, 100, start_step=401)
+    assert fast == [480]
+    assert s.workers[2].probe_wait == 0 and s.workers[2].given_step == 500
+
+
 def test_no_probe_without_a_second_worker_or_when_disabled():
     s = Scheduler([1], prefetch=2, max_chunk=16)
     learn(s, {1: 0.1})
