@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -173,7 +174,6 @@ OVERHEAD_SAMPLES = 8
 #: (relative to now) than the fastest would: its predictions are the less
 #: certain ones, and on a shared node its compute slows the others
 SLOWER_MARGIN = 0.1
-
 
 #: a worker at least this many times slower than the fastest is ranked by its
 #: predicted *arrival*: its finish time plus how much more overhead per copy it
@@ -324,15 +324,7 @@ class _Worker:
     probe_wait: int = 0                             # steps from a measurement to its next probe (0: reprobe_steps)
     given_step: int | None = None                   # step of the last copy given to it
     overheads: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES))
-
-    @property
-    def overhead_s(self) -> float:
-        """Median of the recent per-copy overheads (0 while none is known)."""
-        if not self.overheads:
-            return 0.0
-        xs = sorted(self.overheads)
-        n = len(xs)
-        return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    overhead_s: float = 0.0                         # median of ``overheads`` (0 while none is known)
 
     @property
     def suspect(self) -> bool:
@@ -679,15 +671,14 @@ class Scheduler:
 
     def _plan_start(self, now: float) -> dict | None:
         """Per worker: when it is predicted to be free (None: speeds unknown)."""
-        speeds = [w.sec_per_sample for w in self.workers.values() if w.live and w.sec_per_sample]
-        if not speeds:
+        measured = sorted((w for w in self.workers.values() if w.live and w.sec_per_sample),
+                          key=lambda w: w.sec_per_sample)
+        if not measured:
             return None
-        speeds.sort()
-        typical = speeds[len(speeds) // 2]
-        plan = {"typical": typical, "fastest": speeds[0], "now": now}
-        live = [w for w in self.workers.values() if w.live and w.sec_per_sample]
-        plan["overhead"] = {w.rank: w.overhead_s for w in live}
-        plan["fastest_overhead"] = min(live, key=lambda w: w.sec_per_sample).overhead_s
+        typical = measured[len(measured) // 2].sec_per_sample
+        plan = {"typical": typical, "fastest": measured[0].sec_per_sample, "now": now,
+                "overhead": {w.rank: w.overhead_s for w in measured},
+                "fastest_overhead": measured[0].overhead_s}
         for w in self.workers.values():
             if w.live and w.accepting:
                 est = self._finish_estimates(w, now, default=typical)
@@ -808,6 +799,7 @@ class Scheduler:
         self._learn_speed(w, task, compute_s if compute_s is not None else now - copy.assigned_at)
         if copy.head and compute_s is not None:
             w.overheads.append(max(0.0, now - copy.assigned_at - compute_s))
+            w.overhead_s = statistics.median(w.overheads)
         w.done += 1
         if task.state == DONE:
             return self._compare_to_accepted(task, copy, now)
