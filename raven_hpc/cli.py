@@ -20,7 +20,7 @@ import time
 from . import __version__
 from .errors import RavenError
 
-PREPARE_KINDS = ("auto", "mnist", "idx", "npz", "npy", "csv")
+PREPARE_KINDS = ("auto", "mnist", "idx", "npz", "npy", "csv", "images")
 
 
 def _err(msg: str) -> None:
@@ -33,14 +33,19 @@ def cmd_prepare(args) -> int:
 
     pos = list(args.paths)
     kind = args.kind
-    if len(pos) == 3 and pos[0] in PREPARE_KINDS:
+    usage = "usage: raven-hpc prepare [KIND] SOURCE OUT, e.g. `raven-hpc prepare mnist data/mnist-small out/mnist.h5`"
+    if len(pos) == 3:
+        if pos[0] not in PREPARE_KINDS:
+            raise RavenError(f"prepare: unknown source kind {pos[0]!r}; valid kinds: {', '.join(PREPARE_KINDS)} "
+                             f"({usage})")
         kind = pos.pop(0)
     if len(pos) != 2:
-        raise RavenError("prepare takes [KIND] SOURCE OUT, e.g. `raven-hpc prepare mnist data/mnist-small out/mnist.h5`")
+        raise RavenError(f"prepare takes a SOURCE and an OUT file (and optionally a KIND first), got {len(pos)} "
+                         f"argument(s): {' '.join(pos)}; {usage}")
     kind = {"idx": "mnist"}.get(kind, kind)
     t0 = time.monotonic()
     info = prepare(pos[0], pos[1], kind=kind, snippet_size=args.snippet_size, force=args.force,
-                   shuffle_seed=args.seed, limit=args.limit)
+                   shuffle_seed=args.seed, limit=args.limit, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -398,13 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sp = sub.add_parser("prepare", help="turn MNIST IDX / .npz / .npy / CSV data into a snippet HDF5 file")
+    sp = sub.add_parser("prepare", help="turn MNIST IDX / .npz / .npy / CSV / image folders into a snippet HDF5 "
+                        "file")
     sp.add_argument("paths", nargs="+", metavar="[KIND] SOURCE OUT",
                     help=f"KIND is one of {', '.join(PREPARE_KINDS)} (default auto)")
     sp.add_argument("--kind", default="auto", choices=PREPARE_KINDS)
     sp.add_argument("--snippet-size", type=int, default=32, help="samples per snippet (default 32)")
     sp.add_argument("--seed", type=int, default=0, help="shuffle seed of the training split (default 0)")
     sp.add_argument("--limit", type=int, default=None, help="keep at most N samples per split")
+    sp.add_argument("--num-classes", type=int, default=None,
+                    help="number of classes (default: the largest label + 1; labels are class indices 0..K-1)")
     sp.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(fn=cmd_prepare)

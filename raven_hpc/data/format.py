@@ -63,6 +63,7 @@ __all__ = [
     "SNIPPET_DTYPE",
     "MNIST_NORMALIZATION",
     "snippet_checksum",
+    "check_output_path",
     "write_dataset",
     "open_dataset",
     "PreparedDataset",
@@ -215,6 +216,39 @@ def _check_split(path: Path, name: str, x, y, num_classes: int):
     return x, y
 
 
+def check_output_path(path) -> None:
+    """Fail early, with one message, when ``path`` cannot be written.
+
+    Checks that ``path`` is not a folder, that its nearest existing ancestor
+    is a folder, and that a file can be created there (a probe file is made
+    and removed again: permissions, read-only and pseudo file systems such as
+    ``/proc`` all show up).  Missing folders below that ancestor are created
+    by :func:`write_dataset`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path} is a directory; give a file name such as {path / 'data.h5'}")
+    anc = path.parent
+    while not anc.exists() and not anc.is_symlink() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DatasetError(
+            f"cannot write {path}: {anc} is a file, not a folder; choose another output path"
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=anc)
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot write {path}: cannot create a file in {anc} ({exc.strerror or exc}); "
+            "choose a writable output folder"
+        ) from None
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+
+
 def write_dataset(
     path,
     splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -278,8 +312,12 @@ def write_dataset(
             "over HDF5's 4 GiB chunk limit; use a smaller snippet_size"
         )
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DatasetError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or path.parent})") from None
     os.close(fd)
     tmp = Path(tmp_name)
     info = {"path": str(path), "splits": {}}

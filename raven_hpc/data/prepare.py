@@ -40,7 +40,9 @@ order.  ``limit`` keeps the first N samples of each split (after shuffling).
 """
 from __future__ import annotations
 
+import contextvars
 import gzip
+import os
 import re
 import time
 import zipfile
@@ -50,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from .format import MNIST_NORMALIZATION, _first_nonfinite, write_dataset
+from .format import MNIST_NORMALIZATION, _first_nonfinite, check_output_path, write_dataset
 
-__all__ = ["prepare", "read_idx", "load_source", "KINDS"]
+__all__ = ["prepare", "read_idx", "load_source", "KINDS", "MAX_CLASSES"]
 
 KINDS = ("auto", "mnist", "idx", "npz", "npy", "csv", "images")
 
@@ -63,12 +65,30 @@ _IDX_NAME = re.compile(
 _LABEL_COLUMNS = ("label", "labels", "class", "target", "y")
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
+#: most classes a prepared file may have (labels are class indices 0..K-1)
+MAX_CLASSES = 1_000_000
+#: labels up to this many classes are accepted however sparse they are; above
+#: it, the largest label + 1 may be at most SPARSE_FACTOR x the distinct labels
+SPARSE_MIN_CLASSES = 1000
+SPARSE_FACTOR = 10
+
+# Files the loaders read while one load_source() call runs, so prepare() can
+# refuse an output that is one of them (writing it would destroy the source).
+_READ_LOG: contextvars.ContextVar = contextvars.ContextVar("raven_prepare_reads", default=None)
+
+
+def _note(path) -> None:
+    log = _READ_LOG.get()
+    if log is not None:
+        log.append(Path(path))
+
 
 # --------------------------------------------------------------------------
 # IDX (MNIST family)
 # --------------------------------------------------------------------------
 
 def _read_bytes(path: Path) -> bytes:
+    _note(path)
     try:
         if path.name.endswith(".gz"):
             with gzip.open(path, "rb") as f:
@@ -226,6 +246,7 @@ def _pairs_from_keys(keys, where) -> dict:
 
 
 def _load_npz(path: Path) -> dict:
+    _note(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             pairs = _pairs_from_keys(set(z.files), str(path))
@@ -237,6 +258,7 @@ def _load_npz(path: Path) -> dict:
 
 
 def _npy(path: Path) -> np.ndarray:
+    _note(path)
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -280,6 +302,7 @@ def _load_npy(path: Path) -> dict:
 # --------------------------------------------------------------------------
 
 def _csv_first_line(path: Path) -> str:
+    _note(path)
     try:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
@@ -385,6 +408,7 @@ def _load_images(folder: Path) -> dict:
             for p in sorted(cdir.iterdir()):
                 if p.suffix.lower() not in _IMAGE_EXTS:
                     continue
+                _note(p)
                 try:
                     with Image.open(p) as im:
                         if mode is None:
@@ -454,6 +478,77 @@ def load_source(source, kind: str = "auto") -> tuple[str, dict]:
     if kind == "images" and src.is_file():
         raise DatasetError(f"{src} is a file; give the folder of class folders")
     return kind, loader(src)
+
+
+def _load_logged(source, kind: str) -> tuple[str, dict, list]:
+    """:func:`load_source`, plus the list of files it read."""
+    log: list = []
+    token = _READ_LOG.set(log)
+    try:
+        kind, splits = load_source(source, kind)
+    finally:
+        _READ_LOG.reset(token)
+    return kind, splits, log
+
+
+def _refuse_source_as_output(out: Path, files) -> None:
+    """Raise when ``out`` exists and is one of ``files`` (same path, a symbolic
+    link to it or a hard link of it): replacing it would lose the source."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return
+    for f in files:
+        try:
+            fs = os.stat(f)
+        except OSError:
+            continue
+        if (fs.st_dev, fs.st_ino) == (st.st_dev, st.st_ino):
+            same = os.path.abspath(out) == os.path.abspath(f)
+            how = "" if same else f" (the same file: {'a link to it' if out.is_symlink() else 'a hard link or a linked folder'})"
+            raise DatasetError(
+                f"{out} is the source file {f}{how}; writing the prepared file there would destroy the "
+                "source, so choose another output name (e.g. out.h5)"
+            )
+
+
+def _check_classes(labels: dict, num_classes, where: str) -> None:
+    """Check that the labels are class indices for ``num_classes`` (given, or
+    the largest label + 1).
+
+    ``labels`` maps split name -> int64 labels in source order (so sample
+    numbers in messages are the source's).  Labels are class indices, so a
+    class count above :data:`MAX_CLASSES`, or a largest label far above the
+    number of distinct labels (ids rather than indices), is refused before
+    anything is allocated per class.
+    """
+    ys = {k: v for k, v in labels.items() if v.size}
+    top_split, top = max(((k, int(v.max())) for k, v in ys.items()), key=lambda kv: kv[1])
+    i = int(np.argmax(ys[top_split]))
+    remap = "remap them to 0..K-1 (e.g. numpy.unique(y, return_inverse=True)[1])"
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+                or not 1 <= num_classes <= MAX_CLASSES:
+            raise DatasetError(f"num_classes must be an integer in [1, {MAX_CLASSES:,}], got {num_classes!r}")
+        if top >= num_classes:
+            raise DatasetError(
+                f"{where}: {top_split} sample {i} has label {top}, outside [0, {num_classes}) for "
+                f"num_classes={num_classes}; fix the labels or num_classes"
+            )
+        return
+    if top + 1 > MAX_CLASSES:
+        raise DatasetError(
+            f"{where}: {top_split} sample {i} has label {top}; labels are class indices 0..K-1 and at most "
+            f"{MAX_CLASSES:,} classes are supported; {remap}"
+        )
+    if top + 1 > SPARSE_MIN_CLASSES:
+        distinct = int(np.unique(np.concatenate(list(ys.values()))).size)
+        if top + 1 > SPARSE_FACTOR * distinct:
+            raise DatasetError(
+                f"{where}: {top_split} sample {i} has label {top}, which would make {top + 1:,} classes, but "
+                f"the labels take only {distinct:,} distinct values; labels must be class indices 0..K-1: "
+                f"{remap}, or give the class count (num_classes, --num-classes)"
+            )
 
 
 def _check_labels(name, y, where):
@@ -543,9 +638,14 @@ def prepare(
     if test_fraction is not None and not (0.0 <= float(test_fraction) < 1.0):
         raise DatasetError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     out = Path(out)
-    if out.exists() and not force:  # fail before the (possibly slow) read
+    # fail before the (possibly slow) read
+    if Path(source).is_file():
+        _refuse_source_as_output(out, [Path(source)])
+    if out.exists() and not force:
         raise DatasetError(f"{out} already exists; pass --force (force=True) to overwrite it")
-    kind, splits = load_source(source, kind)
+    check_output_path(out)
+    kind, splits, read = _load_logged(source, kind)
+    _refuse_source_as_output(out, read)
     where = str(source)
     for name, (sx, _) in splits.items():  # indices as in the source, before shuffling
         bad = _first_nonfinite(np.asarray(sx)) if np.ndim(sx) >= 2 else None
@@ -573,7 +673,9 @@ def prepare(
             )
         tx, ty = splits["test"]
         test = (tx, _check_labels("test", ty, where))
+        _check_classes({"train": y, "test": test[1]}, num_classes, where)
     else:
+        _check_classes({"train": y}, num_classes, where)
         frac = 0.1 if test_fraction is None else float(test_fraction)
         n_test = int(round(n * frac))
         if frac > 0 and n_test == 0:
