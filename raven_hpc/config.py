@@ -6,6 +6,10 @@ dedicated flags) > the TOML file > environment (``RAVEN_SECTION__KEY=value``)
 valid ones; every value is type-checked.  The ``[model]`` and ``[optimizer]``
 tables are checked in depth by the engine (see :func:`validate`).
 
+Paths (``data.path``, ``run.dir``, ``poc.drain_file``): a relative one is
+relative to the config file's folder, wherever the value came from;
+``{name}`` is the config file's stem and ``{run}`` the run directory.
+
 This module imports neither numpy nor MPI, so the CLI can read the thread
 settings before numpy loads its BLAS.
 """
@@ -106,7 +110,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "eval_task_snippets": Key((int,), 32, "snippets per evaluation task", minimum=1),
     },
     "run": {
-        "dir": Key((str,), "runs/{name}", "run directory; {name} is the config file's stem"),
+        "dir": Key((str,), "runs/{name}", "run directory (relative: from the config file's folder); {name} is the "
+                                          "config file's stem"),
         "checkpoint_every_steps": Key((int,), 0, "also checkpoint every N steps (0: at epoch ends only)", minimum=0),
         "resume": Key((bool,), False, "continue from the run directory's checkpoint.h5 if present"),
         "progress": Key((str,), "auto", "progress display on rank 0", choices=("auto", "bar", "lines", "none")),
@@ -146,7 +151,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "worker_timeout_s": Key((float,), 60.0, "a worker holding work this long without any result is removed "
                                                 "(hung); it may come back", minimum=0.1),
         "drain_file": Key((str,), "{run}/drain", "ranks listed here (one per line) are drained: they leave the "
-                                                 "schedule; remove a rank to readmit it. {run}: the run directory"),
+                                                 "schedule; remove a rank to readmit it. {run}: the run directory; "
+                                                 "relative: from the config file's folder"),
         "ledger": Key((bool,), True, "write ledger.jsonl (every copy of every task) to the run directory"),
     },
     "faults": {
@@ -251,9 +257,10 @@ def load_config(
 ) -> dict:
     """Load, merge and type-check a configuration.
 
-    Returns a nested dict with every key present, ``data.path`` absolute, and
-    ``meta`` holding the config file's path and name.  Deep checks of the
-    model and optimizer tables are done by :func:`validate` (needs numpy).
+    Returns a nested dict with every key present, every path key
+    (:data:`PATH_KEYS`) absolute (see :func:`_resolve_paths`), and ``meta``
+    holding the config file's path and name.  Deep checks of the model and
+    optimizer tables are done by :func:`validate` (needs numpy).
     """
     environ = os.environ if environ is None else environ
     cfg = defaults()
@@ -276,12 +283,10 @@ def load_config(
     name = Path(path).stem if path is not None else "run"
     if not cfg["data"]["path"]:
         raise ConfigError(f"{origin}: [data] path is required (the HDF5 file made by `raven-hpc prepare`)")
-    data_path = Path(cfg["data"]["path"]).expanduser()
-    if not data_path.is_absolute():
-        data_path = (base / data_path).resolve()
-    cfg["data"]["path"] = str(data_path)
-    run_dir = Path(cfg["run"]["dir"].replace("{name}", name)).expanduser()
-    cfg["run"]["dir"] = str(run_dir if run_dir.is_absolute() else (Path.cwd() / run_dir).resolve())
+    _resolve_paths(cfg, base, name, origin)
+    if cfg["cluster"]["backend"] == "cuda":
+        raise ConfigError(f"{origin}: [cluster] backend = \"cuda\" is not available yet in this version; "
+                          "use backend = \"cpu\"")
     if cfg["cluster"]["poll_max_us"] < cfg["cluster"]["poll_min_us"]:
         raise ConfigError(f"{origin}: [cluster] poll_max_us must be >= poll_min_us")
     if not cfg["model"]["layers"]:
@@ -293,9 +298,42 @@ def load_config(
     if poc["quorum"] > poc["redundancy"]:
         raise ConfigError(f"{origin}: [poc] quorum = {poc['quorum']} needs redundancy >= quorum "
                           f"(redundancy = {poc['redundancy']})")
-    poc["drain_file"] = poc["drain_file"].replace("{run}", cfg["run"]["dir"])
     cfg["meta"] = {"config_path": str(Path(path).resolve()) if path is not None else "", "name": name}
     return cfg
+
+
+#: the keys that hold a file or folder path; :func:`load_config` resolves them
+#: all by one rule (see :func:`_resolve_paths`)
+PATH_KEYS = (("data", "path"), ("run", "dir"), ("poc", "drain_file"))
+
+
+def _resolve_paths(cfg: dict, base: Path, name: str, origin: str) -> None:
+    """Make every path key absolute, in place, by one rule.
+
+    A relative path is relative to ``base``, the config file's folder
+    (the current directory when there is no file), wherever its value came
+    from: the file, the environment, ``--set`` or the default.  Placeholders:
+    ``{name}``, the config file's stem, in any path key; ``{run}``, the run
+    directory, in every path key but ``run.dir`` itself.  ``~`` is expanded.
+    The result is the same on every rank: rank 0 resolves the paths and
+    hands the config to the others.  (``raven-hpc train --run-dir`` is a
+    command-line path, relative to the current directory; the CLI passes it
+    on as an absolute ``run.dir``.)
+    """
+    def resolve(section: str, key: str, run: str | None) -> str:
+        text = cfg[section][key].replace("{name}", name)
+        if run is not None:
+            text = text.replace("{run}", run)
+        elif "{run}" in text:
+            raise ConfigError(f"{origin}: [{section}] {key} = {cfg[section][key]!r} cannot use {{run}} "
+                              "(the run directory is what it defines)")
+        p = Path(text).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    cfg["run"]["dir"] = resolve("run", "dir", None)
+    for section, key in PATH_KEYS:
+        if (section, key) != ("run", "dir") and cfg[section][key]:   # "" (no drain file) stays ""
+            cfg[section][key] = resolve(section, key, cfg["run"]["dir"])
 
 
 def validate(cfg: dict, input_shape: tuple, num_classes: int) -> None:

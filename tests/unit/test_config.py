@@ -1,6 +1,8 @@
 """Config loading: defaults, precedence, and one clear error per mistake."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from raven_hpc.config import defaults, describe_schema, load_config, parse_override, to_toml
@@ -88,3 +90,72 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
         for k, v in back[section].items():
             assert cfg[section][k] == v
     assert "[train]" in describe_schema()
+
+
+def test_cuda_backend_is_refused_until_it_exists(tmp_path):
+    p = write(tmp_path, BASE + "[cluster]\nbackend = \"cuda\"\n")
+    with pytest.raises(ConfigError, match=r"\[cluster\] backend = \"cuda\" is not available yet in this version; "
+                                          r"use backend = \"cpu\""):
+        load_config(p, environ={})
+    with pytest.raises(ConfigError, match="not available yet"):
+        load_config(write(tmp_path, BASE, "d.toml"), ["cluster.backend=\"cuda\""], environ={})
+    assert load_config(write(tmp_path, BASE + "[cluster]\nbackend = \"cpu\"\n", "e.toml"),
+                       environ={})["cluster"]["backend"] == "cpu"
+
+
+def test_every_relative_path_is_relative_to_the_config_files_folder(tmp_path, monkeypatch):
+    """data.path, run.dir and poc.drain_file follow one rule, whatever the
+    current directory and wherever the value came from."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    p = write(folder, BASE + "[run]\ndir = \"../runs/{name}\"\n[poc]\ndrain_file = \"ops/drain\"\n", "exp.toml")
+    cfg = load_config(p, environ={})
+    assert cfg["data"]["path"] == str(folder / "d.h5")
+    assert cfg["run"]["dir"] == str(tmp_path / "runs" / "exp")
+    assert cfg["poc"]["drain_file"] == str(folder / "ops" / "drain")
+    # the default run dir and the default drain file
+    cfg = load_config(write(folder, BASE, "dflt.toml"), environ={})
+    assert cfg["run"]["dir"] == str(folder / "runs" / "dflt")
+    assert cfg["poc"]["drain_file"] == str(folder / "runs" / "dflt" / "drain")
+    # --set and the environment: the same rule
+    cfg = load_config(p, ["run.dir=\"r2\"", "poc.drain_file=\"{run}/d\"", "data.path=\"sub/x.h5\""], environ={})
+    assert cfg["run"]["dir"] == str(folder / "r2")
+    assert cfg["poc"]["drain_file"] == str(folder / "r2" / "d")
+    assert cfg["data"]["path"] == str(folder / "sub" / "x.h5")
+    cfg = load_config(folder / "dflt.toml", environ={"RAVEN_RUN__DIR": "env-runs/{name}"})
+    assert cfg["run"]["dir"] == str(folder / "env-runs" / "dflt")
+    # absolute paths stay as they are
+    cfg = load_config(p, [f"run.dir=\"{tmp_path / 'abs'}\"", "poc.drain_file=\"/var/tmp/x-drain\""], environ={})
+    assert cfg["run"]["dir"] == str(tmp_path / "abs") and cfg["poc"]["drain_file"] == "/var/tmp/x-drain"
+    with pytest.raises(ConfigError, match=r"\[run\] dir = '\{run\}/x' cannot use \{run\}"):
+        load_config(p, ["run.dir=\"{run}/x\""], environ={})
+
+
+def test_raven_hpc_drain_edits_the_file_the_master_reads(tmp_path, monkeypatch):
+    """The run directory's config.toml (written by the master) names the same
+    drain file the master polls, so `raven-hpc drain RUN_DIR` agrees with it
+    from any current directory."""
+    from raven_hpc.report import drain_path, update_drain
+
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for drain in ("ops/drain", "{run}/drain", "drain-{name}"):
+        p = write(folder, BASE + f"[run]\ndir = \"../run-{{name}}\"\n[poc]\ndrain_file = \"{drain}\"\n", "job.toml")
+        cfg = load_config(p, environ={})
+        run_dir = Path(cfg["run"]["dir"])
+        run_dir.mkdir(exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(cfg))   # what the master writes
+        master_reads = Path(cfg["poc"]["drain_file"])
+        assert master_reads.is_absolute()
+        sub = tmp_path / "somewhere" / "else"
+        sub.mkdir(parents=True, exist_ok=True)
+        monkeypatch.chdir(sub)
+        assert drain_path(run_dir) == master_reads, drain
+        master_reads.parent.mkdir(parents=True, exist_ok=True)
+        update_drain(run_dir, [2])
+        assert master_reads.read_text().split() == ["2"], drain
+        monkeypatch.chdir(tmp_path)
