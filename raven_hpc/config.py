@@ -113,6 +113,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "dir": Key((str,), "runs/{name}", "run directory (relative: from the config file's folder); {name} is the "
                                           "config file's stem"),
         "checkpoint_every_steps": Key((int,), 0, "also checkpoint every N steps (0: at epoch ends only)", minimum=0),
+        "keep_checkpoints": Key((int,), 2, "checkpoints kept in RUN_DIR/checkpoints besides checkpoint.h5 (the "
+                                           "newest ones; the one a rollback may need is kept too)", minimum=1),
         "resume": Key((bool,), False, "continue from the run directory's checkpoint.h5 if present"),
         "progress": Key((str,), "auto", "progress display on rank 0", choices=("auto", "bar", "lines", "none")),
     },
@@ -136,6 +138,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "verify": Key((float,), 0.0, "fraction of the other tasks computed twice and applied only when both agree "
                                      "(sampled verification); workers with a strike are always verified",
                       minimum=0.0),
+        "audit": Key((float,), 0.0, "fraction of accepted results the master recomputes itself (trusted audit, "
+                                    "chosen unpredictably); a wrong one excludes every rank that vouched for it "
+                                    "and rolls training back to before its first unproven result", minimum=0.0),
         "rtol": Key((float,), 1e-3, "copies agree when their gradient fingerprints differ by less than rtol x the "
                                     "gradient norm (float32 round-off across machines is ~1e-5)", minimum=0.0),
         "screen": Key((float,), 100.0, "a result whose gradient norm per sample is this many times the running "
@@ -295,6 +300,8 @@ def load_config(
     poc = cfg["poc"]
     if poc["verify"] > 1.0:
         raise ConfigError(f"{origin}: [poc] verify = {poc['verify']} must be a fraction in [0, 1]")
+    if poc["audit"] > 1.0:
+        raise ConfigError(f"{origin}: [poc] audit = {poc['audit']} must be a fraction in [0, 1]")
     if poc["quorum"] > poc["redundancy"]:
         raise ConfigError(f"{origin}: [poc] quorum = {poc['quorum']} needs redundancy >= quorum "
                           f"(redundancy = {poc['redundancy']})")

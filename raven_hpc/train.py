@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -80,9 +82,23 @@ class _Silent(RavenError):
 
 
 class Recorder:
-    """Writes metrics.jsonl / summary.json / checkpoints and emits events."""
+    """Writes metrics.jsonl / ledger.jsonl / summary.json / checkpoints and emits events.
 
-    def __init__(self, run_dir: Path, cfg: dict, on_event: EventFn | None, ranks: int):
+    Durability: before a checkpoint is renamed into place, everything the
+    ledger and the metrics hold up to it is flushed and fsync'ed, and their
+    sizes are stored in the checkpoint.  A run resumed from it cuts both
+    files back to those sizes (what a killed run wrote after its checkpoint
+    is redone; the cut-off tail is kept in ``*.superseded.jsonl``), so no
+    record is missing before the checkpoint and none is counted twice after.
+
+    Checkpoints: ``checkpoint.h5`` is the newest; ``checkpoints/`` keeps the
+    newest ``run.keep_checkpoints`` (the previous good one among them) and
+    the newest one from before the first step whose results a rollback
+    could still undo (see :meth:`checkpoint`).
+    """
+
+    def __init__(self, run_dir: Path, cfg: dict, on_event: EventFn | None, ranks: int,
+                 resume_extra: dict | None = None):
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.on_event = on_event or (lambda kind, info: None)
@@ -95,17 +111,25 @@ class Recorder:
         self._metrics = None
         self._ledger = None
         self._hosts: dict = {}
+        self._resume_extra = resume_extra
 
-    def begin(self, master) -> None:
+    def begin(self, master, run_info: dict | None = None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.dir)
+        if self._resume_extra is not None:
+            # what was written after the checkpoint is redone by this run
+            for name, key in (("metrics.jsonl", "metrics_bytes"), (LEDGER, "ledger_bytes")):
+                size = self._resume_extra.get(key)
+                if isinstance(size, int):
+                    _cut_back(self.dir / name, size)
         self._metrics = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self.t0 = time.monotonic()
         self.cpu0 = time.process_time()
         self._last = (self.t0, master.state.samples)
         self._samples0 = master.state.samples
         if self.cfg["poc"]["ledger"]:
-            path = self.dir / "ledger.jsonl"
-            torn = path.exists() and path.stat().st_size > 0 and not path.read_bytes()[-1:] == b"\n"
+            path = self.dir / LEDGER
+            torn = path.exists() and path.stat().st_size > 0 and not _last_byte(path) == b"\n"
             self._ledger = open(path, "a", buffering=1 << 16)
             if torn:   # a killed run left half a line: start ours on a fresh one
                 self._ledger.write("\n")
@@ -113,10 +137,32 @@ class Recorder:
                 "ev": "run", "unix_time": time.time(), "start_step": master.state.step,
                 "resumed": master.state.step > 0, "ranks": self.ranks,
                 "hosts": {str(k): v for k, v in sorted(master.hosts.items())}, "poc": self.cfg["poc"],
-                "faults": self.cfg["faults"]["rules"]}) + "\n")
+                "faults": self.cfg["faults"]["rules"], **(run_info or {})}) + "\n")
         self.on_event("begin", {"ranks": self.ranks, "workers": len(master.worker_ranks),
                                 "num_params": master.n, "run_dir": str(self.dir),
                                 "resumed_at_step": master.state.step, "epochs": self.cfg["train"]["epochs"]})
+
+    def step_record(self, st, total: dict) -> None:
+        """The ledger's record of an applied step (after its accepted copies)."""
+        if self._ledger is None:
+            return
+        self._ledger.write(json.dumps({
+            "ev": "step", "step": st.step - 1, "epoch": st.epoch, "step_in_epoch": st.step_in_epoch,
+            "tasks": total.get("accepted_copies", 0), "snippets": total.get("snippets", 0),
+            "samples": total["samples"], "t": round(time.monotonic() - self.t0, 4)}) + "\n")
+
+    def rollback(self, from_step: int, to_step: int, reason: str, guilty, path) -> None:
+        """Training went back from ``from_step`` to ``to_step``: the records
+        of steps >= ``to_step`` written before this one are void."""
+        rec = {"ev": "rollback", "step": from_step, "to_step": to_step, "guilty": sorted(guilty),
+               "reason": reason, "checkpoint": None if path is None else str(path),
+               "t": round(time.monotonic() - self.t0, 4)}
+        if self._ledger is not None:
+            self._ledger.write(json.dumps(rec) + "\n")
+        self._write({"event": "rollback", "step": from_step, "to_step": to_step, "reason": reason,
+                     "wall_s": round(time.monotonic() - self.t0, 4)})
+        where = f"the checkpoint of step {to_step}" if path is not None else f"the start of step {to_step}"
+        self.notice(f"step {from_step}: rolled back to {where}: {reason}")
 
     def notice(self, text: str) -> None:
         """Something an operator should see (membership changes)."""
@@ -153,6 +199,7 @@ class Recorder:
         if self._ledger is not None:
             self._ledger.write(json.dumps({"ev": "end", "step": step, "t": round(time.monotonic() - self.t0, 3),
                                            "status": status}) + "\n")
+            self._sync()
             self._ledger.close()
             self._ledger = None
 
@@ -185,15 +232,57 @@ class Recorder:
         self._write(rec)
         self.on_event("epoch", rec)
 
-    def checkpoint(self, master) -> Path:
+    def checkpoint(self, master, keep_only: bool = False) -> Path:
+        """Write a checkpoint of the master's state; returns its path.
+
+        The ledger and metrics are made durable first (their sizes go into
+        the checkpoint).  ``keep_only``: write it only to ``checkpoints/``
+        (the state a run starts from, kept for rollbacks) and only when no
+        kept checkpoint is at this step yet."""
         from .checkpoint import save_checkpoint
 
-        p = save_checkpoint(self.dir / "checkpoint.h5", params=master.model.params,
-                            param_info=master.model.param_info, optimizer_state=master.opt.state_dict(),
-                            train_state=asdict(master.state), config=_jsonable(self.cfg),
-                            model_spec=master.model.spec)
-        self.on_event("checkpoint", {"path": str(p), "step": master.state.step})
+        step = master.state.step
+        kept = self.dir / KEPT_DIR / f"step-{step:09d}.h5"
+        if keep_only and kept.exists():
+            return kept
+        extra = {"vouched": master.sched.vouched_state(), **self._sync()}
+        target = kept if keep_only else self.dir / "checkpoint.h5"
+        p = save_checkpoint(target, params=master.model.params, param_info=master.model.param_info,
+                            optimizer_state=master.opt.state_dict(), train_state=asdict(master.state),
+                            config=_jsonable(self.cfg), model_spec=master.model.spec, extra=extra)
+        if not keep_only:
+            _keep_copy(p, kept)
+            self._write_ledger({"ev": "checkpoint", "step": step, "path": str(p)})
+            self.on_event("checkpoint", {"path": str(p), "step": step})
+        floor = master.sched.trust_floor()
+        _prune_kept(self.dir / KEPT_DIR, self.cfg["run"]["keep_checkpoints"], step if floor is None else floor)
         return p
+
+    def checkpoint_at_or_before(self, step: int) -> Path | None:
+        """The newest kept checkpoint of a step <= ``step`` (None: none kept)."""
+        best = None
+        for s, p in _kept(self.dir / KEPT_DIR):
+            if s <= step:
+                best = p
+        return best
+
+    def _sync(self) -> dict:
+        """Flush and fsync the ledger and metrics; their sizes."""
+        out = {}
+        for key, fh in (("ledger_bytes", self._ledger), ("metrics_bytes", self._metrics)):
+            if fh is None or fh.closed:
+                continue
+            fh.flush()
+            try:
+                os.fsync(fh.fileno())
+            except OSError:
+                pass
+            out[key] = fh.tell()
+        return out
+
+    def _write_ledger(self, rec: dict) -> None:
+        if self._ledger is not None:
+            self._ledger.write(json.dumps(rec) + "\n")
 
     def finish(self, master) -> dict:
         wall = time.monotonic() - self.t0
@@ -252,6 +341,104 @@ def _jsonable(cfg: dict) -> dict:
     return json.loads(json.dumps(cfg, default=str))
 
 
+LEDGER = "ledger.jsonl"
+KEPT_DIR = "checkpoints"
+_KEPT = re.compile(r"step-(\d+)\.h5$")
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
+
+
+def _cut_back(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes; the tail is appended to
+    ``<stem>.superseded.jsonl`` (records of steps a resumed run redoes)."""
+    try:
+        now = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if now <= size:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(size)
+        tail = fh.read()
+        with open(path.with_name(path.stem + ".superseded.jsonl"), "ab") as out:
+            out.write(tail if tail.endswith(b"\n") else tail + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _kept(folder: Path) -> list[tuple[int, Path]]:
+    """Kept checkpoints, oldest first."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        m = _KEPT.fullmatch(n)
+        if m:
+            out.append((int(m.group(1)), folder / n))
+    return sorted(out)
+
+
+def _keep_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a kept copy of the checkpoint ``src`` (a hard link
+    where the filesystem has them)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        raise CheckpointError(f"cannot keep a copy of {src} as {dst}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _prune_kept(folder: Path, keep: int, floor: int) -> None:
+    """Keep the newest ``keep`` checkpoints in ``folder`` and the newest one
+    at or before step ``floor`` (the rollback point of last resort)."""
+    kept = _kept(folder)
+    save = {p for _, p in kept[-keep:]} if keep > 0 else set()
+    older = [p for s, p in kept if s <= floor]
+    if older:
+        save.add(older[-1])
+    for _, p in kept:
+        if p not in save:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Remove temporary checkpoint files that dead processes left behind
+    (the run directory is locked by this job, so none is being written)."""
+    for folder in (run_dir, run_dir / KEPT_DIR):
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for n in names:
+            m = _TMP.match(n)
+            if m and int(m.group(1)) != os.getpid():
+                try:
+                    (folder / n).unlink()
+                except OSError:
+                    pass
+
+
 def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | None:
     """Rank 0 runs the master and returns the summary; other ranks work and return None."""
     if comm.Get_rank() != 0:
@@ -291,15 +478,28 @@ def _make_master(comm, cfg: dict, on_event: EventFn | None):
     model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
     opt = make_optimizer(dict(cfg["optimizer"]), model.num_trainable)
     state = TrainState()
+    extra = None
     ck = run_dir / "checkpoint.h5"
     if cfg["run"]["resume"] and ck.exists():
         state = _restore(ck, model, opt)
+        extra = _checkpoint_extra(ck)
         if on_event:
             on_event("resume", {"path": str(ck), "step": state.step, "epoch": state.epoch})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
-    rec = Recorder(run_dir, cfg, on_event, comm.Get_size())
-    return Master(comm, cfg, model, opt, ds, splits, rec, state)
+    rec = Recorder(run_dir, cfg, on_event, comm.Get_size(), resume_extra=extra)
+    master = Master(comm, cfg, model, opt, ds, splits, rec, state)
+    if extra:
+        master.sched.load_vouched_state(extra.get("vouched", []))
+    return master
+
+
+def _checkpoint_extra(path: Path) -> dict:
+    """The bookkeeping a checkpoint carries besides the model (ledger and
+    metrics sizes, what rollbacks need to know)."""
+    from .checkpoint import load_checkpoint
+
+    return load_checkpoint(path).get("extra") or {}
 
 
 def _run_master(master) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -26,7 +27,7 @@ from ..errors import Interrupted, ProtocolError, RavenError
 from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
-from .scheduler import ASSIGNED, DONE, GONE, Scheduler, Task
+from .scheduler import ASSIGNED, DONE, GONE, PENDING, RUNNING, Scheduler, Task
 from . import transport
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
@@ -54,6 +55,23 @@ def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 
 class TrainingDiverged(RavenError):
     """The loss or gradients became non-finite on every rank that tried."""
+
+
+#: a step whose mean loss is this many times the lowest smoothed loss of the
+#: run so far is a suspect: its results are audited before it is applied
+LOSS_EXPLOSION = 10.0
+
+
+class RollBack(Exception):
+    """Control flow of the master: training must go back to ``to_step``
+    (the start of the current step, or a checkpoint before it)."""
+
+    def __init__(self, to_step: int, reason: str, guilty=(), audit_step: bool = False):
+        super().__init__(reason)
+        self.to_step = to_step
+        self.reason = reason
+        self.guilty = tuple(guilty)
+        self.audit_step = audit_step    # audit every result of the step that is redone
 
 
 @dataclass
@@ -124,6 +142,7 @@ class Master:
         self.outbox = Outbox()
         self.runner = TaskRunner(model, splits)
         self.hosts = {0: hostname()}
+        self.sched.set_host(0, self.hosts[0])
         self.n = model.num_params
         self.acc = np.zeros(self.n, np.float64)
         # A step settled by one result (one worker, or one chunk) steps the
@@ -139,6 +158,17 @@ class Master:
         self._receiving: list[_Pending] = []
         self._local: list[Task] = []
         self._next_task_id = 1
+        # parameter version: grows with every update and every rollback, so a
+        # worker never computes a task on parameters of the same step number
+        # from before a rollback
+        self.version = self.state.step
+        # trusted audits: which accepted results the master recomputes, drawn
+        # with randomness the workers cannot predict
+        self.audit_rate = float(poc.get("audit", 0.0))
+        self._audit_rng = random.SystemRandom()
+        self._audit_step: int | None = None     # a step whose every result is audited (a suspect)
+        self._loss_floor: float | None = None    # lowest smoothed step loss (explosion check)
+        self._loss_ewma: float | None = None
         self._status = MPI.Status()
         self._nonfinite: dict[int, set] = {}
         self.stats = {"messages": 0, "bytes_in": 0, "bytes_out": 0}
@@ -238,7 +268,7 @@ class Master:
 
     def _send_params(self, only: int | None = None) -> None:
         buf = self._params_buf
-        buf.header[0] = self.state.step
+        buf.header[0] = self.version
         buf.header[1] = self.n
         for r in ([only] if only is not None else self.sched.live_workers()):
             if r != 0 and r not in self.dead:
@@ -360,6 +390,7 @@ class Master:
             raise_remote(obj)
         elif kind == "ready":
             self.hosts[src] = obj["host"]
+            self.sched.set_host(src, obj["host"])
             if obj["num_params"] != self.n:
                 raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
                                     f"the master has {self.n}")
@@ -377,7 +408,7 @@ class Master:
         tasks = []
         for g in groups:
             tasks.append(Task(self._next_task_id, self.state.step, g, kind=kind, split=split,
-                              version=self.state.step, samples=int(sizes[list(g)].sum())))
+                              version=self.version, samples=int(sizes[list(g)].sum())))
             self._next_task_id += 1
         return tasks
 
@@ -406,12 +437,30 @@ class Master:
             if open_ids:
                 self._housekeeping(open_ids, total)
             if not results and not self._local and open_ids:
-                self._idle()
+                if not self._audit_next():
+                    self._idle()
+        while self._audit_next():
+            pass
         self._undo.clear()
+        if tasks and tasks[0].kind == "grad":
+            self.sched.record_applied((t.task_id for t in tasks), self.state.step)
         self.sched.forget(t.task_id for t in tasks)
+        if self.audit_rate > 0.0 and tasks and tasks[0].kind == "grad":
+            doubt = self.sched.distrusted_since()
+            if doubt is not None:
+                step, ranks = doubt
+                raise RollBack(step, f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                                     f"excluded: the results only they vouched for since step {step} are undone",
+                               guilty=ranks)
         if self._acc_empty and self._first is None:
             self.acc.fill(0.0)
-        self.rec.ledger(self.sched.drain_events(), self.hosts)
+        events = self.sched.drain_events()
+        if tasks and tasks[0].kind == "grad":
+            step = self.state.step
+            mine = [e for e in events if e.get("ev") == "copy" and e["state"] == "accepted" and e["step"] == step]
+            total["accepted_copies"] = len(mine)
+            total["snippets"] = sum(len(e["snippets"]) for e in mine)
+        self.rec.ledger(events, self.hosts)
         return total
 
     def _send_tasks(self, assignments) -> None:
@@ -480,14 +529,18 @@ class Master:
 
     def _arbitrate(self, task: Task, open_ids: set, total: dict) -> None:
         """No quorum can form for ``task``: the master computes it itself."""
-        if task.kind != "grad" or task.version != self.state.step:
+        if task.kind != "grad" or task.version != self.version:
             return   # its parameters are gone: the dispute stays on record
         buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         if not fingerprint(buf.grad, self._fp_seed(task), self._fp):
+            bad = sorted(self._nonfinite.get(task.task_id, ()))
+            also = (f" (as are the results of rank{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))})"
+                    if bad else "")
             raise TrainingDiverged(f"training diverged at step {self.state.step}: the master's own computation "
-                                   f"of task {task.task_id} is NaN/inf; lower [optimizer] lr or check the data")
+                                   f"of task {task.task_id} is NaN/inf{also}; lower [optimizer] lr or check the data")
         fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
+        self.stats["arbitrations"] = self.stats.get("arbitrations", 0) + 1
         done = task.state == DONE
         wrong = self._undo.get(task.task_id) if done else None
         apply = self.sched.arbitrate(task.task_id, fp, self.clock(), replace=wrong is not None)
@@ -497,6 +550,52 @@ class Master:
             self._undo.pop(task.task_id, None)
         elif apply:
             self._apply(buf, task.task_id, open_ids, total)
+
+    # -- trusted audits ---------------------------------------------------------
+    def _maybe_audit(self, task: Task, buf: ResultBuffer) -> None:
+        """Draw whether the master recomputes this accepted result: a chunk
+        of k tasks is chosen with probability 1 - (1 - audit)^k, every result
+        of a suspect step (:attr:`_audit_step`) is.  The draw comes from the
+        operating system's randomness, so no worker can tell which of its
+        results will be checked."""
+        if self._audit_step == task.step:
+            p = 1.0
+        elif self.audit_rate > 0.0:
+            p = 1.0 - (1.0 - self.audit_rate) ** (1 + len(task.merged))
+        else:
+            return
+        if p < 1.0 and self._audit_rng.random() >= p:
+            return
+        fp = None
+        if task.accepted_fp is None:
+            fingerprint(buf.grad, self._fp_seed(task), self._fp)
+            fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
+        self.sched.mark_audit(task.task_id, fp)
+
+    def _audit_next(self) -> bool:
+        """Recompute one result chosen for an audit (False: none is due).
+
+        Audits run while the master would otherwise wait for results, and
+        the rest before the step's update: the parameters are still those the
+        result was computed on.  A wrong result makes training go back
+        (:class:`RollBack`) to before the first update that a guilty rank's
+        unproven results entered."""
+        due = self.sched.pending_audits()
+        if not due:
+            return False
+        task = due[0]
+        buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
+        self.runner.run(task.message(), buf)
+        fingerprint(buf.grad, self._fp_seed(task), self._fp)
+        v = self.sched.audit(task.task_id, (*self._fp, buf.get("loss_sum"), buf.get("correct")), self.clock())
+        self.stats["audits"] = self.stats.get("audits", 0) + 1
+        if not v.ok:
+            self.stats["audits_failed"] = self.stats.get("audits_failed", 0) + 1
+            to = self.state.step if v.rollback_to is None else min(v.rollback_to, self.state.step)
+            who = ", ".join(map(str, v.guilty))
+            raise RollBack(to, f"an audit of task {task.task_id} proved rank{'s' if len(v.guilty) > 1 else ''} "
+                               f"{who} wrong at step {self.state.step}", guilty=v.guilty)
+        return True
 
     def _may_be_disputed(self, task: Task, buf: ResultBuffer) -> bool:
         """Keep this accepted result until the step ends?  Yes when other
@@ -562,7 +661,7 @@ class Master:
                                       reason="" if finite else "non-finite result",
                                       compute_s=buf.get("compute_s"), fp=fp, suspicious=suspicious)
         if not finite:
-            self._diverged_check(tid, rank)
+            self._diverged_check(tid, rank, open_ids, total)
         if verdict.hold:
             self._held.setdefault(tid, {})[rank] = buf
         if verdict.accept:
@@ -591,6 +690,8 @@ class Master:
         if task is not None and task.merged:
             open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
+            if task is not None:
+                self._maybe_audit(task, buf)
             if open_ids and task is not None and self._may_be_disputed(task, buf):
                 self._undo[tid] = buf
             if not self._acc_empty:
@@ -610,40 +711,88 @@ class Master:
             self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c
             self.backoff.cap_for(self._task_s)
 
-    def _diverged_check(self, tid: int, rank: int) -> None:
+    def _diverged_check(self, tid: int, rank: int, open_ids: set, total: dict) -> None:
         """Non-finite results: a fault of one rank (a strike), or divergence.
 
-        Training has diverged when two ranks both got NaN/inf for the same
-        task, or every live worker did (a lone worker, or the last one left).
-        """
+        When two ranks got NaN/inf for the same task, or every live worker
+        did (a lone worker, or the last one left), the master computes the
+        task itself before it calls it a divergence: a finite result of its
+        own proves those ranks wrong (they keep their strikes, the master's
+        result is applied); a non-finite one is a divergence."""
         ranks = self._nonfinite.setdefault(tid, set())
         ranks.add(rank)
         live = set(self.sched.live_workers())
-        if len(ranks) >= 2 or (live and live <= ranks):
-            raise TrainingDiverged(
-                f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
-                f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
-                "lower [optimizer] lr or check the data")
+        if not (len(ranks) >= 2 or (live and live <= ranks)):
+            return
+        task = self.sched.tasks.get(tid)
+        if task is not None and task.kind == "grad" and task.state in (PENDING, RUNNING):
+            self._arbitrate(task, open_ids, total)
+            if task.state == DONE:
+                return
+        raise TrainingDiverged(
+            f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
+            f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
+            "lower [optimizer] lr or check the data")
+
+    def _loss_suspect(self, loss: float) -> bool:
+        """Has the step's mean loss exploded (:data:`LOSS_EXPLOSION` x the
+        lowest smoothed loss so far)?  Learns from the steps that pass."""
+        if not math.isfinite(loss):
+            return True
+        if self._loss_ewma is None:
+            self._loss_ewma = self._loss_floor = self._loss_start = loss
+            return False
+        floor = max(self._loss_floor, 1e-2 * self._loss_start)
+        if loss > LOSS_EXPLOSION * floor and self._audit_step != self.state.step:
+            return True
+        if self._audit_step == self.state.step:
+            # audited and right: a real jump, the new reference
+            self._loss_ewma = self._loss_floor = loss
+            return False
+        self._loss_ewma = 0.9 * self._loss_ewma + 0.1 * loss
+        self._loss_floor = min(self._loss_floor, self._loss_ewma)
+        return False
 
     # -- training -------------------------------------------------------------
     def train(self) -> TrainState:
-        cfg, st = self.cfg, self.state
+        cfg = self.cfg
         tr = cfg["train"]
         train = self.splits[cfg["data"]["train_split"]]
-        snippet_size = int(self.ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
+        self._snippet_size = int(self.ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
         max_steps = tr["max_steps"]
-        self.rec.begin(self)
         from ..engine import make_schedule
 
-        steps_per_epoch = make_plan(train.num_snippets, 0, seed=tr["seed"], batch_size=tr["batch_size"],
-                                    snippet_size=snippet_size, task_snippets=tr["task_snippets"]).num_steps
+        steps_per_epoch = self._plan(0).num_steps
         total_steps = tr["epochs"] * steps_per_epoch
         if max_steps:
             total_steps = min(total_steps, max_steps)
+        self.rec.begin(self, {"train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
+                              "epochs": tr["epochs"], "max_steps": max_steps})
         self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
+        # the state training starts from is kept as a checkpoint: the point a
+        # rollback returns to when every later result is in doubt
+        self.rec.checkpoint(self, keep_only=True)
+        while True:
+            try:
+                self._train_epochs()
+                return self.state
+            except RollBack as rb:
+                self._roll_back(rb)
+
+    def _plan(self, epoch: int):
+        tr = self.cfg["train"]
+        return make_plan(self.splits[self.cfg["data"]["train_split"]].num_snippets, epoch, seed=tr["seed"],
+                         batch_size=tr["batch_size"], snippet_size=self._snippet_size,
+                         task_snippets=tr["task_snippets"])
+
+    def _train_epochs(self) -> None:
+        """Train from :attr:`state` to the end (raises :class:`RollBack`)."""
+        cfg, st = self.cfg, self.state
+        tr = cfg["train"]
+        train = self.splits[cfg["data"]["train_split"]]
+        max_steps = tr["max_steps"]
         while st.epoch < tr["epochs"]:
-            plan = make_plan(train.num_snippets, st.epoch, seed=tr["seed"], batch_size=tr["batch_size"],
-                             snippet_size=snippet_size, task_snippets=tr["task_snippets"])
+            plan = self._plan(st.epoch)
             window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
             while st.step_in_epoch < plan.num_steps:
                 if max_steps and st.step >= max_steps:
@@ -653,8 +802,10 @@ class Master:
                 tasks = self._new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
                 t0 = time.perf_counter()
                 total = self.run_tasks(tasks)
+                self._check_loss(total)
                 t1 = time.perf_counter()
                 self.apply_update(total["samples"])
+                self.rec.step_record(st, total)
                 tm = self.timing
                 tm["steps"] += 1
                 tm["wait_s"] += t1 - t0
@@ -684,7 +835,61 @@ class Master:
             self.rec.checkpoint(self)
             if stopped_early:
                 break
-        return st
+
+    def _check_loss(self, total: dict) -> None:
+        """A step whose loss exploded is audited before it is applied: it is
+        redone with every result recomputed by the master (a wrong one rolls
+        training back); if they are all right the jump is real."""
+        if not self.worker_ranks or total["samples"] <= 0:
+            return
+        loss = total["loss_sum"] / total["samples"]
+        if not self._loss_suspect(loss):
+            return
+        step = self.state.step
+        if self._audit_step == step:
+            raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss:.3g} although the "
+                                   "master's audit confirmed every result of the step; lower [optimizer] lr "
+                                   "or check the data")
+        raise RollBack(step, f"the loss jumped to {loss:.3g} at step {step}: every result of the step is "
+                             "audited before it is applied", audit_step=True)
+
+    def _roll_back(self, rb: RollBack) -> None:
+        """Go back to ``rb.to_step``: the start of the current step (its
+        results are dropped and computed again), or the newest kept
+        checkpoint at or before it (parameters, optimizer state and position
+        restored).  Open tasks are dropped, the parameter version moves on
+        (workers skip the tasks they still hold) and every live worker gets
+        the parameters to go on from."""
+        from .. import checkpoint as ckpt
+
+        now = self.clock()
+        was = self.state.step
+        path = None
+        if rb.to_step < was:
+            path = self.rec.checkpoint_at_or_before(rb.to_step)
+            if path is None:
+                raise RavenError(f"{rb.reason}; their unproven results reach back to step {rb.to_step}, and no "
+                                 f"checkpoint from before it is kept in {self.rec.dir}: the run stops (raise "
+                                 "[run] keep_checkpoints or restart it without those ranks)")
+            ck = ckpt.load_checkpoint(path)
+            self._writable_params()
+            self.model.params[:] = ck["params"]
+            self.opt.load_state_dict(ck["optimizer_state"])
+            self.state = TrainState(**ck["train_state"])
+        self.sched.rollback(self.state.step, now, reason=f"rolled back: {rb.reason}")
+        self._held.clear()
+        self._undo.clear()
+        self._local.clear()
+        self._nonfinite.clear()
+        self._first = None
+        self._acc_empty = True
+        self.acc.fill(0.0)
+        self._audit_step = self.state.step if rb.audit_step else None
+        self.version += 1
+        self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
+        self.rec.ledger(self.sched.drain_events(), self.hosts)
+        self.rec.rollback(was, self.state.step, rb.reason, rb.guilty, path)
+        self._send_params()
 
     def apply_update(self, samples: int) -> None:
         if samples <= 0:

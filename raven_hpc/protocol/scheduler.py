@@ -77,7 +77,7 @@ from typing import Iterable, Sequence
 from ..errors import ProtocolError
 
 __all__ = [
-    "Task", "Copy", "Verdict", "Scheduler", "TRANSITIONS", "COPY_STATES", "agree",
+    "Task", "Copy", "Verdict", "AuditVerdict", "Scheduler", "TRANSITIONS", "COPY_STATES", "agree",
     "FP_LOSS", "FP_CORRECT", "FP_SQ",
 ]
 
@@ -252,6 +252,7 @@ class Task:
     credited: int = 0
     merged: list = field(default_factory=list)   # ids of queued tasks absorbed into this chunk
     verify_unit: bool = False   # made to be the sampled-verification copy (a small chunk)
+    audit: str | None = None    # trusted audit of the accepted result: None, "pending", "ok", "failed"
 
     def message(self) -> dict:
         """The assignment as sent to a worker (small, pickled)."""
@@ -304,6 +305,28 @@ class Verdict:
     arbitrate: bool = False
 
 
+@dataclass(frozen=True)
+class AuditVerdict:
+    """The outcome of a trusted audit (:meth:`Scheduler.audit`).
+
+    ``ranks``: the workers whose copies agreed with the audited (accepted)
+    value.  When ``ok`` is False they are ``guilty`` -- proven wrong and
+    excluded -- and ``exonerated`` lists the ranks whose strikes came from
+    votes that guilty ranks alone won (cleared; readmitted when excluded).
+    ``rollback_to`` is the earliest step at which a result vouched for by
+    guilty ranks only was applied (None: none before the current step); the
+    run must go back to before it, since those results cannot be trusted.
+    """
+
+    ok: bool
+    task_id: int
+    step: int
+    ranks: tuple
+    guilty: tuple = ()
+    exonerated: tuple = ()
+    rollback_to: int | None = None
+
+
 @dataclass
 class _Worker:
     rank: int
@@ -325,6 +348,8 @@ class _Worker:
     given_step: int | None = None                   # step of the last copy given to it
     overheads: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES))
     overhead_s: float = 0.0                         # median of ``overheads`` (0 while none is known)
+    host: str | None = None                         # node name (copies of a voted task go to distinct hosts)
+    strike_log: list = field(default_factory=list)  # (step, accusers or None, reason) per strike held
 
     @property
     def suspect(self) -> bool:
@@ -375,6 +400,13 @@ class Scheduler:
         self._queue: deque[int] = deque()            # task ids wanting copies, in order
         self._events: list[dict] = []
         self._settling: set[int] = set()             # finished tasks with copies still out
+        # pairing of redundant copies: how often two workers held copies of one task
+        self._pairs: dict[frozenset, int] = {}
+        # trust: the first step at which a result vouched for by exactly this
+        # set of ranks (the copies that agreed with it) was applied unaudited,
+        # and the ranks proven wrong by audits
+        self._vouched: dict[frozenset, int] = {}
+        self.guilty: set[int] = set()
         for r in workers:
             self.add_worker(r)
         if not self.workers:
@@ -393,6 +425,7 @@ class Scheduler:
         if was == EXCLUDED:
             w.probation_left = max(self.probation_steps, 1)
             w.strikes = max(0, self.max_strikes - 1)    # one more strike excludes it again
+            w.strike_log = w.strike_log[len(w.strike_log) - w.strikes:] if w.strikes else []
         w.live = True
         w.accepting = True
         w.status = ACTIVE
@@ -456,12 +489,24 @@ class Scheduler:
             w.live = True
         self._event("undrain", rank, reason)
 
-    def strike(self, rank: int, now: float, reason: str) -> bool:
-        """Give ``rank`` a strike; True when that excluded it."""
+    def set_host(self, rank: int, host: str) -> None:
+        """The node ``rank`` runs on: copies of a voted task go to distinct
+        hosts when the allocation has more than one."""
+        if rank in self.workers:
+            self.workers[rank].host = host
+
+    def strike(self, rank: int, now: float, reason: str, accusers: Iterable[int] | None = None) -> bool:
+        """Give ``rank`` a strike; True when that excluded it.
+
+        ``accusers``: the ranks whose agreeing copies outvoted this one (None
+        when the strike needs no vote: a non-finite result, or the master's
+        own computation).  When an audit later proves every accuser wrong,
+        the strike is cleared (:meth:`audit`)."""
         w = self.workers.get(rank)
         if w is None:
             return False
         w.strikes += 1
+        w.strike_log.append((self.step, None if accusers is None else frozenset(accusers) - {0}, reason))
         self._event("strike", rank, reason, strikes=w.strikes)
         if w.strikes >= self.max_strikes and w.status != EXCLUDED:
             w.excluded_at = self.step
@@ -483,6 +528,7 @@ class Scheduler:
                 if w.probation_left <= 0:
                     w.probation_left = 0
                     w.strikes = 0
+                    w.strike_log.clear()
             if (w.status == EXCLUDED and self.probation_steps > 0 and w.excluded_at is not None
                     and step - w.excluded_at >= self.probation_steps):
                 self.add_worker(w.rank, now, f"probation after {step - w.excluded_at} steps excluded")
@@ -705,6 +751,10 @@ class Scheduler:
         if w.given_step is not None and task.step > w.given_step and w.given_step == w.probe_step:
             w.probe_wait = 0     # given work after its last probe: probe at the base rate again
         w.given_step = task.step if w.given_step is None else max(w.given_step, task.step)
+        for other in task.copies:
+            if other.rank != rank and other.state in (ASSIGNED, HELD, ACCEPTED, DUPLICATE):
+                key = frozenset((rank, other.rank))
+                self._pairs[key] = self._pairs.get(key, 0) + 1
         c = Copy(task.task_id, rank, now, backup=backup, head=not w.outstanding)
         task.copies.append(c)
         w.outstanding.add(task.task_id)
@@ -736,33 +786,59 @@ class Scheduler:
 
     def _pick_worker(self, exclude: set, task: Task | None = None, plan: dict | None = None) -> int | None:
         """The worker for (a copy of) ``task``; may be a full one when it is
-        still predicted to finish first (the caller then defers the task)."""
+        still predicted to finish first (the caller then defers the task).
+
+        A further copy of a task that already has one (redundancy, a vote)
+        goes to a worker on another host when there is one, and among the
+        workers about as good as the best (:meth:`_partner`) to the one that
+        has shared tasks least often with the ranks holding the other copies:
+        one node type or one pair of workers cannot outvote the rest every time."""
+        holders = [] if task is None else [c.rank for c in task.copies
+                                           if c.state in (ASSIGNED, HELD, ACCEPTED, DUPLICATE)]
         if plan is None or task is None or task.samples <= 0:
-            best = None
+            cands = []
             for r, w in self.workers.items():
                 if not w.live or not w.accepting or r in exclude or len(w.outstanding) >= self.prefetch:
                     continue
                 speed = w.sec_per_sample if w.sec_per_sample is not None else 0.0
-                key = (len(w.outstanding), speed, r)
-                if best is None or key < best[0]:
-                    best = (key, r)
-            return None if best is None else best[1]
-        best = None
+                cands.append(((len(w.outstanding), speed, r), r))
+            if not cands:
+                return None
+            if holders:
+                return self._partner(cands, holders, near=lambda key, best: key[0] == best[0])
+            return min(cands)[1]
+        cands = []
         for r, w in self.workers.items():
             if not w.live or not w.accepting or r in exclude or r not in plan:
                 continue
             speed = w.sec_per_sample or plan["typical"]
             finish = plan[r] + task.samples * speed
             full = len(w.outstanding) >= self.prefetch
-            key = (_effective(plan, r, speed, finish), full, speed, r)
-            if best is None or key < best[0]:
-                best = (key, r)
-        if best is None:
+            cands.append(((_effective(plan, r, speed, finish), full, speed, r), r))
+        if not cands:
             return None
-        r = best[1]
+        if holders:
+            slack = task.samples * plan["typical"]
+            r = self._partner(cands, holders, near=lambda key, best: key[0] <= best[0] + slack)
+        else:
+            r = min(cands)[1]
         w = self.workers[r]
         plan[r] += task.samples * (w.sec_per_sample or plan["typical"])
         return r
+
+    def _partner(self, cands: list, holders: list, near) -> int:
+        """Of ``cands`` ((key, rank), best key first), the rank for a further
+        copy of a task held by ``holders``: on another host if any candidate
+        is, then among those ``near`` the best key, the one least often
+        paired with the holders (ties: the better key)."""
+        hosts = {self.workers[h].host for h in holders if h in self.workers}
+        apart = [c for c in cands if self.workers[c[1]].host not in hosts]
+        if apart:
+            cands = apart
+        best = min(cands)[0]
+        pool = [c for c in cands if near(c[0], best)]
+        pairs = self._pairs
+        return min(pool, key=lambda c: (sum(pairs.get(frozenset((c[1], h)), 0) for h in holders), c[0]))[1]
 
     # -- results ------------------------------------------------------------------
     def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",
@@ -864,7 +940,7 @@ class Scheduler:
         if task.accepted_verified:
             why = f"disagreed with the verified result (off by {worst:.3g} x tolerance)"
             self._move(task, copy, REJECTED, now, why)
-            self.strike(copy.rank, now, why)
+            self.strike(copy.rank, now, why, accusers=self.agreers(task))
             return Verdict(False, REJECTED, why)
         # The applied result was not verified: whoever is wrong is unknown.
         why = f"disputes the accepted result (off by {worst:.3g} x tolerance)"
@@ -888,7 +964,7 @@ class Scheduler:
                     _, worst = agree(c.fp, copy.fp, self.rtol)
                     why = f"disagreed with the quorum (off by {worst:.3g} x tolerance)"
                     self._move(task, c, REJECTED, now, why)
-                    self.strike(c.rank, now, why)
+                    self.strike(c.rank, now, why, accusers=[copy.rank, *(a.rank for a in agreeing)])
             return Verdict(True, ACCEPTED, "quorum")
         self._move(task, copy, HELD, now, "waiting for a quorum")
         held.append(copy)
@@ -961,6 +1037,184 @@ class Scheduler:
                                          f"{wrong_accepted.rank} was wrong and is replaced by the master's")
             return True
         return False
+
+    # -- trusted audits and rollback -------------------------------------------
+    def agreers(self, task: Task) -> list[int]:
+        """The ranks whose copies carry the accepted value of ``task``: the
+        accepted copy and the copies that agreed with it (0: the master)."""
+        return sorted({c.rank for c in task.copies
+                       if c.state == ACCEPTED or (c.state == DUPLICATE and c.agreed is True)})
+
+    def mark_audit(self, task_id: int, fp: Sequence[float] | None = None) -> bool:
+        """Choose ``task_id``'s accepted result for a trusted audit (the
+        master recomputes it and calls :meth:`audit`).  ``fp`` is the accepted
+        result's fingerprint when the scheduler has none (an unverified
+        quorum-1 result).  False when there is nothing to audit (not a done
+        grad task, or the master computed it itself)."""
+        task = self.tasks.get(task_id)
+        if task is None or task.kind != "grad" or task.state != DONE or task.audit is not None:
+            return False
+        if 0 in self.agreers(task):
+            return False
+        if task.accepted_fp is None:
+            if fp is None:
+                return False
+            task.accepted_fp = tuple(fp)
+            acc = next(c for c in task.copies if c.state == ACCEPTED)
+            acc.fp = task.accepted_fp
+        task.audit = "pending"
+        return True
+
+    def pending_audits(self) -> list[Task]:
+        """Tasks whose audit is due, oldest first."""
+        return sorted((t for t in self.tasks.values() if t.audit == "pending"), key=lambda t: t.task_id)
+
+    def audit(self, task_id: int, fp: Sequence[float], now: float) -> AuditVerdict:
+        """The master recomputed ``task_id`` (fingerprint ``fp``) to audit its
+        accepted result.
+
+        Agreement: the result is proven (it no longer counts as vouched for
+        by its workers alone).  Disagreement: every rank whose copy carried
+        the wrong value is *guilty* -- excluded at once (a trusted
+        recomputation is proof, not a vote); strikes that votes won by guilty
+        ranks alone gave to others are cleared, and those ranks come back if
+        that takes them below ``max_strikes``."""
+        task = self.tasks[task_id]
+        fp = tuple(fp)
+        ranks = tuple(r for r in self.agreers(task) if r != 0)
+        ok, worst = agree(task.accepted_fp, fp, self.rtol) if task.accepted_fp is not None else (False, math.inf)
+        task.audit = "ok" if ok else "failed"
+        if ok:
+            task.accepted_verified = True
+            self._event("audit", 0, f"task {task_id} of step {task.step}: the accepted result agrees with "
+                                    "the master's recomputation", task=task_id, ok=True, ranks=list(ranks))
+            return AuditVerdict(True, task_id, task.step, ranks)
+        why = (f"its result of task {task_id} (step {task.step}) disagreed with the master's audit "
+               f"(off by {worst:.3g} x tolerance)")
+        self._event("audit", 0, f"task {task_id} of step {task.step}: the accepted result of rank"
+                                f"{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} is wrong "
+                                f"(off by {worst:.3g} x tolerance)", task=task_id, ok=False, ranks=list(ranks))
+        for c in task.copies:
+            if c.state in (ACCEPTED, DUPLICATE) and c.agreed is not False:
+                c.verified, c.agreed = True, False
+        self.guilty.update(ranks)
+        exonerated = self._exonerate(now, f"an audit proved rank{'s' if len(self.guilty) > 1 else ''} "
+                                          f"{', '.join(map(str, sorted(self.guilty)))} wrong")
+        for r in ranks:
+            self._convict(r, now, why)
+        return AuditVerdict(False, task_id, task.step, ranks, guilty=ranks, exonerated=tuple(exonerated),
+                            rollback_to=self.rollback_point())
+
+    def _convict(self, rank: int, now: float, why: str) -> None:
+        w = self.workers.get(rank)
+        if w is None:
+            return
+        w.strikes = max(w.strikes, self.max_strikes)
+        w.strike_log.append((self.step, None, why))
+        if w.status != EXCLUDED:
+            w.excluded_at = self.step
+            w.probation_left = 0
+            self._event("exclude", rank, f"proven wrong by a trusted audit: {why}")
+            if w.live:
+                self.remove_worker(rank, now, f"proven wrong: {why}", status=EXCLUDED)
+            w.status = EXCLUDED
+
+    def _exonerate(self, now: float, why: str) -> list[int]:
+        """Clear the strikes of non-guilty workers that votes won by guilty
+        ranks alone gave them; readmit the excluded ones that fall below
+        ``max_strikes``.  Returns the ranks with strikes cleared."""
+        out = []
+        for w in self.workers.values():
+            if w.rank in self.guilty or not w.strike_log:
+                continue
+            keep = [e for e in w.strike_log if not (e[1] and e[1] <= self.guilty)]
+            cleared = len(w.strike_log) - len(keep)
+            if not cleared:
+                continue
+            w.strike_log = keep
+            w.strikes = max(0, w.strikes - cleared)
+            out.append(w.rank)
+            self._event("exonerate", w.rank, f"{cleared} strike{'s' if cleared > 1 else ''} cleared: {why}",
+                        strikes=w.strikes, cleared=cleared)
+            if w.status == EXCLUDED and w.strikes < self.max_strikes:
+                w.excluded_at = None
+                w.probation_left = 0
+                w.live = True
+                w.accepting = True
+                w.status = ACTIVE
+                w.last_heard = now
+                self._event("readmit", w.rank, f"exonerated: {why}")
+        return out
+
+    def record_applied(self, task_ids: Iterable[int], step: int) -> None:
+        """The accepted results of ``task_ids`` went into step ``step``'s
+        update: remember, per set of ranks that vouched for a result, the
+        first step one was applied unaudited (the rollback point should
+        those ranks all be proven wrong later).  Results the master computed
+        or audited are proven and not recorded."""
+        for tid in task_ids:
+            task = self.tasks.get(tid)
+            if task is None or task.kind != "grad" or task.state != DONE or task.audit == "ok":
+                continue
+            ranks = frozenset(self.agreers(task))
+            if 0 in ranks or not ranks:
+                continue
+            if step < self._vouched.get(ranks, step + 1):
+                self._vouched[ranks] = step
+
+    def rollback_point(self, guilty: Iterable[int] | None = None) -> int | None:
+        """The first step at which a result vouched for by ``guilty`` ranks
+        alone (default: every rank proven wrong so far) was applied; None
+        when there is none."""
+        g = set(self.guilty if guilty is None else guilty)
+        steps = [s for ranks, s in self._vouched.items() if ranks <= g]
+        return min(steps) if steps else None
+
+    def distrusted_since(self) -> tuple[int, list[int]] | None:
+        """The first step with an applied result that only distrusted ranks
+        -- proven wrong, or excluded by their strikes -- vouched for, and
+        those ranks; None when there is none.  Such a result is as doubtful
+        as its workers: undoing it (a rollback) keeps any wrong update from
+        surviving when wrong workers are caught by votes instead of audits."""
+        bad = self.guilty | {r for r, w in self.workers.items() if w.status == EXCLUDED}
+        hits = [(s, ranks) for ranks, s in self._vouched.items() if ranks <= bad]
+        if not hits:
+            return None
+        first = min(s for s, _ in hits)
+        return first, sorted(set().union(*(ranks for s, ranks in hits if s == first)))
+
+    def trust_floor(self) -> int | None:
+        """The earliest step any rollback could need (the first step with an
+        applied result that is not proven); checkpoints from before it must
+        be kept.  None when every applied result is proven."""
+        return min(self._vouched.values()) if self._vouched else None
+
+    def vouched_state(self) -> list:
+        """What :meth:`record_applied` learnt, for a checkpoint."""
+        return [[sorted(r), s] for r, s in sorted(self._vouched.items(), key=lambda kv: (kv[1], sorted(kv[0])))]
+
+    def load_vouched_state(self, items: Iterable) -> None:
+        for ranks, step in items:
+            key = frozenset(int(r) for r in ranks)
+            self._vouched[key] = min(int(step), self._vouched.get(key, int(step)))
+
+    def rollback(self, to_step: int, now: float, reason: str = "rolled back") -> None:
+        """Training goes back to step ``to_step`` (a checkpoint, or the start
+        of the current step): every open task is dropped -- copies still out
+        become late, held ones too -- and what was learnt about results
+        applied from ``to_step`` on is forgotten (they are undone)."""
+        for task in list(self.tasks.values()):
+            for c in task.copies:
+                if c.state in (ASSIGNED, HELD):
+                    self._move(task, c, LATE, now, reason)
+            task.state = CLOSED
+        for w in self.workers.values():
+            w.outstanding.clear()
+        self.tasks.clear()
+        self._queue.clear()
+        self._settling.clear()
+        self._vouched = {r: s for r, s in self._vouched.items() if s < to_step}
+        self.step = to_step
 
     def _learn_speed(self, w: _Worker, task: Task, seconds: float) -> None:
         if task.samples <= 0 or seconds <= 0:
