@@ -34,7 +34,10 @@ tensor is a view into them, which is what lets workers receive parameters
 and send gradients as single MPI buffers.  In training, the state part of
 the gradient receives each task's statistics (sums, so tasks add up); the
 master folds the step's sums into the state with :meth:`Model.update_state`
-after the optimizer stepped the trainable part.
+after the optimizer stepped the trainable part.  :meth:`Model.apply_gradient`
+does both in one call (the optimizer is sized for :attr:`Model.num_trainable`:
+``make_optimizer(cfg, model)``); an optimizer handed the whole vector of a
+model with state refuses it.
 
 **Modes.**  :meth:`Model.loss_and_grad` trains (dropout on, batch norm on
 batch statistics); :meth:`Model.evaluate` and :meth:`Model.predict`
@@ -47,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -58,7 +62,7 @@ from .layers import GRAPH_KEYS, INITIALIZERS, LAYERS, Layer, RunContext
 from .losses import resolve_loss
 from .tensor import Tensor, Workspace, enable_grad, no_grad
 
-__all__ = ["Model", "build_model", "validate_model_spec", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
+__all__ = ["Model", "build_model", "validate_model_spec", "owner_with_state", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
 
 Shape = Tuple[int, ...]
 
@@ -75,6 +79,22 @@ EVAL_CHUNK = 1024
 INPUT = "input"
 
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
+
+# id(params vector) -> the Model it belongs to, for models with state: an
+# optimizer handed such a whole vector refuses it (see owner_with_state)
+_WITH_STATE: "weakref.WeakValueDictionary[int, Model]" = weakref.WeakValueDictionary()
+
+
+def owner_with_state(params: Any) -> Optional["Model"]:
+    """The :class:`Model` whose whole parameter vector ``params`` is, when that
+    model has state (batch-norm running statistics); else None.
+
+    Stepping an optimizer over such a vector would treat the state part of
+    the gradient (the batch statistics' sums) as a gradient and wreck the
+    running statistics, so :meth:`Optimizer.step` asks this first.
+    """
+    m = _WITH_STATE.get(id(params))
+    return m if m is not None and m._params is params else None
 
 
 def _is_int(v: Any) -> bool:
@@ -354,6 +374,8 @@ class Model:
         self.state_info: List[Tuple[str, Shape, int]] = [e for e, ent in zip(info, entries) if ent[3]]
         self._params = np.zeros(offset, dtype=np.float32)
         self._grads = np.zeros(offset, dtype=np.float32)
+        if self.num_state:
+            _WITH_STATE[id(self._params)] = self
 
         self._tensors: Dict[str, Tensor] = {}   # trainable
         self._state: Dict[str, Tensor] = {}     # non-trainable
@@ -423,6 +445,10 @@ class Model:
         tensors = self._all_tensors()
         for name, shape, off in self.param_info:
             tensors[name].data = flat[off:off + _size(shape)].reshape(shape)
+        if self.num_state:
+            if _WITH_STATE.get(id(self._params)) is self:
+                del _WITH_STATE[id(self._params)]
+            _WITH_STATE[id(flat)] = self
         self._params = flat
 
     def bind_grads(self, flat: np.ndarray) -> None:
@@ -488,6 +514,37 @@ class Model:
                 part[sname] = sums[base + off - off0: base + off - off0 + size].reshape(shp)
             if views:
                 layer.update_state(views, part, int(num_samples))
+
+    def apply_gradient(self, optimizer: Any, grad_sum: np.ndarray, samples: int,
+                       lr: Optional[float] = None) -> None:
+        """One training update of :attr:`params` from a step's summed gradient.
+
+        ``grad_sum``: a flat vector in :attr:`grads`' layout (float32 or
+        float64), summed over ``samples`` samples: the trainable part is a
+        gradient, the state part batch statistics.  The optimizer -- built
+        for :attr:`num_trainable` parameters, e.g. ``make_optimizer(cfg,
+        model)`` -- steps the trainable part from ``grad_sum / samples``
+        (``lr`` overrides its rate for this step); then :meth:`update_state`
+        folds the statistics into the state.  This is the update the master
+        makes each step; an optimizer stepped over the whole vector would
+        treat the statistics as gradients and wreck the running statistics.
+        """
+        nt = self.num_trainable
+        if getattr(optimizer, "num_params", None) != nt:
+            raise ValueError(
+                f"the optimizer updates {getattr(optimizer, 'num_params', '?')} parameters but this model has "
+                f"num_trainable = {nt} trainable ones (and {self.num_state} state values); build it with "
+                "make_optimizer(cfg, model)"
+            )
+        g = np.asarray(grad_sum)
+        if g.ndim != 1 or g.size != self.num_params or g.dtype not in (np.float32, np.float64):
+            raise ValueError(f"grad_sum must be a flat float32/float64 vector of {self.num_params} elements "
+                             f"(the layout of model.grads), got {g.dtype} {g.shape}")
+        if not _is_int(samples) or samples < 1:
+            raise ValueError(f"samples must be a positive integer (the samples grad_sum sums over), got {samples!r}")
+        optimizer.step(self._params[:nt], g[:nt], scale=1.0 / int(samples), lr=lr)
+        if self.num_state:
+            self.update_state(self._params, g[nt:], int(samples))
 
     # -- inputs ----------------------------------------------------------------
     def _input(self, x: Any) -> np.ndarray:

@@ -45,7 +45,12 @@ and ``scale = 1 / samples``.  ``lr`` overrides the configured rate for this
 step (the master passes ``schedule.lr_at(step)``).  With ``clip_norm`` set,
 the step first computes the global norm of ``scale * grad`` and shrinks
 ``scale`` to bring it to at most ``clip_norm``; the norm (before clipping)
-is left in :attr:`Optimizer.last_grad_norm` for logging.
+is left in :attr:`Optimizer.last_grad_norm` for logging.  For a model,
+build the optimizer with ``make_optimizer(cfg, model)`` (sized for its
+trainable parameters) and step with ``model.apply_gradient(opt, grad_sum,
+samples, lr=...)``, which also updates the model's state; ``step`` refuses
+the whole parameter vector of a model with state (batch norm), whose tail
+holds running statistics, not parameters.
 
 ``state_dict()`` returns arrays (float32 state) and plain scalars for
 checkpoints; ``load_state_dict()`` restores the step count, the buffers and
@@ -63,6 +68,7 @@ import numpy as np
 from raven_hpc.errors import CheckpointError, ConfigError
 from raven_hpc.kernels import get_kernel
 
+from .model import owner_with_state as _owner_with_state
 from .schedule import SCHEDULE_KEYS, validate_schedule_config
 
 __all__ = [
@@ -173,9 +179,16 @@ def validate_optimizer_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     return cls.validate(cfg)
 
 
-def make_optimizer(cfg: Mapping[str, Any], num_params: int) -> "Optimizer":
-    """Validate ``cfg`` and build the optimizer for ``num_params`` parameters."""
+def make_optimizer(cfg: Mapping[str, Any], num_params: Any) -> "Optimizer":
+    """Validate ``cfg`` and build the optimizer for ``num_params`` parameters.
+
+    ``num_params`` may be a :class:`~raven_hpc.engine.Model`: the optimizer
+    then updates its ``num_trainable`` trainable parameters (use
+    :meth:`Model.apply_gradient` to step it and the model's state together).
+    """
     norm = validate_optimizer_config(cfg)
+    if hasattr(num_params, "num_trainable") and hasattr(num_params, "params"):
+        num_params = num_params.num_trainable
     return OPTIMIZERS[norm["name"]](norm, num_params)
 
 
@@ -255,10 +268,21 @@ class Optimizer(abc.ABC):
     # -- the update ----------------------------------------------------------
 
     def _check(self, params: np.ndarray, grad: np.ndarray) -> None:
+        owner = _owner_with_state(params)
+        if owner is not None:
+            raise ValueError(
+                f"params is a whole Model.params vector: {owner.num_trainable} trainable parameters "
+                f"(num_trainable) and then {owner.num_state} state values (batch-norm running statistics) that "
+                "are not to be stepped; use model.apply_gradient(optimizer, grad_sum, samples) with an "
+                "optimizer built by make_optimizer(cfg, model), or step params[:model.num_trainable]"
+            )
         if not (isinstance(params, np.ndarray) and params.dtype == np.float32 and params.ndim == 1
                 and params.flags.c_contiguous and params.flags.writeable and params.size == self.num_params):
+            size = f"; got {params.size}" if isinstance(params, np.ndarray) else ""
             raise ValueError(
-                f"params must be a writable contiguous 1-D float32 array of {self.num_params} elements"
+                f"params must be a writable contiguous 1-D float32 array of {self.num_params} elements{size} "
+                "(for a Model: its num_trainable trainable parameters, params[:num_trainable]; "
+                "model.apply_gradient steps them and the model's state)"
             )
         if not (isinstance(grad, np.ndarray) and grad.dtype in (np.float32, np.float64)
                 and grad.shape == params.shape):

@@ -468,3 +468,70 @@ def test_bad_optimizer_config(cfg, message):
         validate_optimizer_config(cfg)
     with pytest.raises(ConfigError, match=message):
         make_optimizer(cfg, 10)
+
+
+# -------------------------------------------------- models with state (batch norm)
+
+BN_SPEC = {"layers": [{"type": "dense", "units": 8}, {"type": "batchnorm"},
+                      {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 3}], "seed": 2}
+
+
+def _bn_batches(steps=5, n=16):
+    rng = np.random.default_rng(0)
+    return [(10 * rng.random((n, 5), dtype=np.float32), rng.integers(0, 3, n)) for _ in range(steps)]
+
+
+def test_step_refuses_the_whole_parameter_vector_of_a_model_with_state():
+    """Stepping Model.params of a batch-norm model would turn its running
+    statistics into garbage (NaN in evaluation): refused, nothing changed."""
+    from raven_hpc.engine import build_model
+
+    m = build_model(BN_SPEC, (5,), 3)
+    opt = make_optimizer({"name": "sgd", "lr": 0.1}, m.num_params)   # the wrong size, but it fits the vector
+    before = m.params.copy()
+    x, y = _bn_batches(1)[0]
+    m.loss_and_grad(x, y, accumulate=False)
+    with pytest.raises(ValueError, match=r"whole Model\.params vector: .*num_trainable.*model\.apply_gradient"):
+        opt.step(m.params, m.grads, scale=1.0 / len(y))
+    np.testing.assert_array_equal(m.params, before)
+    # a model built for the trainable part refuses a vector of the wrong length, naming num_trainable
+    opt = make_optimizer({"name": "sgd", "lr": 0.1}, m)
+    assert opt.num_params == m.num_trainable < m.num_params
+    with pytest.raises(ValueError, match=rf"array of {m.num_trainable} elements; got {m.num_params} .*num_trainable"):
+        opt.step(m.params.copy(), m.grads)
+    with pytest.raises(ValueError, match=rf"num_trainable = {m.num_trainable}"):
+        m.apply_gradient(make_optimizer({"name": "sgd"}, m.num_params), m.grads, len(y))
+    # a model without state: its whole vector is its trainable part, stepping it is fine
+    plain = build_model({"layers": [{"type": "dense", "units": 3}]}, (5,), 3)
+    plain.loss_and_grad(x, y, accumulate=False)
+    make_optimizer({"name": "sgd"}, plain.num_params).step(plain.params, plain.grads)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_apply_gradient_is_the_masters_update(name):
+    """model.apply_gradient = the optimizer on the trainable part + update_state
+    on the statistics, as protocol.master applies a step; the running
+    statistics stay finite and evaluation works."""
+    from raven_hpc.engine import build_model
+
+    cfg = {"name": name, "lr": 0.05}
+    a, b = build_model(BN_SPEC, (5,), 3), build_model(BN_SPEC, (5,), 3)
+    oa, ob = make_optimizer(cfg, a), make_optimizer(cfg, b.num_trainable)
+    nt = b.num_trainable
+    for i, (x, y) in enumerate(_bn_batches()):
+        acc = np.zeros(a.num_params, np.float64)   # a float64 sum over two tasks, as the master keeps
+        for lo, hi in ((0, 8), (8, 16)):
+            a.loss_and_grad(x[lo:hi], y[lo:hi], accumulate=False)
+            acc += a.grads
+        a.apply_gradient(oa, acc, len(y), lr=0.05 / (i + 1))
+        ob.step(b.params[:nt], acc[:nt], scale=1.0 / len(y), lr=0.05 / (i + 1))
+        b.update_state(b.params, acc[nt:], len(y))
+        np.testing.assert_array_equal(a.params, b.params)
+    rv = a.param("batchnorm_1.running_var")
+    assert np.isfinite(a.params).all() and (rv > 0).all()
+    x, y = _bn_batches(1)[0]
+    assert np.isfinite(a.evaluate(x, y)[0])
+    with pytest.raises(ValueError, match="samples must be a positive integer"):
+        a.apply_gradient(oa, acc, 0)
+    with pytest.raises(ValueError, match=rf"grad_sum must be a flat float32/float64 vector of {a.num_params}"):
+        a.apply_gradient(oa, acc[:nt], 16)
