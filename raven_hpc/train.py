@@ -48,7 +48,8 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
             if cfg["data"][key]:
                 ds.split(cfg["data"][key])
         shape, classes = tuple(ds.feature_shape), int(ds.num_classes)
-    validate(cfg, shape, classes)
+        counts = ds.split(cfg["data"]["train_split"]).snippets["count"] if cfg["data"]["train_split"] else None
+    validate(cfg, shape, classes, counts, ds.snippet_size)
     ck = Path(cfg["run"]["dir"]) / "checkpoint.h5"
     if ck.exists() and not cfg["run"]["resume"]:
         raise CheckpointError(f"{ck} exists: pass --resume to continue that run, or choose another --run-dir")

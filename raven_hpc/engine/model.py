@@ -62,7 +62,7 @@ from .layers import GRAPH_KEYS, INITIALIZERS, LAYERS, Layer, RunContext
 from .losses import resolve_loss
 from .tensor import Tensor, Workspace, enable_grad, no_grad
 
-__all__ = ["Model", "build_model", "validate_model_spec", "owner_with_state", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
+__all__ = ["Model", "build_model", "validate_model_spec", "min_train_batch", "owner_with_state", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
 
 Shape = Tuple[int, ...]
 
@@ -302,6 +302,28 @@ def validate_model_spec(spec: Mapping[str, Any], input_shape: Sequence[int], num
     Raises :class:`~raven_hpc.errors.ModelError` naming the problem.
     """
     return _plan(spec, input_shape, num_classes)[0]
+
+
+def min_train_batch(spec: Mapping[str, Any], input_shape: Sequence[int],
+                    num_classes: int) -> Tuple[int, Optional[str]]:
+    """The fewest samples one training pass of this model accepts, and the
+    layer that needs them (``(1, None)`` when any batch will do).
+
+    A layer with statistics across the batch (batch norm) needs at least two
+    values per channel: ``ceil(2 / spatial)`` samples, ``spatial`` being the
+    size of its per-sample input after the channel axis (1 for 1-d batch
+    norm, so 2 samples; a 2-d batch norm over 3x3 maps takes one sample).
+    In a data-parallel run each task is one such pass.  Validates ``spec``
+    like :func:`validate_model_spec`.
+    """
+    plan = _plan(spec, input_shape, num_classes)[1]
+    need, where = 1, None
+    for i, p in enumerate(plan):
+        if p.cls.BATCH_COUPLED and not p.cls.MERGE:
+            n = -(-2 // max(1, _size(tuple(p.in_shape)[1:])))
+            if n > need:
+                need, where = n, p.cls.where(i)
+    return need, where
 
 
 def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> "Model":

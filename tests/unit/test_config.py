@@ -159,3 +159,49 @@ def test_raven_hpc_drain_edits_the_file_the_master_reads(tmp_path, monkeypatch):
         update_drain(run_dir, [2])
         assert master_reads.read_text().split() == ["2"], drain
         monkeypatch.chdir(tmp_path)
+
+
+BN = """
+[data]
+path = "d.h5"
+[model]
+layers = [{type = "dense", units = 8}, {type = "batchnorm"}, {type = "dense", units = 3}]
+"""
+
+
+def _bn_cfg(tmp_path, batch, task_snippets, text=BN):
+    from raven_hpc.config import load_config
+
+    return load_config(write(tmp_path, text + f"[train]\nbatch_size = {batch}\ntask_snippets = {task_snippets}\n"),
+                       environ={})
+
+
+def test_batch_norm_tasks_too_small_for_the_snippet_table_are_refused_before_training(tmp_path):
+    """A 1-sample snippet that can be a task of its own fails a batch-norm
+    model mid-training; the start-up checks find it in the snippet table."""
+    from raven_hpc.config import validate
+
+    counts = [32, 32, 32, 1]                       # 97 samples, snippet size 32
+    cfg = _bn_cfg(tmp_path, batch=64, task_snippets=1)
+    with pytest.raises(ConfigError, match=r"model\.layers\[1\] \(batchnorm\) needs at least 2 samples per task .*"
+                                          r"a task of 1 sample: tasks are 1 snippet\(s\) \(train\.task_snippets = 1\)"
+                                          r".*has snippet 3 \(1 sample\); fix: prepare the data again with a "
+                                          r"--snippet-size that divides the 97 training samples"):
+        validate(cfg, (5,), 3, counts, 32)
+    validate(cfg, (5,), 3)                         # without the table: not checked
+    validate(_bn_cfg(tmp_path, batch=64, task_snippets=2), (5,), 3, counts, 32)   # tasks of 2 snippets: >= 33
+    # tasks of 2 snippets, steps of 3: a step's last task is 1 snippet, which can be the short one
+    with pytest.raises(ConfigError, match=r"a step's last task can be 1 snippet\(s\) \(steps of 3 snippets, from "
+                                          r"train\.batch_size = 96 and snippet size 32, cut into tasks of 2; the "
+                                          r"epoch's last step has 1\).*snippet 3 \(1 sample\)"):
+        validate(_bn_cfg(tmp_path, batch=96, task_snippets=2), (5,), 3, counts, 32)
+    # snippets of one sample each, one per task
+    with pytest.raises(ConfigError, match=r"a task of 1 sample.*fix: make every task hold at least 2 samples: raise "
+                                          r"train\.task_snippets"):
+        validate(_bn_cfg(tmp_path, batch=4, task_snippets=1), (5,), 3, [1] * 10, 1)
+    # no batch norm, or a 2-d batch norm over 2x2 maps (4 values per channel per sample): nothing to refuse
+    plain = BN.replace('{type = "batchnorm"}, ', "")
+    validate(_bn_cfg(tmp_path, batch=64, task_snippets=1, text=plain), (5,), 3, counts, 32)
+    conv = BN.replace('{type = "dense", units = 8}, {type = "batchnorm"}',
+                      '{type = "reshape", shape = [2, 2, 2]}, {type = "batchnorm"}, {type = "flatten"}')
+    validate(_bn_cfg(tmp_path, batch=64, task_snippets=1, text=conv), (8,), 3, counts, 32)
