@@ -1,0 +1,192 @@
+"""Trust in the scheduler, without MPI: trusted audits, guilty ranks and the
+strikes their votes gave, the rollback point, copies of a voted task on
+distinct hosts and with rotating partners; and the recorder's durable
+ledger and kept checkpoints."""
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+from raven_hpc.protocol.scheduler import ACCEPTED, EXCLUDED, LATE, Scheduler, Task
+from raven_hpc.train import _cut_back, _kept, _prune_kept, _remove_stale_temporaries
+
+GOOD = (1.0, -2.0, 3.0, 0.5, 30.0, 5.0, 10.0)       # 4 projections, |g|^2, loss, correct
+
+
+def fp(scale=1.0):
+    p = [v * scale for v in GOOD[:4]]
+    return (*p, GOOD[4] * scale * scale, GOOD[5], GOOD[6])
+
+
+WRONG = fp(-1.0)
+
+
+def run_voted_step(s: Scheduler, step: int, tid: int, answers: dict) -> Task:
+    """One task of ``step`` computed by every rank in ``answers`` (rank ->
+    fingerprint), all copies given before any returns."""
+    s.begin_step(step, float(step))
+    t = Task(tid, step, (tid,), samples=32)
+    s.submit([t])
+    t.wanted = len(answers)
+    given = {r for r, tt in s.assign(float(step)) if tt.task_id == tid}
+    assert given == set(answers), (given, answers)
+    for r, f in answers.items():
+        s.complete(r, tid, step + 0.5, fp=f)
+    return t
+
+
+def pair_scheduler(**kw) -> Scheduler:
+    return Scheduler([1, 2, 3], redundancy=3, quorum=2, prefetch=4, **kw)
+
+
+def test_audit_that_agrees_proves_the_result():
+    s = pair_scheduler()
+    t = run_voted_step(s, 0, 1, {1: fp(), 2: fp(), 3: fp()})
+    assert s.mark_audit(t.task_id)
+    assert [x.task_id for x in s.pending_audits()] == [t.task_id]
+    v = s.audit(t.task_id, fp(), 1.0)
+    assert v.ok and set(v.ranks) == {1, 2, 3} and not v.guilty
+    s.record_applied([t.task_id], 0)
+    assert s.trust_floor() is None          # proven: no rollback could need step 0
+    assert not s.pending_audits()
+
+
+def test_identical_wrong_pair_is_guilty_and_the_honest_strike_is_cleared():
+    s = pair_scheduler(max_strikes=1)
+    t0 = run_voted_step(s, 0, 1, {1: fp(), 2: fp(), 3: fp()})
+    s.record_applied([t0.task_id], 0)
+    t1 = run_voted_step(s, 1, 2, {1: WRONG, 2: WRONG, 3: fp()})
+    # the pair outvoted rank 3: it is struck out (max_strikes = 1)
+    assert next(c for c in t1.copies if c.state == ACCEPTED).rank in (1, 2)
+    assert s.workers[3].status == EXCLUDED
+    s.record_applied([t1.task_id], 1)
+    assert s.distrusted_since() is None     # {1, 2} vouched for step 1; only rank 3 is excluded
+    assert s.mark_audit(t1.task_id)
+    v = s.audit(t1.task_id, fp(), 2.0)
+    assert not v.ok and set(v.guilty) == {1, 2}
+    assert v.exonerated == (3,)
+    assert s.workers[3].status == "active" and s.workers[3].strikes == 0 and s.workers[3].live
+    assert s.workers[1].status == s.workers[2].status == EXCLUDED
+    # the first result only guilty ranks vouched for went into step 1
+    assert v.rollback_to == 1
+    events = [e["ev"] for e in s.drain_events()]
+    assert "audit" in events and "exonerate" in events and events.count("exclude") == 3
+
+
+def test_rollback_point_ignores_results_an_honest_rank_vouched_for():
+    s = pair_scheduler()
+    a = run_voted_step(s, 0, 1, {1: fp(), 2: fp(), 3: fp()})     # {1, 2, 3}
+    s.record_applied([a.task_id], 0)
+    b = run_voted_step(s, 1, 2, {1: WRONG, 2: WRONG, 3: fp()})   # {1, 2}
+    s.record_applied([b.task_id], 1)
+    assert s.rollback_point({1, 2}) == 1
+    assert s.rollback_point({1}) is None
+    assert s.trust_floor() == 0
+    s.guilty.update({1, 2})
+    assert s.distrusted_since() == (1, [1, 2])
+    s.rollback(1, 3.0)
+    assert s.rollback_point({1, 2}) is None and s.trust_floor() == 0
+    assert s.step == 1 and not s.tasks
+
+
+def test_strike_from_a_non_finite_result_is_never_cleared():
+    s = pair_scheduler(max_strikes=5)
+    t = run_voted_step(s, 0, 1, {1: WRONG, 2: WRONG, 3: fp()})
+    s.strike(3, 0.7, "non-finite result")
+    assert s.workers[3].strikes == 2
+    s.mark_audit(t.task_id)
+    s.audit(t.task_id, fp(), 1.0)
+    assert s.workers[3].strikes == 1                  # the vote's strike cleared, the other kept
+
+
+def test_rollback_drops_open_copies_and_workers_skip_nothing_twice():
+    s = Scheduler([1, 2], redundancy=1, prefetch=2)
+    s.submit([Task(1, 4, (0,), samples=32), Task(2, 4, (1,), samples=32)])
+    out = s.assign(0.0)
+    assert len(out) == 2
+    s.rollback(2, 1.0)
+    assert all(not w.outstanding for w in s.workers.values())
+    late = [e for e in s.drain_events() if e["ev"] == "copy"]
+    assert late and {e["state"] for e in late} == {LATE}
+    assert not s.tasks and not s.open_tasks()    # a late result of them is ignored by the master
+
+
+def test_mark_audit_takes_the_fingerprint_of_an_unverified_result():
+    s = Scheduler([1, 2], redundancy=1)
+    t = Task(1, 0, (0,), samples=32)
+    s.submit([t])
+    s.assign(0.0)
+    assert s.complete(1, 1, 1.0).accept          # quorum 1: no fingerprint
+    assert not s.mark_audit(1)                    # nothing to compare with
+    assert s.mark_audit(1, fp())
+    assert s.audit(1, fp(), 2.0).ok
+
+
+def test_master_result_is_not_audited():
+    s = Scheduler([1, 2], redundancy=2, quorum=2)
+    t = Task(1, 0, (0,), samples=32)
+    s.submit([t])
+    s.assign(0.0)
+    s.complete(1, 1, 1.0, fp=fp())
+    v = s.complete(2, 1, 1.0, fp=WRONG)
+    assert v.arbitrate
+    assert s.arbitrate(1, fp(), 2.0)
+    assert not s.mark_audit(1)
+
+
+def test_copies_of_a_voted_task_go_to_distinct_hosts():
+    s = Scheduler([1, 2, 3, 4], redundancy=2, quorum=2, prefetch=8)
+    for r, host in {1: "a", 2: "a", 3: "b", 4: "b"}.items():
+        s.set_host(r, host)
+    s.submit([Task(i, 0, (i,), samples=32) for i in range(1, 41)])
+    by_task = collections.defaultdict(list)
+    for r, t in s.assign(0.0):
+        by_task[t.task_id].append(r)
+    hosts = {1: "a", 2: "a", 3: "b", 4: "b"}
+    assert by_task and all(len({hosts[r] for r in rs}) == 2 for rs in by_task.values())
+
+
+def test_voted_copies_rotate_partners():
+    s = Scheduler([1, 2, 3, 4], redundancy=2, quorum=2, prefetch=64)
+    s.submit([Task(i, 0, (i,), samples=32) for i in range(1, 61)])
+    by_task = collections.defaultdict(list)
+    for r, t in s.assign(0.0):
+        by_task[t.task_id].append(r)
+    pairs = collections.Counter(frozenset(rs) for rs in by_task.values())
+    assert len(pairs) == 6                       # every pair of the 4 workers shares tasks
+    assert max(pairs.values()) - min(pairs.values()) <= 2
+
+
+def test_cut_back_keeps_the_tail_aside(tmp_path: Path):
+    p = tmp_path / "ledger.jsonl"
+    p.write_text('{"a": 1}\n{"b": 2}\n{"c": 3')
+    _cut_back(p, len('{"a": 1}\n'))
+    assert p.read_text() == '{"a": 1}\n'
+    assert (tmp_path / "ledger.superseded.jsonl").read_text() == '{"b": 2}\n{"c": 3\n'
+    _cut_back(p, 100)                            # already shorter: untouched
+    assert p.read_text() == '{"a": 1}\n'
+
+
+def test_prune_keeps_the_newest_and_the_rollback_point(tmp_path: Path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for s in (0, 4, 8, 12, 16):
+        (d / f"step-{s:09d}.h5").write_bytes(b"x")
+    _prune_kept(d, 2, floor=5)
+    assert [s for s, _ in _kept(d)] == [4, 12, 16]
+    _prune_kept(d, 1, floor=16)
+    assert [s for s, _ in _kept(d)] == [16]
+
+
+def test_stale_checkpoint_temporaries_are_removed(tmp_path: Path):
+    (tmp_path / "checkpoints").mkdir()
+    dead = tmp_path / ".checkpoint.h5.tmp-999999"
+    mine = tmp_path / f".checkpoint.h5.tmp-{os.getpid()}"
+    other = tmp_path / "checkpoints" / ".step-000000004.h5.tmp-424242"
+    for p in (dead, mine, other):
+        p.write_bytes(b"partial")
+    keep = tmp_path / "checkpoint.h5"
+    keep.write_bytes(b"good")
+    _remove_stale_temporaries(tmp_path)
+    assert not dead.exists() and not other.exists() and mine.exists() and keep.exists()
