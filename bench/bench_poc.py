@@ -30,6 +30,17 @@ detect     ``poc.verify = 0.05``, rank 2 turns bad at step F (``from_step``):
            several ``train.seed`` values; steps from F to rank 2's
            ``exclude`` event in ledger.jsonl -> median and max.
            Target: <= 20 steps.
+audit      cost and catch of trusted audits.  Cost: ``-n 3`` clean,
+           ``poc.audit`` = 0 vs 0.01 vs 0.05 interleaved (samples/s, overhead
+           against 0).  Catch: ``-n 4``, redundancy 2, quorum 2, ranks 1 and 2
+           return the same wrong gradients (scaled by ``--audit-fault-factor``,
+           default 0.5: the loss still falls, so only audits can tell) from
+           step F, so every
+           vote the honest rank 3 takes part in is lost and only a trusted
+           recomputation can tell; steps from F until the pair is proven
+           wrong (the first failed audit, or the exploding-loss audit) at each
+           rate, several ``train.seed`` values (the audits' draws are not
+           seeded: every run differs).
 scaling    master cost per step with -n 3, 5, 9, 17 on a small model
            (784-64-10, 32-sample tasks, 2 tasks per worker per step, i.e.
            the global batch grows with the workers), speculative backups off
@@ -59,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (LAYERS, data_source, prepare, raven_command, read_jsonl, run_ddp_procs,  # noqa: E402
                      run_raven_cmd, write_raven_config, write_result)
 
-PARTS = ("straggler", "verify", "detect", "scaling")
+PARTS = ("straggler", "verify", "detect", "scaling", "audit")
 SNIPPET = 32
 
 
@@ -318,6 +329,80 @@ class Bench:
                            "variants": variants, "task_snippets": a.task_snippets, "batch_per_worker": a.batch},
                 "summary": res, "runs": out}
 
+    # ------------------------------------------------------------------ audit
+    def audit(self) -> dict:
+        a = self.args
+        rates = a.audit_rates
+        cfg = self.mnist_config("audit", a.steps)
+        print(f"\n== audit cost: -n 3 clean, poc.audit = 0 vs {' vs '.join(map(str, rates))}; "
+              f"{a.repeats} interleaved repeat(s)", flush=True)
+        cost, rows = [], []
+        for rep in range(a.repeats):
+            row = {}
+            for r in (0.0, *rates):
+                s = self.raven(cfg, 3, [f"poc.audit={r}"], f"audit-cost-{r}")
+                led = ledger_stats(s["run_dir"])
+                audits = sum(1 for e in led["records"] if e.get("ev") == "audit")
+                row[str(r)] = dict(_brief(s), audits=audits, tasks=led["tasks"])
+            for r in rates:
+                row[f"overhead_{r}"] = 1 - row[str(r)]["samples_per_s"] / row["0.0"]["samples_per_s"]
+            cost.append(row)
+            rows.append([rep + 1, fmt(row["0.0"]["samples_per_s"])]
+                        + [f"{fmt(row[str(r)]['samples_per_s'])} ({row[f'overhead_{r}']:+.1%}, "
+                           f"{row[str(r)]['audits']} audits)" for r in rates])
+            print("  [%d/%d] " % (rep + 1, a.repeats) + "  ".join(
+                f"audit={r}: {row[str(r)]['samples_per_s']:,.0f}" for r in (0.0, *rates)) + " samples/s", flush=True)
+        summary = {"samples_per_s_audit0": med(c["0.0"]["samples_per_s"] for c in cost)}
+        for r in rates:
+            summary[f"samples_per_s_audit{r}"] = med(c[str(r)]["samples_per_s"] for c in cost)
+            summary[f"overhead_median_of_repeats_{r}"] = med(c[f"overhead_{r}"] for c in cost)
+        rows.append(["median", fmt(summary["samples_per_s_audit0"])]
+                    + [f"{fmt(summary[f'samples_per_s_audit{r}'])} ({summary[f'overhead_median_of_repeats_{r}']:+.1%})"
+                       for r in rates])
+        table(["rep", "audit=0 /s"] + [f"audit={r} /s" for r in rates], rows,
+              "audit cost (samples/s; overhead against audit = 0 in the same repeat)")
+
+        F = a.fault_from
+        ccfg = self.mnist_config("audit-catch", F + a.detect_steps)
+        pair = f'{{rank = [1, 2], mode = "scale", factor = {a.audit_fault_factor}, from_step = {F}}}'
+        print(f"\n== audit catch: -n 4, redundancy 2, quorum 2, ranks 1 and 2 identical and wrong "
+              f"(x{a.audit_fault_factor}) from step {F}; "
+              f"audit {rates}; seeds {a.seeds}", flush=True)
+        catch, crow = {str(r): [] for r in rates}, []
+        for seed in a.seeds:
+            for r in rates:
+                s = self.raven(ccfg, 4, [f"poc.audit={r}", "poc.redundancy=2", "poc.quorum=2",
+                                         f"train.seed={seed}", faults(pair)], f"audit-catch-{r}-s{seed}")
+                recs = ledger_stats(s["run_dir"])["records"]
+                failed = [e for e in recs if e.get("ev") == "audit" and e.get("ok") is False]
+                how = None
+                first = None
+                if failed:
+                    first = failed[0]["step"]
+                    before = [e for e in recs if e.get("ev") == "rollback" and "loss jumped" in e.get("reason", "")
+                              and e["step"] <= first]
+                    how = "exploding loss" if before else "sampled audit"
+                final = {int(k): v["status"] for k, v in s["workers_status"].items()}
+                rec = {"seed": seed, "caught_at": first, "steps_to_catch": None if first is None else first - F,
+                       "how": how, "rollbacks": sum(1 for e in recs if e.get("ev") == "rollback"),
+                       "audits": sum(1 for e in recs if e.get("ev") == "audit"), "final_status": final}
+                catch[str(r)].append(rec)
+                crow.append([r, seed, fmt(rec["steps_to_catch"], "d", none="not caught"), how or "-",
+                             rec["rollbacks"], rec["audits"], " ".join(f"{k}:{v[:3]}" for k, v in sorted(final.items()))])
+                print(f"  audit={r} seed {seed}: caught {rec['steps_to_catch']} steps after the fault ({how})",
+                      flush=True)
+        table(["audit", "seed", "steps to catch", "how", "rollbacks", "audits", "final status"], crow,
+              f"audit catch (pair wrong from step {F}; runs stop at step {F + a.detect_steps})")
+        for r in rates:
+            got = [c["steps_to_catch"] for c in catch[str(r)] if c["steps_to_catch"] is not None]
+            summary[f"catch_{r}"] = {"median_steps": med(got), "max_steps": max(got) if got else None,
+                                     "missed": sum(c["steps_to_catch"] is None for c in catch[str(r)]),
+                                     "by_sampled_audit": sum(c["how"] == "sampled audit" for c in catch[str(r)])}
+        return {"config": {"model": [784, *LAYERS, 10], "workers": 2, "batch_per_worker": a.batch,
+                           "task_snippets": a.task_snippets, "steps": a.steps, "rates": rates, "from_step": F,
+                           "seeds": a.seeds},
+                "summary": summary, "cost": cost, "catch": catch}
+
     # ------------------------------------------------------------------ scaling
     def scaling(self) -> dict:
         a = self.args
@@ -454,6 +539,9 @@ def main() -> None:
     ap.add_argument("--scaling-layers", type=int, nargs="+", default=[64], help="hidden layers (scaling)")
     ap.add_argument("--scaling-backup", action="store_true", help="keep speculative backups on in scaling")
     ap.add_argument("--project", type=int, nargs="+", default=[64, 256], help="ranks to project scaling to")
+    ap.add_argument("--audit-rates", type=float, nargs="+", default=[0.01, 0.05], help="poc.audit values (audit)")
+    ap.add_argument("--audit-fault-factor", type=float, default=0.5,
+                    help="the wrong pair's gradient scale in the audit catch runs")
     ap.add_argument("--keep", type=Path, default=None, help="keep run directories under this folder")
     args = ap.parse_args()
     bad = [p for p in args.parts if p not in PARTS]
