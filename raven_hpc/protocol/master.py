@@ -580,10 +580,9 @@ class Master:
         result was computed on.  A wrong result makes training go back
         (:class:`RollBack`) to before the first update that a guilty rank's
         unproven results entered."""
-        due = self.sched.pending_audits()
-        if not due:
+        task = self.sched.next_audit()
+        if task is None:
             return False
-        task = due[0]
         buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         fingerprint(buf.grad, self._fp_seed(task), self._fp)

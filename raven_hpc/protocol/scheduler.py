@@ -407,6 +407,7 @@ class Scheduler:
         # and the ranks proven wrong by audits
         self._vouched: dict[frozenset, int] = {}
         self.guilty: set[int] = set()
+        self._audits: deque[int] = deque()           # task ids chosen for an audit, in order
         for r in workers:
             self.add_worker(r)
         if not self.workers:
@@ -1063,11 +1064,17 @@ class Scheduler:
             acc = next(c for c in task.copies if c.state == ACCEPTED)
             acc.fp = task.accepted_fp
         task.audit = "pending"
+        self._audits.append(task_id)
         return True
 
-    def pending_audits(self) -> list[Task]:
-        """Tasks whose audit is due, oldest first."""
-        return sorted((t for t in self.tasks.values() if t.audit == "pending"), key=lambda t: t.task_id)
+    def next_audit(self) -> Task | None:
+        """The oldest task whose audit is due (None: none)."""
+        while self._audits:
+            task = self.tasks.get(self._audits[0])
+            if task is not None and task.audit == "pending":
+                return task
+            self._audits.popleft()
+        return None
 
     def audit(self, task_id: int, fp: Sequence[float], now: float) -> AuditVerdict:
         """The master recomputed ``task_id`` (fingerprint ``fp``) to audit its
@@ -1213,6 +1220,7 @@ class Scheduler:
         self.tasks.clear()
         self._queue.clear()
         self._settling.clear()
+        self._audits.clear()
         self._vouched = {r: s for r, s in self._vouched.items() if s < to_step}
         self.step = to_step
 

@@ -44,12 +44,12 @@ def test_audit_that_agrees_proves_the_result():
     s = pair_scheduler()
     t = run_voted_step(s, 0, 1, {1: fp(), 2: fp(), 3: fp()})
     assert s.mark_audit(t.task_id)
-    assert [x.task_id for x in s.pending_audits()] == [t.task_id]
+    assert s.next_audit() is t
     v = s.audit(t.task_id, fp(), 1.0)
     assert v.ok and set(v.ranks) == {1, 2, 3} and not v.guilty
     s.record_applied([t.task_id], 0)
     assert s.trust_floor() is None          # proven: no rollback could need step 0
-    assert not s.pending_audits()
+    assert s.next_audit() is None
 
 
 def test_identical_wrong_pair_is_guilty_and_the_honest_strike_is_cleared():
