@@ -152,9 +152,11 @@ class Recorder:
             "tasks": total.get("accepted_copies", 0), "snippets": total.get("snippets", 0),
             "samples": total["samples"], "t": round(time.monotonic() - self.t0, 4)}) + "\n")
 
-    def rollback(self, from_step: int, to_step: int, reason: str, guilty, path) -> None:
-        """Training went back from ``from_step`` to ``to_step``: the records
-        of steps >= ``to_step`` written before this one are void."""
+    def rollback(self, from_step: int, to_step: int, reason: str, guilty, path, samples: int) -> None:
+        """Training went back from ``from_step`` to ``to_step`` (``samples``
+        applied at that point): the records of steps >= ``to_step`` written
+        before this one are void."""
+        self._last = (time.monotonic(), samples)
         rec = {"ev": "rollback", "step": from_step, "to_step": to_step, "guilty": sorted(guilty),
                "reason": reason, "checkpoint": None if path is None else str(path),
                "t": round(time.monotonic() - self.t0, 4)}

@@ -887,7 +887,7 @@ class Master:
         self.version += 1
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         self.rec.ledger(self.sched.drain_events(), self.hosts)
-        self.rec.rollback(was, self.state.step, rb.reason, rb.guilty, path)
+        self.rec.rollback(was, self.state.step, rb.reason, rb.guilty, path, self.state.samples)
         self._send_params()
 
     def apply_update(self, samples: int) -> None:

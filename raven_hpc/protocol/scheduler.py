@@ -424,6 +424,9 @@ class Scheduler:
             return
         was = w.status
         if was == EXCLUDED:
+            # back on probation: every result verified; a proven-wrong rank
+            # is judged again by what it returns from now on
+            self.guilty.discard(rank)
             w.probation_left = max(self.probation_steps, 1)
             w.strikes = max(0, self.max_strikes - 1)    # one more strike excludes it again
             w.strike_log = w.strike_log[len(w.strike_log) - w.strikes:] if w.strikes else []

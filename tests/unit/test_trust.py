@@ -190,3 +190,13 @@ def test_stale_checkpoint_temporaries_are_removed(tmp_path: Path):
     keep.write_bytes(b"good")
     _remove_stale_temporaries(tmp_path)
     assert not dead.exists() and not other.exists() and mine.exists() and keep.exists()
+
+
+def test_a_convicted_rank_readmitted_on_probation_is_judged_anew():
+    s = Scheduler([1, 2, 3], redundancy=3, quorum=2, prefetch=4, probation_steps=2)
+    t = run_voted_step(s, 0, 1, {1: WRONG, 2: WRONG, 3: fp()})
+    s.mark_audit(t.task_id)
+    assert not s.audit(t.task_id, fp(), 1.0).ok
+    assert s.guilty == {1, 2}
+    assert sorted(s.begin_step(2, 2.0)) == [1, 2]       # probation over: back, every result verified
+    assert s.guilty == set() and s.workers[1].suspect
