@@ -496,7 +496,10 @@ def _finalize_mpi(rc: int, deadline_s: float = FINALIZE_DEADLINE_S) -> None:
     success.  Otherwise, past the deadline, faulthandler's watchdog -- a C
     thread, so it fires although ``MPI_Finalize`` holds the GIL -- prints
     where each thread is and ends the process (exit code 1) instead of
-    leaving the job hanging."""
+    leaving the job hanging.  Should ``MPI_Finalize`` itself fail (e.g. a
+    message nobody received), the rank exits with ``rc`` without MPI's error
+    stack: silently when the run failed (its one message is out already),
+    else with one line and exit code 1."""
     import faulthandler
 
     from mpi4py import MPI
@@ -509,10 +512,18 @@ def _finalize_mpi(rc: int, deadline_s: float = FINALIZE_DEADLINE_S) -> None:
     sys.stderr.flush()
     if transport.peer_failed:
         os._exit(rc)
+    rank = MPI.COMM_WORLD.Get_rank()
     faulthandler.cancel_dump_traceback_later()
     faulthandler.dump_traceback_later(deadline_s, exit=True)
     try:
         MPI.Finalize()
+    except MPI.Exception as exc:
+        faulthandler.cancel_dump_traceback_later()
+        if rc == 0:
+            lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+            _err(f"MPI_Finalize failed on rank {rank}: {lines[-1] if lines else exc}")
+            sys.stderr.flush()
+        os._exit(rc or 1)
     finally:
         faulthandler.cancel_dump_traceback_later()
 

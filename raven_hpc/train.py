@@ -456,13 +456,67 @@ def _master_main(comm, cfg: dict, on_event: EventFn | None) -> dict:
     try:
         master = _make_master(comm, cfg, on_event)
     except BaseException as exc:
-        # The workers are up and waiting: release them before reporting.
-        from .protocol.master import stop_workers
-
-        if not stop_workers(comm):
+        # The workers are up (or starting): release them before reporting.
+        if not _release_workers(comm):
             exc.abort_job = True
         raise
     return _run_master(master)
+
+
+#: how long a master that failed before training waits for every worker to take
+#: its stop message (a worker still compiling its kernels takes it afterwards)
+RELEASE_TIMEOUT_S = 120.0
+#: ... and then for this long without any message arriving
+RELEASE_QUIET_S = 0.05
+
+
+def _release_workers(comm, timeout_s: float = RELEASE_TIMEOUT_S, quiet_s: float = RELEASE_QUIET_S) -> bool:
+    """Stop every worker when no :class:`Master` could be built.
+
+    Sends each worker the stop message and meanwhile receives and drops
+    whatever the workers send (their hello, an error report), until every
+    stop is delivered and nothing has arrived for ``quiet_s``: a message
+    left unreceived makes ``MPI_Finalize`` fail on this rank ("unmatched
+    messages"), which turned one clear error into a traceback and a random
+    exit status.  A worker sends nothing after it took its stop (it flushed
+    its sends before), so the quiet period only covers messages in flight.
+    True when every worker got its stop within ``timeout_s``.
+    """
+    from mpi4py import MPI
+
+    from .protocol.messages import TAG_CTRL
+    from .protocol.transport import Backoff, Outbox
+
+    outbox = Outbox()
+    for r in range(1, comm.Get_size()):
+        outbox.add(comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
+    backoff = Backoff(1e-4, 5e-3)
+    status = MPI.Status()
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while True:
+        got = False
+        while True:
+            msg = comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+            if msg is None:
+                break
+            got = True
+            msg.Recv([bytearray(status.Get_count(MPI.BYTE)), MPI.BYTE])
+        pending = outbox.progress()
+        now = time.monotonic()
+        if got or pending:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since > quiet_s:
+            return True
+        if now > deadline:
+            outbox.cancel_all()
+            return False
+        if got:
+            backoff.busy()
+        else:
+            backoff.idle()
 
 
 def _make_master(comm, cfg: dict, on_event: EventFn | None):

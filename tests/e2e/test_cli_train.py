@@ -139,3 +139,86 @@ def test_diverging_training_stops_with_a_clear_message(tmp_path, small_h5):
     res = train(3, cfg, tmp_path / "run", timeout=90)
     assert res.returncode != 0
     assert "diverged" in res.stderr, res.stderr
+
+
+def _one_clean_error(res, message):
+    err = res.stderr
+    assert res.returncode != 0, err + res.stdout
+    assert message in err, err
+    assert err.count("raven-hpc: error:") == 1, err
+    for noise in ("Traceback", "unmatched", "MPI_Finalize", "BAD TERMINATION", "Killed"):
+        assert noise not in err + res.stdout, err + res.stdout
+
+
+@pytest.mark.parametrize("case", ["another model", "truncated checkpoint"])
+def test_error_after_the_workers_started_is_one_line_and_a_stable_exit_code(tmp_path, small_h5, case):
+    """Resuming with another model's checkpoint, or a truncated one, fails in
+    the master after the workers started: one message, the workers released,
+    exit code 2 on every try (not MPI_Finalize's "unmatched messages" traceback
+    and 1 or 9 at random), and the checkpoint is left as it was."""
+    cfg = write_config(tmp_path / "c.toml", small_h5, epochs=1)
+    rd = tmp_path / "run"
+    res = train(3, cfg, rd, "--set", "train.max_steps=3", "--set", "train.eval_every=0")
+    assert res.returncode == 0, res.stderr + res.stdout
+    ck = rd / "checkpoint.h5"
+    if case == "another model":
+        extra, message = ["--set", 'model.layers=[{type="dense",units=10}]'], "the [model] section changed"
+    else:
+        ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])
+        extra, message = [], "cannot read checkpoint"
+    kept = ck.read_bytes()
+    codes = []
+    for _ in range(4):
+        t0 = time.monotonic()
+        res = train(3, cfg, rd, "--resume", *extra, timeout=90)
+        assert time.monotonic() - t0 < 60
+        _one_clean_error(res, message)
+        codes.append(res.returncode)
+        assert ck.read_bytes() == kept
+    assert codes == [2] * len(codes), codes
+
+
+def test_batch_norm_with_a_one_sample_snippet_is_refused_at_start_up(tmp_path):
+    """A 1-sample snippet that can be a task of its own would fail a
+    batch-norm model on a worker mid-training; rank 0 refuses it before."""
+    from raven_hpc.data import prepare
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.random((97, 6), dtype=np.float32), y_train=rng.integers(0, 3, 97),
+             x_test=rng.random((10, 6), dtype=np.float32), y_test=rng.integers(0, 3, 10))
+    prepare(tmp_path / "d.npz", tmp_path / "d.h5", snippet_size=32)   # snippets of 32, 32, 32 and 1 samples
+    cfg = tmp_path / "bn.toml"
+    cfg.write_text(f'[data]\npath = "{tmp_path / "d.h5"}"\n[model]\nlayers = [{{type = "dense", units = 8}}, '
+                   '{type = "batchnorm"}, {type = "dense", units = 3}]\n[train]\nepochs = 2\nbatch_size = 64\n'
+                   'task_snippets = 1\n[run]\nprogress = "lines"\n')
+    t0 = time.monotonic()
+    res = train(3, cfg, tmp_path / "run", timeout=60)
+    assert time.monotonic() - t0 < 30
+    _one_clean_error(res, "model.layers[1] (batchnorm) needs at least 2 samples per task")
+    assert "snippet 3 (1 sample)" in res.stderr and "train.task_snippets" in res.stderr, res.stderr
+    assert res.returncode == 2 and not (tmp_path / "run" / "metrics.jsonl").exists()
+    res = train(3, cfg, tmp_path / "run2", "--set", "train.task_snippets=2", timeout=TIMEOUT)
+    assert res.returncode == 0, res.stderr + res.stdout
+
+
+def test_a_failing_mpi_finalize_is_not_a_traceback(tmp_path):
+    """Should MPI_Finalize fail (a message nobody received), the rank leaves
+    with the run's exit code, or 1 and one line when the run had succeeded."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from mpi4py import MPI\n"
+        "from raven_hpc import cli\n"
+        "def boom():\n"
+        "    raise MPI.Exception(MPI.ERR_OTHER)\n"
+        "MPI.Finalize = boom\n"
+        "cli._finalize_mpi(int(sys.argv[1]))\n"
+        "sys.exit(int(sys.argv[1]))\n"
+    )
+    for rc, want, lines in ((0, 1, 1), (2, 2, 0)):
+        res = subprocess.run([sys.executable, "-c", script, str(rc)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == want, res.stderr
+        assert "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.count("raven-hpc: error: MPI_Finalize failed on rank 0") == lines, res.stderr

@@ -43,13 +43,14 @@ class Ledger:
                  hosts=hosts or HOSTS, poc={"redundancy": 2, "quorum": 1})
 
     def copy(self, step, task, rank, state, *, compute=None, samples=128, latency=0.05, backup=False,
-             verified=False, agreed=None, credited=None, kind="grad", reason="") -> None:
+             verified=False, agreed=None, credited=None, kind="grad", reason="", snippets=None) -> None:
         if compute is None and state not in ("lost", "skipped"):
             compute = SLOW if rank == 3 else FAST
         if credited is None:
             credited = state in ("accepted", "duplicate")
         self.t += 0.01
-        self.rec(ev="copy", step=step, task=task, kind=kind, snippets=[2 * task, 2 * task + 1], samples=samples,
+        snippets = [2 * task, 2 * task + 1] if snippets is None else snippets
+        self.rec(ev="copy", step=step, task=task, kind=kind, snippets=snippets, samples=samples,
                  rank=rank, host=HOSTS.get(str(rank), f"n{rank}"), assigned=round(self.t, 4),
                  finished=round(self.t + latency, 4), compute_s=compute, latency_s=latency, state=state,
                  backup=backup, verified=verified, agreed=agreed, credited=credited, reason=reason)
@@ -291,10 +292,16 @@ def test_many_strike_steps_are_abbreviated():
 
 
 # ------------------------------------------------------------ exactly once --
-def test_exactly_once_over_a_resumed_run(ledger_file):
+def test_exactly_once_over_a_resumed_run(ledger_file, tmp_path):
     s = summarize_ledger(ledger_file)
     i = s["integrity"]
-    assert i["ok"] and i["violation_count"] == 0 and i["violations"] == []
+    assert i["violation_count"] == 0 and i["violations"] == []
+    # the fixture's last line is cut: the ledger is not complete
+    assert i["status"] == "INCOMPLETE" and not i["ok"] and i["first_missing_step"] == 25
+    assert i["problems"] == ["the last line (160) is cut mid-record: the run was killed while writing it"]
+    assert i["steps"] == 25 and i["limited"]      # steps derived from the accepted copies
+    whole = summarize_ledger(scenario().write(tmp_path / "whole.jsonl"))["integrity"]
+    assert whole["status"] == "OK" and whole["ok"] and whole["problems"] == [] and whole["first_missing_step"] is None
     # run 1: steps 0..17 closed (run 2 resumed at 18); run 2: steps 18..24, finished
     assert i["checked_tasks"] == 18 * 3 + 7 * 3
     assert i["checked_steps"] == 25
@@ -338,14 +345,18 @@ def test_open_step_of_a_stopped_run_is_not_a_violation():
     L.rec(ev="end", step=3, t=1.0, status="interrupted")          # 3 steps done, step 3 open
     s = ledger_summary(json.loads(x) for x in L.lines)
     i = s["integrity"]
-    assert i["ok"] and i["open_tasks"] == 2 and i["checked_tasks"] == 6 and s["totals"]["steps"] == 3
+    assert i["violation_count"] == 0 and i["open_tasks"] == 2 and i["checked_tasks"] == 6
+    assert s["totals"]["steps"] == 3
+    assert i["status"] == "INCOMPLETE" and i["first_missing_step"] == 3
+    assert i["problems"] == ["the run was interrupted at step 3 (end record): --resume continues it"]
     # killed (no end record): the last step with an accepted copy is taken as open
     s = ledger_summary(json.loads(x) for x in L.lines[:-1])
-    assert s["integrity"]["ok"] and s["integrity"]["open_tasks"] == 2
+    assert s["integrity"]["violation_count"] == 0 and s["integrity"]["open_tasks"] == 2
+    assert s["integrity"]["problems"] == ["the run has not finished (or was killed) at step 3: no end record"]
     # had the run finished, task 7 would have been dropped: a violation
     L.lines[-1] = json.dumps({"ev": "end", "step": 4, "t": 1.0, "status": "finished"})
     s = ledger_summary(json.loads(x) for x in L.lines)
-    assert not s["integrity"]["ok"] and s["integrity"]["violations"][0]["task"] == 7
+    assert s["integrity"]["status"] == "FAILED" and s["integrity"]["violations"][0]["task"] == 7
     # a task accepted twice is a violation even in an open step
     L.lines[-1] = json.dumps({"ev": "end", "step": 3, "t": 1.0, "status": "failed"})
     L.copy(3, 6, 2, "accepted")
@@ -379,7 +390,9 @@ def test_empty_ledger(tmp_path):
     p = tmp_path / "ledger.jsonl"
     p.write_text("")
     s = summarize_ledger(p)
-    assert s["ranks"] == [] and s["suspects"] == [] and s["integrity"]["ok"] and s["totals"]["copies"] == 0
+    assert s["ranks"] == [] and s["suspects"] == [] and s["totals"]["copies"] == 0
+    assert s["integrity"]["status"] == "FAILED" and not s["integrity"]["ok"]
+    assert s["integrity"]["problems"] == ["the ledger is empty: no records"]
 
 
 def test_streaming_is_fast_enough(tmp_path):
@@ -424,7 +437,9 @@ def test_run_report_history_and_ledger(tmp_path, ledger_file):
     assert rep["summary"] == {"final_test_accuracy": 0.9, "steps": 25}
     assert [e["epoch"] for e in rep["epochs"]] == [1]
     assert len(rep["history_warnings"]) == 1
-    assert rep["ledger"]["integrity"]["ok"]
+    i = rep["ledger"]["integrity"]
+    assert i["violation_count"] == 0 and i["status"] == "INCOMPLETE"      # the fixture's torn last line
+    assert i["summary_steps"] == 25 and i["checkpoint_step"] is None
     json.dumps(rep)   # one JSON document
 
 
