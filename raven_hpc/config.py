@@ -141,6 +141,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "audit": Key((float,), 0.0, "fraction of accepted results the master recomputes itself (trusted audit, "
                                     "chosen unpredictably); a wrong one excludes every rank that vouched for it "
                                     "and rolls training back to before its first unproven result", minimum=0.0),
+        "trusted": Key((list,), [], "worker ranks the operator trusts like the master: they compute the audits "
+                                    "(else the master does), and a result one of them agreed with is proven"),
         "rtol": Key((float,), 1e-3, "copies agree when their gradient fingerprints differ by less than rtol x the "
                                     "gradient norm (float32 round-off across machines is ~1e-5)", minimum=0.0),
         "screen": Key((float,), 100.0, "a result whose gradient norm per sample is this many times the running "
@@ -302,6 +304,10 @@ def load_config(
         raise ConfigError(f"{origin}: [poc] verify = {poc['verify']} must be a fraction in [0, 1]")
     if poc["audit"] > 1.0:
         raise ConfigError(f"{origin}: [poc] audit = {poc['audit']} must be a fraction in [0, 1]")
+    bad = [r for r in poc["trusted"] if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+    if bad:
+        raise ConfigError(f"{origin}: [poc] trusted = {poc['trusted']!r} must list worker ranks (integers >= 1; "
+                          "rank 0, the master, is always trusted)")
     if poc["quorum"] > poc["redundancy"]:
         raise ConfigError(f"{origin}: [poc] quorum = {poc['quorum']} needs redundancy >= quorum "
                           f"(redundancy = {poc['redundancy']})")

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import Interrupted, ProtocolError, RavenError
+from ..errors import ConfigError, Interrupted, ProtocolError, RavenError
 from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
@@ -119,6 +119,10 @@ class Master:
             raise ProtocolError("no rank computes: set cluster.master_computes = \"yes\" or run more ranks")
         poc = cfg["poc"]
         self.poc = poc
+        beyond = [r for r in poc.get("trusted", ()) if r >= self.size]
+        if beyond:
+            raise ConfigError(f"[poc] trusted names rank{'s' if len(beyond) > 1 else ''} "
+                              f"{', '.join(map(str, beyond))}, but the job has {self.size} ranks (0..{self.size - 1})")
         if not self.worker_ranks:
             # alone: nobody to compare with, the master trusts itself
             poc = dict(poc, redundancy=1, quorum=1, verify=0.0)
@@ -126,7 +130,8 @@ class Master:
                                rtol=poc["rtol"], max_strikes=poc["max_strikes"],
                                probation_steps=poc["probation_steps"], backup_factor=poc["backup_factor"],
                                prefetch=cl["prefetch"], seed=cfg["train"]["seed"],
-                               max_chunk=cl["max_chunk"] if model.sample_independent else 1)
+                               max_chunk=cl["max_chunk"] if model.sample_independent else 1,
+                               trusted=poc.get("trusted", ()))
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
         self._undo: dict[int, ResultBuffer] = {}   # task -> accepted result of this step a later copy may dispute
@@ -420,7 +425,7 @@ class Master:
         total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
-        while open_ids:
+        while open_ids or self.sched.audits_out():
             self._check_interrupt()
             now = self.clock()
             self._send_tasks(self.sched.assign(now))
@@ -586,15 +591,20 @@ class Master:
         buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         fingerprint(buf.grad, self._fp_seed(task), self._fp)
-        v = self.sched.audit(task.task_id, (*self._fp, buf.get("loss_sum"), buf.get("correct")), self.clock())
-        self.stats["audits"] = self.stats.get("audits", 0) + 1
-        if not v.ok:
-            self.stats["audits_failed"] = self.stats.get("audits_failed", 0) + 1
-            to = self.state.step if v.rollback_to is None else min(v.rollback_to, self.state.step)
-            who = ", ".join(map(str, v.guilty))
-            raise RollBack(to, f"an audit of task {task.task_id} proved rank{'s' if len(v.guilty) > 1 else ''} "
-                               f"{who} wrong at step {self.state.step}", guilty=v.guilty)
+        self._audited(self.sched.audit(task.task_id, (*self._fp, buf.get("loss_sum"), buf.get("correct")),
+                                       self.clock()))
         return True
+
+    def _audited(self, v) -> None:
+        """An audit's verdict (by the master or a trusted rank): a wrong
+        result rolls training back (:class:`RollBack`)."""
+        self.stats["audits"] = self.stats.get("audits", 0) + 1
+        if v.ok:
+            return
+        self.stats["audits_failed"] = self.stats.get("audits_failed", 0) + 1
+        to = self.state.step if v.rollback_to is None else min(v.rollback_to, self.state.step)
+        raise RollBack(to, f"an audit of task {v.task_id} proved rank{'s' if len(v.guilty) > 1 else ''} "
+                           f"{', '.join(map(str, v.guilty))} wrong at step {self.state.step}", guilty=v.guilty)
 
     def _may_be_disputed(self, task: Task, buf: ResultBuffer) -> bool:
         """Keep this accepted result until the step ends?  Yes when other
@@ -659,6 +669,8 @@ class Master:
         verdict = self.sched.complete(rank, tid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result",
                                       compute_s=buf.get("compute_s"), fp=fp, suspicious=suspicious)
+        if verdict.audit is not None:
+            self._audited(verdict.audit)
         if not finite:
             self._diverged_check(tid, rank, open_ids, total)
         if verdict.hold:

@@ -276,6 +276,7 @@ class Copy:
     reason: str = ""
     backup: bool = False
     probe: bool = False         # an extra copy to re-measure a worker's speed (_probe)
+    audit: bool = False         # a trusted rank's recomputation of an accepted result
     head: bool = False          # first in its worker's queue when given (nothing to wait for)
     compute_s: float | None = None
     fp: tuple | None = None
@@ -303,6 +304,7 @@ class Verdict:
     reason: str = ""
     hold: bool = False
     arbitrate: bool = False
+    audit: "AuditVerdict | None" = None   # the result was a trusted rank's audit copy
 
 
 @dataclass(frozen=True)
@@ -374,7 +376,7 @@ class Scheduler:
 
     def __init__(self, workers: Iterable[int], *, redundancy: int = 1, prefetch: int = 2, quorum: int = 1,
                  verify: float = 0.0, rtol: float = 1e-3, max_strikes: int = 3, probation_steps: int = 0,
-                 backup_factor: float = 1.5, seed: int = 0, max_chunk: int = 1):
+                 backup_factor: float = 1.5, seed: int = 0, max_chunk: int = 1, trusted: Iterable[int] = ()):
         if redundancy < 1:
             raise ProtocolError(f"redundancy must be >= 1, got {redundancy}")
         if prefetch < 1:
@@ -408,6 +410,9 @@ class Scheduler:
         self._vouched: dict[frozenset, int] = {}
         self.guilty: set[int] = set()
         self._audits: deque[int] = deque()           # task ids chosen for an audit, in order
+        # ranks the operator trusts like the master: they audit, and a result
+        # one of them vouched for is proven
+        self.trusted: set[int] = {0, *trusted}
         for r in workers:
             self.add_worker(r)
         if not self.workers:
@@ -571,7 +576,7 @@ class Scheduler:
         share of a step it can finish in time.  Before any speed is known:
         least loaded, then lowest rank.
         """
-        out: list[tuple[int, Task]] = []
+        out: list[tuple[int, Task]] = self._assign_audits(now)
         if not self._queue:
             return out
         keep: deque[int] = deque()
@@ -881,6 +886,8 @@ class Scheduler:
             w.overheads.append(max(0.0, now - copy.assigned_at - compute_s))
             w.overhead_s = statistics.median(w.overheads)
         w.done += 1
+        if copy.audit:
+            return self._audit_copy(task, copy, now)
         if task.state == DONE:
             return self._compare_to_accepted(task, copy, now)
         if task.state == CLOSED:
@@ -928,6 +935,16 @@ class Scheduler:
         if task.credited < CREDITED_COPIES:
             task.credited += 1
             copy.credited = True
+
+    def _audit_copy(self, task: Task, copy: Copy, now: float) -> Verdict:
+        """A trusted rank's recomputation of an accepted result came back."""
+        if task.audit != "pending" or copy.fp is None:
+            self._move(task, copy, LATE, now, "audit no longer needed")
+            return Verdict(False, LATE, copy.reason)
+        v = self.audit(task.task_id, copy.fp, now, by=copy.rank)
+        copy.verified, copy.agreed = True, v.ok
+        self._move(task, copy, DUPLICATE, now, "audit: " + ("agrees" if v.ok else "the accepted result is wrong"))
+        return Verdict(False, DUPLICATE, copy.reason, audit=v)
 
     def _compare_to_accepted(self, task: Task, copy: Copy, now: float) -> Verdict:
         if task.accepted_fp is None or copy.fp is None:
@@ -1058,7 +1075,7 @@ class Scheduler:
         task = self.tasks.get(task_id)
         if task is None or task.kind != "grad" or task.state != DONE or task.audit is not None:
             return False
-        if 0 in self.agreers(task):
+        if self.trusted & set(self.agreers(task)):
             return False
         if task.accepted_fp is None:
             if fp is None:
@@ -1071,17 +1088,56 @@ class Scheduler:
         return True
 
     def next_audit(self) -> Task | None:
-        """The oldest task whose audit is due (None: none)."""
+        """The oldest task whose audit is due and that no trusted rank is
+        computing (None: none) -- the master's to compute."""
         while self._audits:
             task = self.tasks.get(self._audits[0])
             if task is not None and task.audit == "pending":
-                return task
+                break
             self._audits.popleft()
+        for tid in self._audits:
+            task = self.tasks.get(tid)
+            if task is not None and task.audit == "pending" and not self._audit_copy_out(task):
+                return task
         return None
 
-    def audit(self, task_id: int, fp: Sequence[float], now: float) -> AuditVerdict:
-        """The master recomputed ``task_id`` (fingerprint ``fp``) to audit its
-        accepted result.
+    def audits_out(self) -> bool:
+        """Is a trusted rank still computing an audit?"""
+        return any(self._audit_copy_out(self.tasks[t]) for t in self._audits
+                   if t in self.tasks and self.tasks[t].audit == "pending")
+
+    def _audit_copy_out(self, task: Task) -> bool:
+        return any(c.audit and c.state == ASSIGNED for c in task.copies)
+
+    def _assign_audits(self, now: float) -> list[tuple[int, Task]]:
+        """Give each pending audit to a live trusted worker with room that
+        holds no copy of the task (the fastest first); audits no trusted
+        worker can take stay with the master (:meth:`next_audit`)."""
+        out: list[tuple[int, Task]] = []
+        if len(self.trusted) < 2 or not self._audits:
+            return out
+        for tid in list(self._audits):
+            task = self.tasks.get(tid)
+            if task is None or task.audit != "pending" or self._audit_copy_out(task):
+                continue
+            tried = {c.rank for c in task.copies}
+            cands = [w for r, w in self.workers.items() if r in self.trusted and r != 0 and w.live and w.accepting
+                     and r not in tried and len(w.outstanding) < self.prefetch]
+            if not cands:
+                continue
+            w = min(cands, key=lambda w: (w.sec_per_sample or 0.0, len(w.outstanding), w.rank))
+            c = Copy(task.task_id, w.rank, now, audit=True, head=not w.outstanding)
+            c.reason = "audit"
+            task.copies.append(c)
+            w.outstanding.add(task.task_id)
+            if w.last_heard is None or len(w.outstanding) == 1:
+                w.last_heard = max(w.last_heard or now, now)
+            out.append((w.rank, task))
+        return out
+
+    def audit(self, task_id: int, fp: Sequence[float], now: float, by: int = 0) -> AuditVerdict:
+        """The master (or trusted rank ``by``) recomputed ``task_id``
+        (fingerprint ``fp``) to audit its accepted result.
 
         Agreement: the result is proven (it no longer counts as vouched for
         by its workers alone).  Disagreement: every rank whose copy carried
@@ -1091,19 +1147,20 @@ class Scheduler:
         that takes them below ``max_strikes``."""
         task = self.tasks[task_id]
         fp = tuple(fp)
-        ranks = tuple(r for r in self.agreers(task) if r != 0)
+        ranks = tuple(r for r in self.agreers(task) if r not in self.trusted)
         ok, worst = agree(task.accepted_fp, fp, self.rtol) if task.accepted_fp is not None else (False, math.inf)
         task.audit = "ok" if ok else "failed"
         if ok:
             task.accepted_verified = True
-            self._event("audit", 0, f"task {task_id} of step {task.step}: the accepted result agrees with "
-                                    "the master's recomputation", task=task_id, ok=True, ranks=list(ranks))
+            self._event("audit", by, f"task {task_id} of step {task.step}: the accepted result agrees with "
+                                     f"{self._auditor(by)}'s recomputation", task=task_id, ok=True, ranks=list(ranks))
             return AuditVerdict(True, task_id, task.step, ranks)
-        why = (f"its result of task {task_id} (step {task.step}) disagreed with the master's audit "
+        why = (f"its result of task {task_id} (step {task.step}) disagreed with {self._auditor(by)}'s audit "
                f"(off by {worst:.3g} x tolerance)")
-        self._event("audit", 0, f"task {task_id} of step {task.step}: the accepted result of rank"
-                                f"{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} is wrong "
-                                f"(off by {worst:.3g} x tolerance)", task=task_id, ok=False, ranks=list(ranks))
+        self._event("audit", by, f"task {task_id} of step {task.step}: {self._auditor(by)}'s recomputation shows "
+                                 f"the accepted result of rank{'s' if len(ranks) > 1 else ''} "
+                                 f"{', '.join(map(str, ranks))} is wrong (off by {worst:.3g} x tolerance)",
+                    task=task_id, ok=False, ranks=list(ranks))
         for c in task.copies:
             if c.state in (ACCEPTED, DUPLICATE) and c.agreed is not False:
                 c.verified, c.agreed = True, False
@@ -1114,6 +1171,10 @@ class Scheduler:
             self._convict(r, now, why)
         return AuditVerdict(False, task_id, task.step, ranks, guilty=ranks, exonerated=tuple(exonerated),
                             rollback_to=self.rollback_point())
+
+    @staticmethod
+    def _auditor(rank: int) -> str:
+        return "the master" if rank == 0 else f"trusted rank {rank}"
 
     def _convict(self, rank: int, now: float, why: str) -> None:
         w = self.workers.get(rank)
@@ -1167,7 +1228,7 @@ class Scheduler:
             if task is None or task.kind != "grad" or task.state != DONE or task.audit == "ok":
                 continue
             ranks = frozenset(self.agreers(task))
-            if 0 in ranks or not ranks:
+            if not ranks or ranks & self.trusted:
                 continue
             if step < self._vouched.get(ranks, step + 1):
                 self._vouched[ranks] = step
@@ -1414,6 +1475,7 @@ class Scheduler:
             "state": new,
             "backup": copy.backup,
             "probe": copy.probe,
+            **({"audit": True} if copy.audit else {}),
             "verified": copy.verified,
             "agreed": copy.agreed,
             "credited": copy.credited,

@@ -110,6 +110,22 @@ def test_identical_wrong_pair_cannot_outvote_the_audits(tmp_path, cfg, clean):
     assert standing and not [e for e in standing if e["rank"] in (1, 2) and e["step"] >= 5]
 
 
+def test_trusted_rank_audits_and_a_subtly_wrong_pair_is_undone(tmp_path, cfg, clean):
+    """A pair that halves its gradients (the loss still falls: only an audit
+    can tell) with rank 4 marked trusted: the audits go to rank 4 when it
+    has room (the master takes those it cannot); the run ends with the clean run's
+    parameters."""
+    rd = tmp_path / "run"
+    res = ok(train(5, cfg, rd, "--set", "poc.redundancy=2", "--set", "poc.quorum=2", "--set", "poc.audit=0.5",
+                   "--set", "poc.trusted=[4]",
+                   *faults('{rank = [1, 2], mode = "scale", factor = 0.5, from_step = 5}')))
+    np.testing.assert_allclose(params_of(rd), clean, rtol=1e-6, atol=1e-7)
+    assert statuses(rd) == {1: "excluded", 2: "excluded", 3: "active", 4: "active"}, res.stdout
+    audits = [e for e in ledger(rd) if e["ev"] == "audit"]
+    assert 4 in {e["rank"] for e in audits} <= {0, 4}, audits
+    assert not [e for e in audits if not e["ok"] and set(e["ranks"]) - {1, 2}]
+
+
 def test_three_wrong_of_four_two_of_them_identical(tmp_path, cfg, clean):
     rd = tmp_path / "run"
     res = ok(train(5, cfg, rd, "--set", "poc.redundancy=3", "--set", "poc.quorum=2", "--set", "poc.audit=0.2",

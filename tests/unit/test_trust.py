@@ -200,3 +200,42 @@ def test_a_convicted_rank_readmitted_on_probation_is_judged_anew():
     assert s.guilty == {1, 2}
     assert sorted(s.begin_step(2, 2.0)) == [1, 2]       # probation over: back, every result verified
     assert s.guilty == set() and s.workers[1].suspect
+
+
+def test_a_trusted_rank_computes_the_audit_and_its_word_is_proof():
+    s = Scheduler([1, 2, 3, 4], redundancy=2, quorum=2, prefetch=4, trusted=[4])
+    s.begin_step(0, 0.0)
+    t = Task(1, 0, (0,), samples=32)
+    s.submit([t])
+    assert sorted(r for r, _ in s.assign(0.0)) == [1, 2]
+    for r in (1, 2):
+        s.complete(r, 1, 0.5, fp=WRONG)             # identical and wrong: the vote accepts it
+    assert t.state == "done" and s.mark_audit(1)
+    assert s.assign(0.6) == [(4, t)]
+    assert s.audits_out() and s.next_audit() is None   # the trusted rank's, not the master's
+    v = s.complete(4, 1, 1.0, fp=fp())
+    assert v.audit is not None and not v.audit.ok and set(v.audit.guilty) == {1, 2}
+    assert not s.audits_out()
+    audit = [e for e in s.drain_events() if e["ev"] == "audit"]
+    assert audit[0]["rank"] == 4 and "trusted rank 4" in audit[0]["reason"]
+
+
+def test_a_result_a_trusted_rank_agreed_with_is_proven():
+    s = Scheduler([1, 4], redundancy=2, quorum=2, trusted=[4])
+    t = run_voted_step(s, 0, 1, {1: fp(), 4: fp()})
+    assert not s.mark_audit(t.task_id)
+    s.record_applied([t.task_id], 0)
+    assert s.trust_floor() is None
+
+
+def test_a_lost_trusted_rank_leaves_its_audit_to_the_master():
+    s = Scheduler([1, 2, 3], redundancy=1, prefetch=2, trusted=[3])
+    t = Task(1, 0, (0,), samples=32)
+    s.submit([t])
+    (r, _), = s.assign(0.0)
+    s.complete(r, 1, 0.5)
+    assert s.mark_audit(1, fp())
+    assert r == 1 and [x[0] for x in s.assign(0.6)] == [3]
+    assert s.next_audit() is None
+    s.remove_worker(3, 0.7, "process failed")
+    assert s.next_audit() is t
