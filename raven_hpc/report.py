@@ -941,6 +941,13 @@ class _Summary:
         """Training (re)starts at step ``k`` (a run record or a rollback):
         what steps >= k counted is void; a start past the last applied step
         leaves the steps between without records."""
+        still = []
+        for a in self.unresolved:
+            if a["task_step"] >= k:
+                a["voided_by"] = why
+            else:
+                still.append(a)
+        self.unresolved = still
         st = self.steps
         if st.next is None:
             st.first = st.next = k
@@ -949,13 +956,6 @@ class _Summary:
             for e in list(self.epochs):
                 if not self.epochs[e].void(k):
                     del self.epochs[e]
-            still = []
-            for a in self.unresolved:
-                if a["task_step"] >= k:
-                    a["voided_by"] = why
-                else:
-                    still.append(a)
-            self.unresolved = still
         elif k > st.next:
             st.gaps.append([st.next, k - 1, why])
             st.next = k
@@ -1181,7 +1181,8 @@ class _Summary:
             P.add("read", f"the ledger is garbled: {unreadable:,} of its {lines:,} lines are not JSON records")
         elif bad:
             P.add("read", f"the ledger is damaged: line{'s' if len(bad) > 1 else ''} {_ids_words(bad)} in the "
-                          f"middle {'is' if len(bad) == 1 else 'are'} not JSON records (records lost)")
+                          f"middle {'is not a JSON record' if len(bad) == 1 else 'are not JSON records'} "
+                          "(records lost)")
         if torn_last and self.records:
             P.add("torn", f"the last line ({lines:,}) is cut mid-record: the run was killed while writing it",
                   step=nxt)

@@ -537,3 +537,521 @@ def test_snippets_are_counted_per_rank_for_chunks():
     s = ledger_summary(json.loads(x) for x in led.lines)
     assert (row(s, 1)["snippets"], row(s, 1)["snippets_accepted"]) == (9, 7)
     assert (row(s, 2)["snippets"], row(s, 2)["snippets_accepted"]) == (2, 2)
+
+
+# ------------------------------------------------- ledgers with step records --
+class Run(Ledger):
+    """Ledger lines in the format with a plan in the run record and a step
+    record after each applied step.  A step has ``tasks`` grad tasks of
+    ``per_task`` snippets (accepted on one rank, a duplicate on another); an
+    epoch's ``steps_per_epoch`` steps cover every snippet of
+    range(train_snippets) once, in an order that depends on the epoch."""
+
+    def __init__(self, tasks=3, per_task=2, steps_per_epoch=4, epochs=2, max_steps=0):
+        super().__init__()
+        self.tasks, self.per_task, self.spe, self.epochs, self.max_steps = (tasks, per_task, steps_per_epoch,
+                                                                          epochs, max_steps)
+        self.n = tasks * per_task * steps_per_epoch
+        self.next_task = 0
+
+    def run(self, start, ranks=4, resumed=None, hosts=None) -> None:
+        self.t = 0.0
+        self.rec(ev="run", unix_time=1.7e9 + start, start_step=start, resumed=start > 0 if resumed is None else resumed,
+                 ranks=ranks, hosts=hosts or HOSTS, poc={"redundancy": 2}, faults=[], train_snippets=self.n,
+                 steps_per_epoch=self.spe, epochs=self.epochs, max_steps=self.max_steps)
+
+    def ids(self, step, k) -> list[int]:
+        e, i = divmod(step, self.spe)
+        base = (i * self.tasks + k) * self.per_task
+        return [(base + j + 5 * e) % self.n for j in range(self.per_task)]
+
+    def step(self, s, *, record=True, snippets=None) -> list[int]:
+        """Step ``s``: its copies and its record; ``snippets`` {k: ids}
+        replaces the ids of task k.  Returns the task ids."""
+        tids = []
+        total = 0
+        for k in range(self.tasks):
+            task = self.next_task
+            self.next_task += 1
+            tids.append(task)
+            ids = (snippets or {}).get(k, self.ids(s, k))
+            total += len(ids)
+            self.copy(s, task, 1 + k % 3, "accepted", snippets=ids, verified=True, agreed=True)
+            self.copy(s, task, 1 + (k + 1) % 3, "duplicate", snippets=ids, verified=True, agreed=True)
+        if record:
+            e, i = divmod(s, self.spe)
+            self.rec(ev="step", step=s, epoch=e, step_in_epoch=i + 1, tasks=self.tasks, snippets=total,
+                     samples=total * 32, t=round(self.t, 3))
+        return tids
+
+    def steps(self, a, b) -> None:
+        for s in range(a, b):
+            self.step(s)
+
+    def end(self, step, status="finished") -> None:
+        self.rec(ev="end", step=step, t=round(self.t, 3), status=status)
+
+
+def integ(L: Ledger) -> dict:
+    return ledger_summary(json.loads(x) for x in L.lines)["integrity"]
+
+
+def complete_run(**kw) -> Run:
+    L = Run(**kw)
+    L.run(0)
+    L.steps(0, 8)
+    L.end(8)
+    return L
+
+
+def test_a_complete_run_with_step_records_is_ok():
+    L = complete_run()
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    i = s["integrity"]
+    assert i["status"] == "OK" and i["ok"] and i["problems"] == [] and i["notes"] == []
+    assert i["first_missing_step"] is None and i["steps"] == 8 and i["first_step"] == 0 and i["last_step"] == 7
+    assert i["epochs"] == {"complete": 2, "counted_once": 2, "in_progress": [], "checked": True}
+    assert i["checked_tasks"] == 24 and not i["limited"]
+    assert s["ignored_events"] == {}
+
+
+def test_a_gap_in_the_middle_fails_with_the_first_missing_step():
+    L = complete_run()
+    L.lines = [x for x in L.lines if json.loads(x).get("step") not in (3, 4)]
+    i = integ(L)
+    assert i["status"] == "FAILED" and not i["ok"] and i["first_missing_step"] == 3
+    assert i["problems"][0] == "steps 3-4 missing (records of steps 5-7 present)"
+    # the epochs miss the snippets of those steps too
+    assert any(p.startswith("epoch 0: 6 of 24 snippets never counted") for p in i["problems"])
+
+
+def test_a_gap_in_an_old_ledger_without_step_records_fails():
+    """The ledger of a run killed and resumed in another job whose records of
+    steps 5-7 were lost: every task it has was accepted once, but steps are
+    missing in the middle."""
+    L = Ledger()
+    L.run(0, ranks=3)
+    for step in range(10):
+        if step not in (5, 6, 7):
+            L.copy(step, 2 * step, 1, "accepted")
+            L.copy(step, 2 * step + 1, 2, "accepted")
+    L.rec(ev="end", step=10, t=1.0, status="finished")
+    i = integ(L)
+    assert i["violation_count"] == 0
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 5
+    assert i["problems"] == ["steps 5-7 missing (records of steps 8-9 present)"]
+    assert i["limited"] and i["notes"][0].startswith("ledger without step records")
+
+
+def test_a_resume_past_the_last_recorded_step_leaves_a_gap():
+    L = Run()
+    L.run(0)
+    L.steps(0, 3)
+    L.end(3, "interrupted")
+    L.run(5)                      # steps 3 and 4 were applied (the checkpoint is at 5): their records are gone
+    L.steps(5, 8)
+    L.end(8)
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 3
+    assert i["problems"][0] == "steps 3-4 missing (run 2 starts at step 5; records of steps 5-7 present)"
+
+
+def test_the_end_record_past_the_last_step_record_is_a_gap():
+    L = complete_run()
+    L.lines = [x for x in L.lines if json.loads(x).get("step") != 7 or json.loads(x)["ev"] == "end"]
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 7
+    assert i["problems"][0] == "step 7 missing (the end record says the run stopped at step 8)"
+
+
+def test_a_killed_run_is_incomplete_at_the_step_in_flight():
+    L = Run()
+    L.run(0)
+    L.steps(0, 6)
+    L.step(6, record=False)       # in flight when killed
+    i = integ(L)
+    assert i["status"] == "INCOMPLETE" and not i["ok"] and i["first_missing_step"] == 6
+    assert i["problems"] == ["the run has not finished (or was killed) at step 6 of 8: no end record"]
+    assert i["open_tasks"] == 3 and i["violation_count"] == 0
+    assert i["epochs"]["complete"] == 1 and i["epochs"]["in_progress"] == [1]
+
+
+def test_an_interrupted_run_is_incomplete():
+    L = Run()
+    L.run(0)
+    L.steps(0, 5)
+    L.end(5, "interrupted")
+    i = integ(L)
+    assert i["status"] == "INCOMPLETE" and i["first_missing_step"] == 5
+    assert i["problems"] == ["the run was interrupted at step 5 of 8 (end record): --resume continues it"]
+
+
+def test_a_run_stopped_by_max_steps_inside_an_epoch_is_ok():
+    L = Run(max_steps=6)
+    L.run(0)
+    L.steps(0, 6)
+    L.end(6)
+    i = integ(L)
+    assert i["status"] == "OK", i["problems"]
+    assert i["epochs"] == {"complete": 1, "counted_once": 1, "in_progress": [1], "checked": True}
+
+
+def make_run_dir(path, L: Ledger, summary_steps=None, checkpoint_step=None, tail=""):
+    path.mkdir(parents=True, exist_ok=True)
+    L.write(path / "ledger.jsonl", tail=tail)
+    if summary_steps is not None:
+        (path / "summary.json").write_text(json.dumps({"steps": summary_steps, "history": []}))
+    if checkpoint_step is not None:
+        import h5py
+
+        with h5py.File(path / "checkpoint.h5", "w") as f:
+            f.attrs["train_state"] = json.dumps({"epoch": 1, "step_in_epoch": 0, "step": checkpoint_step,
+                                                 "samples": 0, "history": []})
+    return path
+
+
+def test_a_ledger_cut_short_of_summary_json_is_incomplete(tmp_path):
+    """The run finished (summary.json: 8 steps) but its ledger ends after step 5."""
+    L = complete_run()
+    full = list(L.lines)
+    cut = next(n for n, x in enumerate(full) if json.loads(x).get("step") == 6)
+    L.lines = full[:cut]
+    i = run_report(make_run_dir(tmp_path / "a", L, summary_steps=8))["ledger"]["integrity"]
+    assert i["status"] == "INCOMPLETE" and i["first_missing_step"] == 6
+    assert i["problems"] == ["no records from step 6 on (summary.json says 8 steps)"]
+    # the whole ledger agrees with summary.json
+    L.lines = full
+    i = run_report(make_run_dir(tmp_path / "b", L, summary_steps=8))["ledger"]["integrity"]
+    assert i["status"] == "OK" and i["summary_steps"] == 8
+
+
+def test_a_ledger_behind_the_checkpoint_is_incomplete(tmp_path):
+    pytest.importorskip("h5py")
+    L = complete_run()
+    i = run_report(make_run_dir(tmp_path / "a", L, summary_steps=8, checkpoint_step=8))["ledger"]["integrity"]
+    assert i["status"] == "OK" and i["checkpoint_step"] == 8
+    # an ended ledger whose tail is gone is checked against the checkpoint too
+    L = Run()
+    L.run(0)
+    L.steps(0, 4)
+    L.end(4, "finished")
+    i = run_report(make_run_dir(tmp_path / "b", L, checkpoint_step=6))["ledger"]["integrity"]
+    assert i["status"] == "INCOMPLETE" and i["first_missing_step"] == 4
+    assert i["problems"] == ["no records from step 4 on (checkpoint.h5 says 6 steps)"]
+
+
+def test_a_failed_ledger_stays_failed_when_also_behind_summary_json(tmp_path):
+    L = complete_run()
+    L.lines = [x for x in L.lines if json.loads(x).get("step") not in (2,) and json.loads(x)["ev"] != "end"]
+    i = run_report(make_run_dir(tmp_path / "a", L, summary_steps=10))["ledger"]["integrity"]
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 2
+    assert i["problems"][0] == "step 2 missing (records of steps 3-7 present)"
+    assert i["problems"][i["failures"]] == "no records from step 8 on (summary.json says 10 steps)"
+
+
+@pytest.mark.parametrize("kind", ["empty", "random", "cut", "garbled", "damaged"])
+def test_unreadable_ledgers_are_not_ok(tmp_path, kind):
+    import random
+
+    p = tmp_path / "ledger.jsonl"
+    text = complete_run().text()
+    if kind == "empty":
+        p.write_bytes(b"")
+        want = ("FAILED", "the ledger is empty: no records")
+    elif kind == "random":
+        p.write_bytes(random.Random(1).randbytes(5000))
+        want = ("FAILED", "the ledger holds no records: none of its")
+    elif kind == "cut":
+        p.write_text(text[:len(text) // 2 + 7])
+        want = ("INCOMPLETE", "the last line (")
+    elif kind == "garbled":
+        lines = text.splitlines()
+        p.write_text("\n".join(x if n % 3 == 0 else x[::-1] for n, x in enumerate(lines)) + "\n")
+        want = ("FAILED", "the ledger is garbled: ")
+    else:
+        lines = text.splitlines()
+        lines[10] = lines[10][:25] + "\x00\x00" + lines[10][25:]
+        p.write_text("\n".join(lines) + "\n")
+        want = ("FAILED", "the ledger is damaged: line 11 in the middle is not a JSON record")
+    i = summarize_ledger(p)["integrity"]
+    assert i["status"] == want[0] and not i["ok"]
+    assert any(x.startswith(want[1]) for x in i["problems"]), i["problems"]
+    if kind == "cut":
+        assert any(x.endswith("is cut mid-record: the run was killed while writing it") for x in i["problems"])
+        assert "the run has not finished (or was killed) at step 3 of 8: no end record" in i["problems"]
+
+
+def test_a_snippet_counted_twice_in_an_epoch_fails():
+    L = Run()
+    L.run(0)
+    L.steps(0, 2)
+    dup = L.ids(0, 1)                    # step 2's task 0 holds the snippets of step 0's task 1
+    L.step(2, snippets={0: dup})
+    L.steps(3, 8)
+    L.end(8)
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["violation_count"] == 0
+    assert f"epoch 0: snippet {dup[0]} counted 2 times (steps 0, 2)" in i["problems"]
+    missing = L.ids(2, 0)
+    assert (f"epoch 0: 2 of 24 snippets never counted (ids {missing[0]}, {missing[1]})" in i["problems"])
+    assert i["epochs"]["counted_once"] == 1
+
+
+def test_a_snippet_counted_twice_in_the_epoch_in_progress_fails():
+    L = Run()
+    L.run(0)
+    L.steps(0, 5)
+    L.step(5, snippets={2: L.ids(4, 0)})
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert f"epoch 1: snippet {L.ids(4, 0)[0]} counted 2 times (steps 4, 5)" in i["problems"]
+
+
+def test_a_completed_epoch_missing_a_snippet_fails():
+    L = Run()
+    L.run(0)
+    L.steps(0, 5)
+    short = L.ids(5, 1)[:1]               # a task of step 5 holds one snippet of its two
+    L.step(5, snippets={1: short})
+    L.steps(6, 8)
+    L.end(8)
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["first_missing_step"] is None
+    assert i["problems"] == [f"epoch 1: 1 of 24 snippet never counted (id {L.ids(5, 1)[1]})"]
+
+
+def test_snippet_ids_outside_the_training_split_fail():
+    L = Run()
+    L.run(0)
+    L.step(0, snippets={0: [0, 999]})
+    L.steps(1, 8)
+    L.end(8)
+    assert "epoch 0: snippet id 999 at step 0 is not one of the training split's 0-23" in integ(L)["problems"]
+
+
+def test_step_records_must_match_their_copies_and_come_in_order():
+    L = complete_run()
+    n = next(k for k, x in enumerate(L.lines) if json.loads(x).get("ev") == "step" and json.loads(x)["step"] == 2)
+    rec = json.loads(L.lines[n])
+    L.lines[n] = json.dumps({**rec, "tasks": 4, "snippets": 5})
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 2
+    assert i["problems"] == ["step 2: its record counts 4 grad tasks, the ledger has 3 accepted grad copies of it",
+                             "step 2: its record counts 5 snippets, its accepted grad copies hold 6"]
+    # the records of steps 2 and 3 swapped
+    L = complete_run()
+    idx = [k for k, x in enumerate(L.lines) if json.loads(x).get("ev") == "step"]
+    L.lines[idx[2]], L.lines[idx[3]] = L.lines[idx[3]], L.lines[idx[2]]
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert "step 2: a step record after the one of step 3 (out of order)" in i["problems"]
+    # an accepted copy after its step's record
+    L = complete_run()
+    L.lines.insert(idx[4] + 1, L.lines[idx[4] - 1].replace('"duplicate"', '"accepted"'))
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert any(p.startswith("step 4: task 14 accepted after the step's record") for p in i["problems"])
+
+
+def test_accepted_copies_without_a_step_record_fail():
+    L = complete_run()
+    L.lines = [x for x in L.lines if not (json.loads(x)["ev"] == "step" and json.loads(x)["step"] == 6)]
+    i = integ(L)
+    assert i["status"] == "FAILED" and i["first_missing_step"] == 6
+    assert i["problems"][0] == "step 6 missing (records of step 7 present)"
+    assert "step 6: 3 accepted grad copies but no step record" in i["problems"]
+
+
+# ------------------------------------------------- audits and rollbacks --
+def audited(L: Run, step, task, ok, ranks) -> None:
+    L.rec(ev="audit", step=step, task=task, rank=0, host="n0", ok=ok, ranks=ranks,
+          reason=f"task {task}: " + ("agrees" if ok else "wrong"))
+
+
+def rollback_run(with_rollback=True, to_step=3, at_step=6) -> Run:
+    """Steps 0-5 applied; during step 6 the audit of a task of step 3 fails:
+    back to step ``to_step``, the steps from there redone, the run finishes at 8."""
+    L = Run()
+    L.run(0)
+    tids = {}
+    for s in range(0, at_step):
+        tids[s] = L.step(s)
+    audited(L, 4, tids[3][0], True, [1, 2])
+    L.step(at_step, record=False)                 # in flight
+    audited(L, at_step, tids[3][1], False, [2, 3])
+    L.event("exclude", at_step, 2, "proven wrong by a trusted audit")
+    L.event("exonerate", at_step, 1, "1 strike cleared: an audit proved rank 2 wrong", strikes=0)
+    if with_rollback:
+        L.rec(ev="rollback", step=at_step, to_step=to_step, guilty=[2, 3], reason="audit of task failed",
+              checkpoint=None)
+        L.copy(at_step, tids[at_step - 1][0] + 3, 3, "late", reason="rolled back")   # a copy the rollback dropped
+    L.steps(to_step, 8)
+    L.end(8)
+    return L
+
+
+def test_a_rollback_voids_the_steps_it_redoes():
+    s = ledger_summary(json.loads(x) for x in rollback_run().lines)
+    i = s["integrity"]
+    assert i["status"] == "OK", i["problems"]
+    assert i["steps"] == 8 and i["epochs"]["counted_once"] == 2 and i["rollbacks"] == 1
+    assert i["audits"] == 2 and i["failed_audits"] == 1
+    assert i["redone_tasks"] == 3 * 3 + 3 + 1       # steps 3-5, the step in flight, the dropped copy
+    assert s["rollbacks"] == [{"step": 6, "to_step": 3, "guilty": [2, 3], "reason": "audit of task failed",
+                               "checkpoint": None, "run": 0}]
+    fa = s["audits"]["failed_audits"]
+    assert s["audits"]["count"] == 2 and len(fa) == 1
+    assert fa[0]["task_step"] == 3 and fa[0]["ranks"] == [2, 3] and fa[0]["step"] == 6
+    assert fa[0]["voided_by"] == "the rollback at step 6 goes back to step 3"
+    # the same records without the rollback: steps 3-5 twice, snippets twice, the wrong result stands
+    i = integ(rollback_run(with_rollback=False))
+    assert i["status"] == "FAILED"
+    assert "step 3: a step record after the one of step 5 (out of order)" in i["problems"]
+    assert ("the audit of task 10 (step 3) found ranks 2, 3 wrong, but no rollback to step 3 or earlier follows: "
+            "the wrong result stands") in i["problems"]
+
+
+def test_a_rollback_into_a_closed_epoch_reopens_it():
+    # epoch 0 is steps 0-3: the rollback from step 6 to 2 reopens it
+    assert integ(rollback_run(to_step=2))["status"] == "OK"
+    # the redone step 2 counts other snippets than it should: epoch 0 is wrong
+    L = rollback_run(to_step=2)
+    n = max(k for k, x in enumerate(L.lines) if json.loads(x).get("ev") == "rollback")
+    redo = [k for k, x in enumerate(L.lines) if k > n and json.loads(x).get("step") == 2
+            and json.loads(x)["ev"] == "copy"]
+    for k in redo[:2]:                      # task 0 of the redone step 2 holds task 0 of step 0's snippets
+        rec = json.loads(L.lines[k])
+        L.lines[k] = json.dumps({**rec, "snippets": L.ids(0, 0)})
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert i["problems"] == ["epoch 0: the snippets its steps before 2 counted (before a rollback or resume) and "
+                             "those of the redone steps are not every snippet once (24 counted, 24 snippets)"]
+
+
+def test_a_rollback_of_the_current_step():
+    """A failed audit before the step is applied: the step is redone (K == S)."""
+    L = Run()
+    L.run(0)
+    L.steps(0, 4)
+    tids = L.step(4, record=False)
+    audited(L, 4, tids[2], False, [3])
+    L.rec(ev="rollback", step=4, to_step=4, guilty=[3], reason="audit failed", checkpoint=None)
+    L.steps(4, 8)
+    L.end(8)
+    i = integ(L)
+    assert i["status"] == "OK", i["problems"]
+    assert i["redone_tasks"] == 3
+    # without the rollback record step 4's copies are accepted twice
+    L.lines = [x for x in L.lines if json.loads(x)["ev"] != "rollback"]
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert i["problems"][0].startswith("step 4: its record counts 3 grad tasks, the ledger has 6 accepted")
+
+
+def test_rollbacks_and_audits_must_agree():
+    L = Run()
+    L.run(0)
+    L.steps(0, 4)
+    L.rec(ev="rollback", step=4, to_step=5, guilty=[2], reason="?", checkpoint=None)
+    L.steps(5, 8)
+    L.end(8)
+    i = integ(L)
+    assert i["status"] == "FAILED"
+    assert "the rollback at step 4 goes forward, to step 5" in i["problems"]
+    assert "the rollback at step 4 names rank 2 guilty, but no failed audit before it proved it wrong" in i["problems"]
+    # an audit of a task the ledger never accepted
+    L = complete_run()
+    audited(L, 8, 999, True, [1])
+    assert integ(L)["problems"] == ["the audit at step 8 of task 999: no accepted copy of that task before it "
+                                    "(since the last resume or rollback)"]
+    # a failed audit the killed run had no time to roll back: incomplete, not failed
+    L = Run()
+    L.run(0)
+    tids = L.step(0)
+    L.steps(1, 3)
+    audited(L, 3, tids[0], False, [1])
+    i = integ(L)
+    assert i["status"] == "INCOMPLETE"
+    assert ("the audit of task 0 (step 0) found rank 1 wrong, but no rollback to step 0 or earlier follows "
+            "(the run stopped first)") in i["problems"]
+    # ... and a resume to a checkpoint before that step voids the wrong result
+    L.run(0, resumed=True)
+    L.next_task = 0
+    L.steps(0, 8)
+    L.end(8)
+    assert integ(L)["status"] == "OK"
+
+
+def test_every_record_kind_the_master_writes_is_read():
+    L = rollback_run()
+    L.rec(ev="arbitrated", step=7, rank=0, host="n0", reason="task 40 of step 7 computed by the master")
+    L.rec(ev="checkpoint", step=8, path="/runs/x/checkpoint.h5")
+    L.event("strike", 2, 1, "disagreed with the quorum")
+    L.rec(ev="heartbeat", t=1.0)
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    assert s["ignored_events"] == {"heartbeat": 1}
+    kinds = {json.loads(x)["ev"] for x in L.lines} - {"heartbeat"}
+    from raven_hpc.report import KNOWN_KINDS
+
+    assert kinds <= set(KNOWN_KINDS)
+    assert {"run", "copy", "step", "audit", "rollback", "exonerate", "exclude", "arbitrated", "checkpoint",
+            "end", "strike"} <= kinds
+    assert s["arbitrations"]["count"] == 1 and s["arbitrations"]["first"][0]["step"] == 7
+    assert s["checkpoints"] == {"count": 1, "last": {"step": 8, "path": "/runs/x/checkpoint.h5"}}
+
+
+def test_exonerated_strikes_are_cleared_in_the_rank_row():
+    L = Run()
+    L.run(0)
+    L.steps(0, 2)
+    for n, step in enumerate((0, 1, 1), 1):
+        L.event("strike", step, 3, "disagreed with the quorum (off by 5x)", strikes=n)
+    L.event("exonerate", 2, 3, "2 strikes cleared: an audit proved rank 1 wrong", strikes=1)
+    s = ledger_summary(json.loads(x) for x in L.lines)
+    r3 = row(s, 3)
+    assert r3["strikes"] == 1 and r3["strikes_cleared"] == 2 and len(r3["strike_events"]) == 3
+    assert r3["exonerations"] == [{"step": 2, "cleared": 2, "reason": "2 strikes cleared: an audit proved rank 1 "
+                                                                      "wrong"}]
+    sus = next(x for x in s["suspects"] if x["rank"] == 3)
+    assert sus["reasons"][:2] == ["3 strikes: disagreed with the quorum at steps 0, 1",
+                                  "2 strikes cleared by audits at step 2"]
+    assert s["totals"]["strikes"] == 3 and s["totals"]["strikes_cleared"] == 2
+
+
+def test_read_history_drops_metrics_lines_a_rollback_voids(tmp_path):
+    lines = [{"event": "step", "step": 2, "epoch": 0, "loss": 1.0},
+             {"event": "epoch", "epoch": 1, "step": 4, "loss": 0.9},
+             {"event": "step", "step": 6, "epoch": 1, "loss": 0.8},
+             {"event": "epoch", "epoch": 2, "step": 8, "loss": 0.7},        # voided: redone after step 5
+             {"event": "rollback", "step": 9, "to_step": 5},
+             {"event": "step", "step": 6, "epoch": 1, "loss": 0.75},
+             {"event": "epoch", "epoch": 2, "step": 8, "loss": 0.6}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    h = read_history(tmp_path)
+    assert [(e["epoch"], e["loss"]) for e in h["epochs"]] == [(1, 0.9), (2, 0.6)]
+    assert h["rollbacks"] == [{"event": "rollback", "step": 9, "to_step": 5}]
+    # a rollback to an epoch's last step keeps that epoch
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[:2] + [
+        {"event": "rollback", "step": 6, "to_step": 4}]))
+    assert [e["epoch"] for e in read_history(tmp_path)["epochs"]] == [1]
+
+
+def test_streaming_with_step_records_is_fast_enough(tmp_path):
+    """The step-record format adds per-snippet work; a ledger of them still
+    costs a small multiple of parsing its JSON lines."""
+    L = Run(tasks=64, per_task=4, steps_per_epoch=50, epochs=8)
+    L.run(0)
+    L.steps(0, 400)                    # 51,200 copies, 400 step records, 8 epochs of 12,800 snippets
+    L.end(400)
+    path = L.write(tmp_path / "ledger.jsonl")
+    t0 = time.process_time()
+    with open(path) as fh:
+        for line in fh:
+            json.loads(line)
+    t_json = time.process_time() - t0
+    t0 = time.process_time()
+    s = summarize_ledger(path)
+    t_sum = time.process_time() - t0
+    assert s["integrity"]["status"] == "OK", s["integrity"]["problems"]
+    assert s["integrity"]["epochs"]["counted_once"] == 8
+    assert t_sum < 4 * t_json + 0.5 and t_sum < 30, f"{t_sum:.2f} s (json.loads alone: {t_json:.2f} s)"
