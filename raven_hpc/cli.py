@@ -2,7 +2,7 @@
 and prints for humans; everything else returns values or raises RavenError.
 
     raven-hpc prepare [KIND] SOURCE OUT.h5 [--snippet-size 32] [--force]
-    mpirun -n N raven-hpc train CONFIG.toml [--run-dir D] [--set k=v] [--resume]
+    mpirun -n N raven-hpc train CONFIG.toml [--run-dir D] [--set k=v] [--resume [auto]]
     raven-hpc evaluate RUN_DIR|CHECKPOINT [--data FILE] [--split test] [--json]
     raven-hpc report RUN_DIR [--json]
     raven-hpc drain [--undo] RUN_DIR RANK [RANK...]
@@ -117,8 +117,14 @@ def cmd_train(args) -> int:
     from .train import env_threads
 
     env_threads(args.config)
+    from .protocol import signals
+
+    # a SIGTERM / SIGUSR1 during start-up is kept for the master's first step
+    # boundary: no rank dies of it (see protocol/signals.py)
+    signals.install()
     from mpi4py import MPI
 
+    from .errors import EXIT_RESUMABLE, Interrupted
     from .train import _Silent, broadcast_setup, run_training, setup_run
 
     comm = MPI.COMM_WORLD
@@ -136,8 +142,7 @@ def cmd_train(args) -> int:
     if args.progress is not None:
         overrides.append(f"run.progress=\"{args.progress}\"")
     try:
-        cfg = broadcast_setup(comm, lambda: setup_run(args.config, overrides, args.run_dir,
-                                                      True if args.resume else None))
+        cfg = broadcast_setup(comm, lambda: setup_run(args.config, overrides, args.run_dir, args.resume))
     except _Silent:
         return 2
     except RavenError as exc:
@@ -146,6 +151,9 @@ def cmd_train(args) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: show it, end the job
         raise exc
     progress = _Progress(cfg["run"]["progress"]) if rank == 0 else None
+    if rank == 0:
+        for note in cfg["meta"].get("notes", []):
+            print(f"raven-hpc: note: {note}", file=sys.stderr, flush=True)
     try:
         summary = run_training(comm, cfg, on_event=progress)
     except KeyboardInterrupt:
@@ -162,7 +170,9 @@ def cmd_train(args) -> int:
 
                 abort(comm, 3)
             return getattr(exc, "exit_code", 1)
-        if isinstance(exc, RavenError):
+        if isinstance(exc, Interrupted):
+            print(f"raven-hpc: {exc}; exit status {EXIT_RESUMABLE} (resumable)", file=sys.stderr, flush=True)
+        elif isinstance(exc, RavenError):
             _err(str(exc))
         else:
             import traceback
@@ -174,6 +184,8 @@ def cmd_train(args) -> int:
 
             abort(comm, getattr(exc, "exit_code", 1))
         return getattr(exc, "exit_code", 1)
+    if rank != 0 and signals.resumable:
+        return EXIT_RESUMABLE   # the master stopped the run at a signal: see its message
     if rank == 0 and summary is not None and args.json:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return 0
@@ -396,6 +408,15 @@ def cmd_info(args) -> int:
 
 
 # -------------------------------------------------------------------- main --
+def _resume_arg(text: str):
+    """``--resume [auto|yes|no]``: the value of ``run.resume``."""
+    value = {"auto": "auto", "yes": True, "true": True, "no": False, "false": False}.get(text.lower())
+    if value is None:
+        hint = " (put CONFIG before --resume)" if text.endswith(".toml") else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, yes or no{hint}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raven-hpc", description="Data-parallel neural-network training over MPI "
                                 "with verified micro-snippet gradients.")
@@ -422,7 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--run-dir", help="run directory (overrides [run] dir)")
     sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value")
     sp.add_argument("--epochs", type=int, help="override [train] epochs")
-    sp.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.h5")
+    sp.add_argument("--resume", nargs="?", const=True, type=_resume_arg, metavar="auto",
+                    help="continue from RUN_DIR/checkpoint.h5 (an error when there is none); --resume auto: "
+                    "continue when there is one, else start fresh (batch scripts)")
     sp.add_argument("--progress", choices=("auto", "bar", "lines", "none"))
     sp.add_argument("--json", action="store_true", help="print the summary as JSON at the end")
     sp.set_defaults(fn=cmd_train)

@@ -115,7 +115,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "checkpoint_every_steps": Key((int,), 0, "also checkpoint every N steps (0: at epoch ends only)", minimum=0),
         "keep_checkpoints": Key((int,), 2, "checkpoints kept in RUN_DIR/checkpoints besides checkpoint.h5 (the "
                                            "newest ones; the one a rollback may need is kept too)", minimum=1),
-        "resume": Key((bool,), False, "continue from the run directory's checkpoint.h5 if present"),
+        "resume": Key((bool, str), False, "continue from the run directory's checkpoint.h5: true (it must exist), "
+                                          "\"auto\" (when it exists; else start fresh), false (it must not)",
+                        choices=(False, True, "auto")),
         "progress": Key((str,), "auto", "progress display on rank 0", choices=("auto", "bar", "lines", "none")),
     },
     "cluster": {

@@ -14,6 +14,9 @@ __all__ = [
     "CheckpointError",
     "WorkerError",
     "ProtocolError",
+    "RunDirError",
+    "Interrupted",
+    "EXIT_RESUMABLE",
 ]
 
 
@@ -70,6 +73,20 @@ class WorkerError(RavenError):
 class Interrupted(RavenError):
     """The job was told to stop (SIGTERM / SIGUSR1: a time limit, a dead
     rank under an MPI without fault tolerance, an operator); a checkpoint was
-    written first."""
+    written first.
 
-    exit_code = 143
+    Every rank then exits with :data:`EXIT_RESUMABLE`: a batch script
+    tells "stopped, continue with ``--resume auto``" from a failure by it.
+    """
+
+    exit_code = 75
+
+
+#: exit status of every rank of a run stopped by a signal after writing its
+#: checkpoint (75 is EX_TEMPFAIL in sysexits.h: try again later)
+EXIT_RESUMABLE = Interrupted.exit_code
+
+
+class RunDirError(RavenError):
+    """The run directory cannot be used: not a directory, not writable, or
+    held by another job."""

@@ -23,6 +23,7 @@ from typing import Callable
 
 from .config import load_config, to_toml, validate
 from .errors import CheckpointError, ConfigError, Interrupted, RavenError
+from .rundir import claim as claim_run_dir
 
 __all__ = ["setup_run", "run_training", "Recorder", "broadcast_setup"]
 
@@ -30,8 +31,15 @@ EventFn = Callable[[str, dict], None]
 
 
 def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | None = None,
-              resume: bool | None = None) -> dict:
-    """Rank 0's start-up checks: config, dataset layout, model, optimizer.
+              resume: bool | str | None = None) -> dict:
+    """Rank 0's start-up checks: config, dataset layout, model, optimizer,
+    the run directory (created, writable, locked for this job: see
+    :mod:`raven_hpc.rundir`) and its checkpoint against ``resume``:
+
+    * ``False``: a checkpoint there is an error (no silent overwrite);
+    * ``True`` (``--resume``): continue from it; none there is an error;
+    * ``"auto"`` (``--resume auto``, batch scripts): continue when there is
+      one, start fresh otherwise.
 
     Raises a :class:`RavenError` naming the problem; returns the resolved config.
     """
@@ -39,7 +47,7 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
     if run_dir is not None:
         overrides.append(f"run.dir={json.dumps(str(Path(run_dir).resolve()))}")
     if resume is not None:
-        overrides.append(f"run.resume={'true' if resume else 'false'}")
+        overrides.append(f"run.resume={json.dumps(resume)}")
     cfg = load_config(config_path, overrides)
     from .data import open_dataset
 
@@ -50,9 +58,19 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
         shape, classes = tuple(ds.feature_shape), int(ds.num_classes)
         counts = ds.split(cfg["data"]["train_split"]).snippets["count"] if cfg["data"]["train_split"] else None
     validate(cfg, shape, classes, counts, ds.snippet_size)
-    ck = Path(cfg["run"]["dir"]) / "checkpoint.h5"
-    if ck.exists() and not cfg["run"]["resume"]:
-        raise CheckpointError(f"{ck} exists: pass --resume to continue that run, or choose another --run-dir")
+    run = Path(cfg["run"]["dir"])
+    ck = run / "checkpoint.h5"
+    resume = cfg["run"]["resume"]
+    if resume is True and not ck.exists():
+        raise CheckpointError(f"--resume: the run directory {run} holds no checkpoint.h5 to continue from: check "
+                              "--run-dir (or [run] dir), leave out --resume to start a new run, or pass "
+                              "--resume auto to start one only when there is no checkpoint")
+    note = claim_run_dir(run)
+    if note:
+        cfg["meta"]["notes"] = [note]
+    if ck.exists() and resume is False:
+        raise CheckpointError(f"{ck} exists: pass --resume (or --resume auto) to continue that run, or choose "
+                              "another --run-dir")
     cfg["meta"]["input_shape"] = list(shape)
     cfg["meta"]["num_classes"] = classes
     return cfg
@@ -569,11 +587,8 @@ def _run_master(master) -> dict:
         rec.ledger(master.sched.drain_events(), master.hosts)
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         rec._close_ledger("interrupted" if interrupted else "failed", master.state.step)
-        if isinstance(exc, Interrupted):
-            # the job is being torn down (peers may be dying): end it now
-            exc.abort_job = True
-            ds.close()
-            raise
+        # Stopped by a signal too: the workers keep working until this stop
+        # message (marked interrupted), then every rank exits resumable.
         if not master.stop():
             # Some worker cannot be reached: the CLI reports and aborts the job.
             exc.abort_job = True

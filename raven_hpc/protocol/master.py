@@ -216,8 +216,8 @@ class Master:
         """
         for r in self.worker_ranks:
             if r not in self.dead:
-                self.outbox.add(self.comm.issend({"type": "stop", "peer_failed": bool(self.dead)},
-                                                 dest=r, tag=TAG_CTRL))
+                self.outbox.add(self.comm.issend({"type": "stop", "peer_failed": bool(self.dead),
+                                                  "interrupted": self.resumable_stop}, dest=r, tag=TAG_CTRL))
         deadline = self.clock() + STOP_TIMEOUT_S
         quiet_since = None
         while True:
@@ -375,19 +375,30 @@ class Master:
                 self.sched.workers[r].status = GONE
         self._receiving = [p for p in self._receiving if p.rank not in self.dead]
 
+    #: set when a signal stopped training: the stop message tells the workers,
+    #: and every rank exits with EXIT_RESUMABLE
+    resumable_stop = False
+
     def _on_signal(self, signum, frame) -> None:
-        self.interrupted = signum
+        if self.interrupted is None:
+            self.interrupted = signum
 
     def _check_interrupt(self) -> None:
-        """Told to stop: write a checkpoint at this step boundary, then stop."""
+        """Told to stop (SIGUSR1 / SIGTERM, here or during start-up): write a
+        checkpoint of the last applied step, then stop."""
+        from . import signals
+
+        if self.interrupted is None:
+            self.interrupted = signals.received
         if self.interrupted is None:
             return
         import signal
 
         name = signal.Signals(self.interrupted).name
         path = self.rec.checkpoint(self)
+        self.resumable_stop = True
         raise Interrupted(f"stopped by {name} at step {self.state.step} (epoch {self.state.epoch}); checkpoint "
-                          f"written to {path}; continue with --resume")
+                          f"written to {path}; continue with --resume (or --resume auto)")
 
     def _control(self, src: int, obj: dict, hello: set | None) -> None:
         kind = obj.get("type")

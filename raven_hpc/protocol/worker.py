@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import ProtocolError
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
+from . import signals
 from .faults import FaultInjector
 from .transport import Backoff, Outbox, hostname, send_error
 
@@ -93,16 +94,12 @@ def run_worker(comm, cfg: dict) -> None:
 
 
 def _worker_loop(comm, cfg: dict) -> None:
-    import signal
-
     from mpi4py import MPI
 
-    # SIGUSR1 (e.g. Slurm's --signal before a time limit) is the master's cue to
-    # checkpoint and stop; a worker must not die of it first.
-    try:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    except ValueError:   # not the main thread
-        pass
+    # SIGUSR1 / SIGTERM (Slurm's warning before a time limit, scancel) are the
+    # master's cue to checkpoint and stop; a worker keeps working until the
+    # master's stop message comes (see signals.py).
+    signals.install_worker()
 
     from ..engine import build_model
 
@@ -144,6 +141,7 @@ def _worker_loop(comm, cfg: dict) -> None:
                 if obj["type"] == "task":
                     queue.append(obj)
                 elif obj["type"] == "stop":
+                    signals.stop_received(bool(obj.get("interrupted")))
                     if obj.get("peer_failed"):
                         from . import transport
 
