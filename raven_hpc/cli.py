@@ -268,12 +268,16 @@ def _print_ledger(rep: dict) -> None:
             how = f"{end.get('status')} at step {end.get('step')}" + (f" after {t:.1f} s" if isinstance(
                 t, (int, float)) else "")
         start = f"resumed at step {r['start_step']}" if r["resumed"] else f"from step {r['start_step']}"
-        print(f"  run {i}: {_utc(r['unix_time'])}, {start}, {r['ranks'] or '?'} ranks, {how}")
+        planned = (r.get("plan") or {}).get("planned")
+        plan = f" of {planned:,} planned" if planned else ""
+        print(f"  run {i}: {_utc(r['unix_time'])}, {start}{plan}, {r['ranks'] or '?'} ranks, {how}")
     print(f"  {_plural(tot['steps'], 'step')}, {_plural(tot['tasks'], 'grad task')} applied; "
           f"{tot['copies']:,} cop{'y' if tot['copies'] == 1 else 'ies'}: "
           + ", ".join(f"{tot[s]:,} {s}" for s in ("accepted", "duplicate", "late", "rejected", "lost", "skipped")))
+    cleared = f" ({tot['strikes_cleared']:,} cleared by audits)" if tot.get("strikes_cleared") else ""
     print(f"  {_plural(tot['backups'], 'backup')}, {tot['verified']:,} verified ({tot['disagreed']:,} disagreed), "
-          f"{tot['credited']:,} credited, {_plural(tot['strikes'], 'strike')}")
+          f"{tot['credited']:,} credited, {_plural(tot['strikes'], 'strike')}{cleared}, "
+          f"{_plural(led['arbitrations']['count'], 'arbitration')}, {_plural(led['checkpoints']['count'], 'checkpoint')}")
     if led["ranks"]:
         rows = [("rank", "host", "status", "copies", "returned", "accepted", "snippets", "snip_acc", "credited",
                  "dup", "late",
@@ -290,7 +294,8 @@ def _print_ledger(rep: dict) -> None:
         print()
         for line in _table(rows, left=(1, 2)):
             print(f"  {line}")
-        print("  (latency_ms, ms/sample: medians; speed: ms/sample over the median of the ranks, > 1 is slower)")
+        print("  (latency_ms, ms/sample: medians; speed: ms/sample over the median of the ranks, > 1 is slower; "
+              "strikes: those not cleared by audits)")
     print()
     if not led["suspects"]:
         print("suspect nodes: none")
@@ -298,31 +303,84 @@ def _print_ledger(rep: dict) -> None:
         print("suspect nodes:")
         for s in led["suspects"]:
             print(f"  rank {s['rank']} ({s['host'] or '?'}, {s['status']}): {'; '.join(s['reasons'])}")
+    aud = led["audits"]
+    if aud["count"]:
+        print(f"audits: {aud['count']:,} ({aud['failed']:,} failed)")
+        for a in aud["failed_audits"]:
+            where = f"step {a['task_step']:,}" if a["task_step"] is not None else "step ?"
+            ranks = ", ".join(map(str, a["ranks"])) or "none"
+            fate = "; voided: " + a["voided_by"] if a["voided_by"] else ""
+            print(f"  failed: task {a['task']} ({where}, audited at step {a['step']}): "
+                  f"rank{'s' if len(a['ranks']) != 1 else ''} {ranks} found wrong{fate}")
+        if aud["failed"] > len(aud["failed_audits"]):
+            print(f"  ... and {aud['failed'] - len(aud['failed_audits']):,} more failed audits (see --json)")
+    if led["rollbacks"]:
+        print(f"rollbacks: {len(led['rollbacks']):,}")
+        for r in led["rollbacks"]:
+            guilty = ", ".join(map(str, r["guilty"]))
+            who = f", guilty rank{'s' if len(r['guilty']) != 1 else ''} {guilty}" if r["guilty"] else ""
+            ck = f" (checkpoint {r['checkpoint']})" if r["checkpoint"] else ""
+            print(f"  run {r['run'] + 1}: at step {r['step']} back to step {r['to_step']}{who}: "
+                  f"{r['reason'] or 'no reason given'}{ck}")
+    _print_integrity(integ)
+
+
+def _print_integrity(integ: dict) -> None:
+    """The integrity status line, then the problems, notes and violations."""
+    status = integ["status"]
+    audits = []
+    if integ["audits"]:
+        audits.append(f"{_plural(integ['audits'], 'audit')} ({integ['failed_audits']:,} failed)")
+    if integ["rollbacks"]:
+        audits.append(_plural(integ["rollbacks"], "rollback"))
+    checked = [_plural(integ["steps"], "step"), _plural(integ["checked_tasks"], "grad task")]
+    ep = integ["epochs"]
+    if ep["complete"]:
+        checked.append(f"every snippet of {_plural(ep['complete'], 'epoch')} counted once" if status == "OK" else
+                       f"{ep['counted_once']:,} of {_plural(ep['complete'], 'complete epoch')} with every snippet "
+                       "counted once")
+    elif integ["limited"] and status == "OK":
+        checked[-1] += ", each accepted exactly once"
+    if ep["in_progress"]:
+        checked.append(f"epoch {', '.join(map(str, ep['in_progress']))} in progress")
+    checked_s = ", ".join(checked) + ("; " + ", ".join(audits) if audits else "")
+    if status == "OK":
+        print(f"integrity: OK -- {checked_s}")
+    else:
+        probs = integ["problems"]
+        print(f"integrity: {status} -- {probs[0]}")
+        for p in probs[1:]:
+            print(f"  problem: {p}")
+        if integ["first_missing_step"] is not None:
+            print(f"  first step without its records: {integ['first_missing_step']:,}")
+        print(f"  checked: {checked_s}")
     extra = []
     if integ["redone_tasks"]:
-        extra.append(f"{_plural(integ['redone_tasks'], 'task')} redone after a resume not counted")
+        extra.append(f"{_plural(integ['redone_tasks'], 'task')} redone after a resume or rollback")
     if integ["open_tasks"]:
         extra.append(f"{_plural(integ['open_tasks'], 'task')} of a step still open when a run stopped")
-    extra_s = f" ({'; '.join(extra)})" if extra else ""
-    if integ["ok"]:
-        print(f"integrity: ok, each of the {integ['checked_tasks']:,} grad tasks of {integ['checked_steps']:,} "
-              f"steps was accepted exactly once{extra_s}")
-    else:
-        print(f"integrity: FAILED, {integ['violation_count']:,} of {integ['checked_tasks']:,} grad tasks were "
-              f"not accepted exactly once{extra_s}:")
-        for v in integ["violations"]:
-            print(f"  run {v['run'] + 1} step {v['step']} task {v['task']}: {v['problem']}")
-        if integ["violation_count"] > len(integ["violations"]):
-            print(f"  ... and {integ['violation_count'] - len(integ['violations']):,} more (see --json)")
+    if extra:
+        print(f"  not counted: {'; '.join(extra)}")
+    for n in integ["notes"]:
+        print(f"  note: {n}")
+    for v in integ["violations"]:
+        print(f"  run {v['run'] + 1} step {v['step']} task {v['task']}: {v['problem']}")
+    if integ["violation_count"] > len(integ["violations"]):
+        print(f"  ... and {integ['violation_count'] - len(integ['violations']):,} more (see --json)")
+
+
+#: ``raven-hpc report``'s exit status by integrity status (no ledger: 0)
+REPORT_EXIT = {"OK": 0, "FAILED": 1, "INCOMPLETE": 3}
 
 
 def cmd_report(args) -> int:
     from .report import run_report
 
     rep = run_report(args.run_dir)
+    rc = REPORT_EXIT[rep["ledger"]["integrity"]["status"]] if rep["ledger"] is not None else 0
     if args.json:
         print(json.dumps(rep, indent=2, default=str))
-        return 0
+        return rc
     summary, epochs = rep["summary"], rep["epochs"]
     print(f"run {rep['run_dir']}")
     for w in rep["history_warnings"]:
@@ -342,10 +400,13 @@ def cmd_report(args) -> int:
             print(f"  {e.get('epoch'):>5} {e.get('step'):>7} {'-' if loss is None else format(loss, '.4f'):>9} "
                   f"{'-' if acc is None else format(100 * acc, '.2f') + '%':>9} "
                   f"{'-' if wall is None else format(wall, '.1f'):>8}")
+    for r in rep["rollbacks"]:
+        print(f"  (metrics: rolled back at step {r.get('step')} to step {r.get('to_step')}; the lines it voided "
+              "are not shown)")
     _print_ledger(rep)
     if rep["drain"] and rep["drain"]["ranks"]:
         print(f"drain file {rep['drain']['path']} lists rank {', '.join(map(str, rep['drain']['ranks']))}")
-    return 0
+    return rc
 
 
 def cmd_drain(args) -> int:
@@ -460,7 +521,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="summary, per-epoch metrics and the Proof-of-Calculation ledger of a run",
                         description="The run's summary and per-epoch metrics, then from RUN_DIR/ledger.jsonl: "
                         "one row per rank (copies by state, credited, backups, median latency and compute "
-                        "time per sample, strikes, status), the suspect nodes and the exactly-once check.")
+                        "time per sample, strikes, status), the suspect nodes, audits, rollbacks and the "
+                        "integrity check: every step has its records, every grad task accepted exactly once, "
+                        "every snippet counted once per epoch, audits and rollbacks consistent. It ends in one "
+                        "line, integrity: OK | INCOMPLETE | FAILED.",
+                        epilog="exit status: 0 integrity OK (or no ledger), 1 FAILED (a violation, a gap, a "
+                        "damaged ledger), 3 INCOMPLETE (the ledger stops before the run's end: killed, "
+                        "interrupted, still running, or behind summary.json / checkpoint.h5), 2 an error "
+                        "(no run directory). --json exits the same way.")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("--json", action="store_true", help="print everything as one JSON document")
     sp.set_defaults(fn=cmd_report)

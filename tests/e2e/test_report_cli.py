@@ -7,15 +7,15 @@ import json
 import pytest
 
 from tests.conftest import raven_cmd, run
-from tests.unit.test_report import FAST, Ledger, scenario
+from tests.unit.test_report import FAST, Ledger, Run, complete_run, rollback_run, scenario
 
 TIMEOUT = 60
 
 
-def make_run(path, ledger: Ledger | None = None, tail: str = "", drain_file: str | None = None):
+def make_run(path, ledger: Ledger | None = None, tail: str = "", drain_file: str | None = None, steps: int = 25):
     path.mkdir(parents=True, exist_ok=True)
     (path / "summary.json").write_text(json.dumps({
-        "final_test_accuracy": 0.9412, "epochs": 2, "steps": 25, "samples_per_s": 51234.5, "ranks": 4,
+        "final_test_accuracy": 0.9412, "epochs": 2, "steps": steps, "samples_per_s": 51234.5, "ranks": 4,
         "workers": 3, "wall_s": 12.3, "master_cpu_s": 3.1, "master_cpu_fraction": 0.25, "history": []}))
     (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in (
         {"event": "step", "step": 5, "epoch": 0, "loss": 0.9, "samples": 640, "wall_s": 1.0},
@@ -38,7 +38,7 @@ def drain(*args):
 def test_report_prints_history_rank_table_suspects_and_integrity(tmp_path):
     rd = make_run(tmp_path / "run", scenario(), tail='{"ev": "copy", "step": 2')
     res = report(rd)
-    assert res.returncode == 0, res.stderr + res.stdout
+    assert res.returncode == 3, res.stderr + res.stdout     # the torn last line: INCOMPLETE
     out = res.stdout
     # the history, as before
     assert "final_test_accuracy    0.9412" in out and "94.12%" in out
@@ -60,8 +60,17 @@ def test_report_prints_history_rank_table_suspects_and_integrity(tmp_path):
             in lines)
     assert ("  rank 3 (n3, lost): lost at step 22: no result for 60.0 s (hung); "
             "slow: 4.0x the median compute time per sample") in lines
-    assert any(ln.startswith("integrity: ok, each of the 75 grad tasks of 25 steps was accepted exactly once")
-               for ln in lines)
+    assert ("integrity: INCOMPLETE -- the last line (160) is cut mid-record: the run was killed while writing it"
+            in lines)
+    assert "  first step without its records: 25" in lines
+    assert "  checked: 25 steps, 75 grad tasks" in lines
+    assert "  not counted: 8 tasks redone after a resume or rollback" in lines
+    assert any(ln.startswith("  note: ledger without step records") for ln in lines)
+    # the same ledger, whole
+    rd = make_run(tmp_path / "whole", scenario())
+    res = report(rd)
+    assert res.returncode == 0, res.stderr + res.stdout
+    assert "integrity: OK -- 25 steps, 75 grad tasks, each accepted exactly once" in res.stdout.splitlines()
 
 
 def test_report_json_is_one_document(tmp_path):
@@ -75,6 +84,10 @@ def test_report_json_is_one_document(tmp_path):
     assert [r["rank"] for r in led["ranks"]] == [1, 2, 3]
     assert [s["rank"] for s in led["suspects"]] == [2, 3]
     assert led["integrity"]["ok"] and led["totals"]["tasks"] == 75
+    i = led["integrity"]
+    assert (i["status"], i["first_missing_step"], i["problems"], i["steps"]) == ("OK", None, [], 25)
+    assert led["ignored_events"] == {"heartbeat": 1}
+    assert led["audits"]["count"] == 0 and led["rollbacks"] == [] and led["arbitrations"]["count"] == 0
 
 
 def test_report_clean_run_and_violation(tmp_path):
@@ -84,17 +97,19 @@ def test_report_clean_run_and_violation(tmp_path):
         L.copy(step, 2 * step, 1, "accepted", compute=FAST)
         L.copy(step, 2 * step + 1, 2, "accepted", compute=FAST)
     L.rec(ev="end", step=3, t=1.0, status="finished")
-    rd = make_run(tmp_path / "clean", L)
+    rd = make_run(tmp_path / "clean", L, steps=3)
     res = report(rd)
     assert res.returncode == 0, res.stderr
     assert "suspect nodes: none" in res.stdout.splitlines()
-    assert "integrity: ok, each of the 6 grad tasks of 3 steps was accepted exactly once" in res.stdout
+    assert "integrity: OK -- 3 steps, 6 grad tasks, each accepted exactly once" in res.stdout.splitlines()
     L.copy(1, 2, 2, "accepted", compute=FAST)
-    rd = make_run(tmp_path / "twice", L)
+    rd = make_run(tmp_path / "twice", L, steps=3)
     res = report(rd)
-    assert res.returncode == 0, res.stderr
-    assert "integrity: FAILED, 1 of 6 grad tasks were not accepted exactly once:" in res.stdout
-    assert "  run 1 step 1 task 2: accepted 2 times" in res.stdout.splitlines()
+    assert res.returncode == 1, res.stderr
+    lines = res.stdout.splitlines()
+    assert ("integrity: FAILED -- 1 of 6 grad tasks not accepted exactly once (first: run 1 step 1 task 2: "
+            "accepted 2 times)") in lines
+    assert "  run 1 step 1 task 2: accepted 2 times" in lines
 
 
 def test_report_without_ledger_still_prints_history(tmp_path):
@@ -145,3 +160,72 @@ def test_drain_rejects_bad_ranks(tmp_path, rank):
 def test_drain_missing_run_dir(tmp_path):
     res = drain(tmp_path / "nope", 1)
     assert res.returncode == 2 and "no run directory" in res.stderr
+
+
+def test_report_shows_audits_rollbacks_and_the_status_line(tmp_path):
+    L = rollback_run()
+    L.lines.insert(1, json.dumps({"ev": "strike", "step": 0, "rank": 1, "host": "n1", "strikes": 1,
+                                  "reason": "disagreed with the quorum"}))    # cleared by the audit at step 6
+    L.rec(ev="arbitrated", step=7, rank=0, host="n0", reason="task 40 of step 7 computed by the master")
+    L.rec(ev="checkpoint", step=8, path="/runs/x/checkpoint.h5")
+    rd = make_run(tmp_path / "run", L, steps=8)
+    res = report(rd)
+    assert res.returncode == 0, res.stderr + res.stdout
+    lines = res.stdout.splitlines()
+    assert "ignored" not in res.stdout
+    assert "audits: 2 (1 failed)" in lines
+    assert ("  failed: task 10 (step 3, audited at step 6): ranks 2, 3 found wrong; voided: the rollback at "
+            "step 6 goes back to step 3") in lines
+    assert "rollbacks: 1" in lines
+    assert "  run 1: at step 6 back to step 3, guilty ranks 2, 3: audit of task failed" in lines
+    assert any(ln.startswith("  0 backups, ") and ln.endswith(", 1 arbitration, 1 checkpoint") for ln in lines)
+    assert lines[-2:] == ["integrity: OK -- 8 steps, 24 grad tasks, every snippet of 2 epochs counted once; "
+                          "2 audits (1 failed), 1 rollback",
+                          "  not counted: 13 tasks redone after a resume or rollback"]
+    assert ("  rank 1 (n1, active): 1 strike: disagreed with the quorum at step 0; 1 strike cleared by audits at "
+            "step 6") in lines
+    assert any(ln.startswith("  0 backups, ") and "1 strike (1 cleared by audits)" in ln for ln in lines)
+
+
+def test_report_exit_status_and_json_follow_the_integrity(tmp_path):
+    # OK
+    rd = make_run(tmp_path / "ok", complete_run(), steps=8)
+    assert report(rd).returncode == 0
+    # FAILED: records of steps 3-4 gone
+    L = complete_run()
+    L.lines = [x for x in L.lines if json.loads(x).get("step") not in (3, 4)]
+    rd = make_run(tmp_path / "gap", L, steps=8)
+    res = report(rd)
+    assert res.returncode == 1, res.stderr
+    assert "integrity: FAILED -- steps 3-4 missing (records of steps 5-7 present)" in res.stdout.splitlines()
+    assert "  first step without its records: 3" in res.stdout.splitlines()
+    res = report(rd, "--json")
+    assert res.returncode == 1
+    i = json.loads(res.stdout)["ledger"]["integrity"]
+    assert i["status"] == "FAILED" and i["ok"] is False and i["first_missing_step"] == 3
+    assert i["problems"][0] == "steps 3-4 missing (records of steps 5-7 present)"
+    # INCOMPLETE: the ledger ends at step 5, summary.json says 8
+    L = Run()
+    L.run(0)
+    L.steps(0, 6)
+    rd = make_run(tmp_path / "cut", L, steps=8)
+    res = report(rd)
+    assert res.returncode == 3, res.stderr
+    assert "integrity: INCOMPLETE -- no records from step 6 on (summary.json says 8 steps)" in res.stdout.splitlines()
+    res = report(rd, "--json")
+    assert res.returncode == 3
+    i = json.loads(res.stdout)["ledger"]["integrity"]
+    assert (i["status"], i["first_missing_step"]) == ("INCOMPLETE", 6)
+    # still running (no summary.json yet)
+    (rd / "summary.json").unlink()
+    res = report(rd)
+    assert res.returncode == 3
+    assert ("integrity: INCOMPLETE -- the run has not finished (or was killed) at step 6 of 8: no end record"
+            in res.stdout.splitlines())
+
+
+def test_report_help_tells_the_exit_status():
+    res = run(raven_cmd() + ["report", "--help"], timeout=TIMEOUT)
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert "exit status: 0 integrity OK (or no ledger), 1 FAILED" in text and "3 INCOMPLETE" in text
