@@ -104,9 +104,9 @@ steps are checked as redone.  Over what is left:
   ``range(train_snippets)`` is in exactly one accepted grad copy of a
   completed epoch, and in at most one of the epoch in progress;
 * audits and rollbacks: a rollback goes back (``to_step`` <= ``step``) and
-  names as guilty only ranks a failed audit proved wrong; the result a
-  failed audit found wrong is voided by a later rollback or resume to its
-  step or earlier;
+  names as guilty only ranks a failed audit proved wrong or that were
+  excluded when it came; the result a failed audit found wrong is voided by
+  a later rollback or resume to its step or earlier;
 * the ledger reads: not empty, not mostly garbage, no damaged line in the
   middle, the last line whole, and the last run ends with an ``end`` record
   whose step follows the last step record.
@@ -1008,10 +1008,13 @@ class _Summary:
             return
         if type(s) is int and k > s:
             self.fail("audit", f"the rollback at step {s:,} goes forward, to step {k:,}")
-        unproven = sorted(set(guilty) - self.proven_wrong)
+        # guilty: proven wrong by an audit, or excluded (by strikes) when the rollback came
+        unproven = sorted(r for r in set(guilty) - self.proven_wrong
+                          if not (r in self.ranks and self.ranks[r].status == "excluded"))
         if unproven:
+            it = "it" if len(unproven) == 1 else "them"
             self.fail("audit", f"the rollback at {at} names {_ranks_words(unproven)} guilty, but no failed audit "
-                               f"before it proved {'it' if len(unproven) == 1 else 'them'} wrong")
+                               f"before it proved {it} wrong, nor {'was it' if it == 'it' else 'were they'} excluded")
         self.close_segment(seg, next_start=k)
         new = _Segment(k, seg.run, seg.plan, settling=True)
         new.new_format = seg.new_format

@@ -958,7 +958,18 @@ def test_rollbacks_and_audits_must_agree():
     i = integ(L)
     assert i["status"] == "FAILED"
     assert "the rollback at step 4 goes forward, to step 5" in i["problems"]
-    assert "the rollback at step 4 names rank 2 guilty, but no failed audit before it proved it wrong" in i["problems"]
+    assert ("the rollback at step 4 names rank 2 guilty, but no failed audit before it proved it wrong, nor was it "
+            "excluded") in i["problems"]
+    # ranks excluded by their strikes: the results only they vouched for are undone
+    L = Run()
+    L.run(0)
+    L.steps(0, 4)
+    L.event("exclude", 4, 3, "3 strikes")
+    L.rec(ev="rollback", step=4, to_step=2, guilty=[3], reason="rank 3 excluded: the results only it vouched for "
+          "since step 2 are undone", checkpoint="/runs/x/checkpoints/step-000000002.h5")
+    L.steps(2, 8)
+    L.end(8)
+    assert integ(L)["status"] == "OK"
     # an audit of a task the ledger never accepted
     L = complete_run()
     audited(L, 8, 999, True, [1])
