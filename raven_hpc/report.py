@@ -842,14 +842,15 @@ class _Summary:
         seg.last_step = (s, e)
         n_tasks, n_snippets = rec.get("tasks"), rec.get("snippets")
         if type(n_tasks) is int and n_tasks != len(acc):
-            self.fail("step", f"step {s:,}: its record counts {n_tasks:,} grad tasks, the ledger has "
+            self.fail("step", f"step {s:,}: its record counts {n_tasks:,} grad task{'' if n_tasks == 1 else 's'}, "
+                              f"the ledger has "
                               f"{len(acc):,} accepted grad cop{'y' if len(acc) == 1 else 'ies'} of it",
                       step=s if len(acc) < n_tasks else None)
         if type(n_snippets) is int:
             got = sum(len(x) for x in acc)
             if got != n_snippets:
-                self.fail("step", f"step {s:,}: its record counts {n_snippets:,} snippets, its accepted grad "
-                                  f"copies hold {got:,}")
+                self.fail("step", f"step {s:,}: its record counts {n_snippets:,} snippet"
+                                  f"{'' if n_snippets == 1 else 's'}, its accepted grad copies hold {got:,}")
         if type(e) is not int or type(i) is not int or i < 1:
             self.fail("step", f"step {s:,}: its record has no epoch / step_in_epoch")
             return
@@ -1345,12 +1346,16 @@ def check_against(integrity: dict, sources: Iterable[tuple[str, int | None]]) ->
     Returns ``integrity``, updated in place."""
     nxt = integrity["last_step"] + 1 if integrity.get("last_step") is not None else integrity.get("first_step")
     nxt = nxt if nxt is not None else 0
-    found = []
-    for name, steps in sources:
-        if type(steps) is int and steps > nxt:
-            found.append(f"no records from step {nxt:,} on ({name} says {steps:,} steps)")
-    if not found:
+    ahead = [(name, steps) for name, steps in sources if type(steps) is int and steps > nxt]
+    if not ahead:
         return integrity
+    if len({steps for _, steps in ahead}) == 1:
+        n = ahead[0][1]
+        says = (f"{ahead[0][0]} says" if len(ahead) == 1 else
+                f"{', '.join(name for name, _ in ahead[:-1])} and {ahead[-1][0]} say") + f" {n:,} steps"
+    else:
+        says = "; ".join(f"{name} says {steps:,} steps" for name, steps in ahead)
+    found = [f"no records from step {nxt:,} on ({says})"]
     probs = integrity["problems"]
     if integrity.get("stopped") in probs:
         probs.remove(integrity["stopped"])     # the run got further: the ledger lost its tail

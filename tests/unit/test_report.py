@@ -738,6 +738,10 @@ def test_a_ledger_behind_the_checkpoint_is_incomplete(tmp_path):
     i = run_report(make_run_dir(tmp_path / "b", L, checkpoint_step=6))["ledger"]["integrity"]
     assert i["status"] == "INCOMPLETE" and i["first_missing_step"] == 4
     assert i["problems"] == ["no records from step 4 on (checkpoint.h5 says 6 steps)"]
+    i = run_report(make_run_dir(tmp_path / "c", L, summary_steps=6, checkpoint_step=6))["ledger"]["integrity"]
+    assert i["problems"] == ["no records from step 4 on (summary.json and checkpoint.h5 say 6 steps)"]
+    i = run_report(make_run_dir(tmp_path / "d", L, summary_steps=8, checkpoint_step=6))["ledger"]["integrity"]
+    assert i["problems"] == ["no records from step 4 on (summary.json says 8 steps; checkpoint.h5 says 6 steps)"]
 
 
 def test_a_failed_ledger_stays_failed_when_also_behind_summary_json(tmp_path):
