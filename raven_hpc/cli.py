@@ -261,7 +261,9 @@ def _print_ledger(rep: dict) -> None:
         print(f"  note: ignored records of unknown kinds: {ign}")
     for i, r in enumerate(led["runs"], 1):
         end = r["end"]
-        if end is None:
+        if end is None and i < len(led["runs"]):
+            how = f"no end record (killed, or its tail cut when run {i + 1} resumed)"
+        elif end is None:
             how = "no end record (killed, or still running)"
         else:
             t = end.get("t")

@@ -44,6 +44,8 @@ def test_report_prints_history_rank_table_suspects_and_integrity(tmp_path):
     assert "final_test_accuracy    0.9412" in out and "94.12%" in out
     # the ledger: runs, notes on the killed run's lines, the table
     assert "truncated record skipped" in out and "resumed at step 18" in out
+    assert any(ln.startswith("  run 1: ") and ln.endswith("no end record (killed, or its tail cut when run 2 resumed)")
+               for ln in out.splitlines())
     lines = out.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["rank", "host", "status"])
     rule = lines[head + 1]
