@@ -119,8 +119,16 @@ than the ledger) or ``"FAILED"`` (a violation above, a gap in the middle --
 records of later steps exist --, step records out of order, an empty or
 garbled ledger).  ``first_missing_step`` is the first step whose records are
 missing (None when none is), ``problems`` says what is wrong in short
-sentences (the failures first), ``notes`` what the check could not cover;
-``ok`` is True only for OK.
+sentences (the failures first; ``failures`` counts them), ``notes`` what the
+check could not cover; ``ok`` is True only for OK.  Also: ``steps``,
+``first_step``, ``last_step`` (the steps with their records), ``epochs``
+(complete, counted_once, in_progress), ``audits``, ``failed_audits``,
+``rollbacks``, ``limited`` (no step records), ``stopped`` (the sentence on a
+run without end record), and the exactly-once counts ``checked_tasks``,
+``checked_steps``, ``violation_count``, ``violations``, ``open_tasks`` (of
+the step in flight when a run stopped) and ``redone_tasks`` (voided by a
+resume or rollback); :func:`run_report` adds ``summary_steps`` and
+``checkpoint_step``.
 
 The drain file
 --------------
