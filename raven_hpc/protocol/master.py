@@ -450,9 +450,8 @@ class Master:
                 self._take(rank, buf, open_ids, total)
             if results:
                 self.backoff.busy()
-            if open_ids:
-                self._housekeeping(open_ids, total)
-            if not results and not self._local and open_ids:
+            self._housekeeping(open_ids, total)
+            if not results and not self._local:
                 if not self._audit_next():
                     self._idle()
         while self._audit_next():
