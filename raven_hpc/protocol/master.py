@@ -452,7 +452,7 @@ class Master:
                 self.backoff.busy()
             self._housekeeping(open_ids, total)
             if not results and not self._local:
-                if not self._audit_next():
+                if not self._audit_next(race=not open_ids):
                     self._idle()
         while self._audit_next():
             pass
@@ -587,15 +587,16 @@ class Master:
             fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
         self.sched.mark_audit(task.task_id, fp)
 
-    def _audit_next(self) -> bool:
+    def _audit_next(self, race: bool = False) -> bool:
         """Recompute one result chosen for an audit (False: none is due).
 
         Audits run while the master would otherwise wait for results, and
         the rest before the step's update: the parameters are still those the
         result was computed on.  A wrong result makes training go back
         (:class:`RollBack`) to before the first update that a guilty rank's
-        unproven results entered."""
-        task = self.sched.next_audit()
+        unproven results entered.  ``race``: the step waits only for audits,
+        so the master also races the ones trusted ranks are computing."""
+        task = self.sched.next_audit(race=race)
         if task is None:
             return False
         buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))

@@ -1087,9 +1087,11 @@ class Scheduler:
         self._audits.append(task_id)
         return True
 
-    def next_audit(self) -> Task | None:
+    def next_audit(self, race: bool = False) -> Task | None:
         """The oldest task whose audit is due and that no trusted rank is
-        computing (None: none) -- the master's to compute."""
+        computing (None: none) -- the master's to compute.  ``race``: also
+        those a trusted rank is computing (the step waits for nothing else:
+        the first recomputation to finish decides, the other is late)."""
         while self._audits:
             task = self.tasks.get(self._audits[0])
             if task is not None and task.audit == "pending":
@@ -1097,7 +1099,7 @@ class Scheduler:
             self._audits.popleft()
         for tid in self._audits:
             task = self.tasks.get(tid)
-            if task is not None and task.audit == "pending" and not self._audit_copy_out(task):
+            if task is not None and task.audit == "pending" and (race or not self._audit_copy_out(task)):
                 return task
         return None
 

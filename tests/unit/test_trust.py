@@ -213,6 +213,7 @@ def test_a_trusted_rank_computes_the_audit_and_its_word_is_proof():
     assert t.state == "done" and s.mark_audit(1)
     assert s.assign(0.6) == [(4, t)]
     assert s.audits_out() and s.next_audit() is None   # the trusted rank's, not the master's
+    assert s.next_audit(race=True) is t                 # unless the step waits for nothing else
     v = s.complete(4, 1, 1.0, fp=fp())
     assert v.audit is not None and not v.audit.ok and set(v.audit.guilty) == {1, 2}
     assert not s.audits_out()
@@ -239,3 +240,15 @@ def test_a_lost_trusted_rank_leaves_its_audit_to_the_master():
     assert s.next_audit() is None
     s.remove_worker(3, 0.7, "process failed")
     assert s.next_audit() is t
+
+
+def test_the_slower_of_two_audits_of_one_result_is_late():
+    s = Scheduler([1, 2, 3], redundancy=1, prefetch=2, trusted=[3])
+    s.submit([Task(1, 0, (0,), samples=32)])
+    (r, t), = s.assign(0.0)
+    s.complete(r, 1, 0.5)
+    s.mark_audit(1, fp())
+    assert [x[0] for x in s.assign(0.6)] == [3]
+    assert s.audit(1, fp(), 0.7).ok                   # the master won the race
+    v = s.complete(3, 1, 0.9, fp=fp())
+    assert v.audit is None and v.state == "late" and not s.audits_out()
