@@ -392,6 +392,8 @@ class Master:
             self.interrupted = signals.received
         if self.interrupted is None:
             return
+        if any(t.kind == "eval" for t in self.sched.tasks.values()):
+            return   # the epoch's evaluation first: its record belongs to the epoch the checkpoint is at
         import signal
 
         name = signal.Signals(self.interrupted).name
