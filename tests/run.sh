@@ -2,6 +2,8 @@
 # README command 2: on a fresh machine, set up ./.venv (with torch CPU as the
 # test-only reference) and run the whole suite: unit tests, the pytest-mpi
 # suite under mpiexec, and end-to-end runs of the CLI -- each under a timeout.
+# tests/e2e/test_slurm.py also submits slurm/train.sbatch to a private Slurm
+# when run as root with slurm-wlm and munge installed (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/bootstrap.sh
