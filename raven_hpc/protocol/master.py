@@ -749,10 +749,11 @@ class Master:
         if not (len(ranks) >= 2 or (live and live <= ranks)):
             return
         task = self.sched.tasks.get(tid)
-        if task is not None and task.kind == "grad" and task.state in (PENDING, RUNNING):
-            self._arbitrate(task, open_ids, total)
+        if task is not None and task.kind == "grad":
+            if task.state in (PENDING, RUNNING):
+                self._arbitrate(task, open_ids, total)
             if task.state == DONE:
-                return
+                return    # a finite result of the task stands: those ranks are wrong, not the model
         raise TrainingDiverged(
             f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
             f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
