@@ -170,6 +170,7 @@ class Master:
         # trusted audits: which accepted results the master recomputes, drawn
         # with randomness the workers cannot predict
         self.audit_rate = float(poc.get("audit", 0.0))
+        self.sched.audit_exclusions = self.audit_rate > 0.0
         self._audit_rng = random.SystemRandom()
         self._audit_step: int | None = None     # a step whose every result is audited (a suspect)
         self._loss_floor: float | None = None    # lowest smoothed step loss (explosion check)
@@ -910,6 +911,8 @@ class Master:
         self._acc_empty = True
         self.acc.fill(0.0)
         self._audit_step = self.state.step if rb.audit_step else None
+        if path is not None:
+            self._loss_ewma = self._loss_floor = None   # the loss is judged afresh from the restored point
         self.version += 1
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         self.rec.ledger(self.sched.drain_events(), self.hosts)

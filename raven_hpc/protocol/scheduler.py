@@ -413,6 +413,7 @@ class Scheduler:
         # ranks the operator trusts like the master: they audit, and a result
         # one of them vouched for is proven
         self.trusted: set[int] = {0, *trusted}
+        self.audit_exclusions = False                 # audit the vote that excludes a worker (master: audits on)
         for r in workers:
             self.add_worker(r)
         if not self.workers:
@@ -504,13 +505,16 @@ class Scheduler:
         if rank in self.workers:
             self.workers[rank].host = host
 
-    def strike(self, rank: int, now: float, reason: str, accusers: Iterable[int] | None = None) -> bool:
+    def strike(self, rank: int, now: float, reason: str, accusers: Iterable[int] | None = None,
+               task: Task | None = None) -> bool:
         """Give ``rank`` a strike; True when that excluded it.
 
         ``accusers``: the ranks whose agreeing copies outvoted this one (None
         when the strike needs no vote: a non-finite result, or the master's
         own computation).  When an audit later proves every accuser wrong,
-        the strike is cleared (:meth:`audit`)."""
+        the strike is cleared (:meth:`audit`).  With :attr:`audit_exclusions`
+        a vote (on ``task``) that excludes a worker is audited: an honest
+        worker outvoted by agreeing wrong ones comes back at once."""
         w = self.workers.get(rank)
         if w is None:
             return False
@@ -518,14 +522,19 @@ class Scheduler:
         w.strike_log.append((self.step, None if accusers is None else frozenset(accusers) - {0}, reason))
         self._event("strike", rank, reason, strikes=w.strikes)
         if w.strikes >= self.max_strikes and w.status != EXCLUDED:
-            w.excluded_at = self.step
-            w.probation_left = 0
-            self._event("exclude", rank, f"{w.strikes} strikes (last: {reason})")
-            if w.live:
-                self.remove_worker(rank, now, f"excluded after {w.strikes} strikes", status=EXCLUDED)
-            w.status = EXCLUDED
+            self._exclude(w, now, f"{w.strikes} strikes (last: {reason})", f"excluded after {w.strikes} strikes")
+            if self.audit_exclusions and accusers is not None and task is not None:
+                self.mark_audit(task.task_id)
             return True
         return False
+
+    def _exclude(self, w: _Worker, now: float, why: str, removed: str) -> None:
+        w.excluded_at = self.step
+        w.probation_left = 0
+        self._event("exclude", w.rank, why)
+        if w.live:
+            self.remove_worker(w.rank, now, removed, status=EXCLUDED)
+        w.status = EXCLUDED
 
     def begin_step(self, step: int, now: float) -> list[int]:
         """A new step starts: count probation down, readmit excluded workers
@@ -961,7 +970,7 @@ class Scheduler:
         if task.accepted_verified:
             why = f"disagreed with the verified result (off by {worst:.3g} x tolerance)"
             self._move(task, copy, REJECTED, now, why)
-            self.strike(copy.rank, now, why, accusers=self.agreers(task))
+            self.strike(copy.rank, now, why, accusers=self.agreers(task), task=task)
             return Verdict(False, REJECTED, why)
         # The applied result was not verified: whoever is wrong is unknown.
         why = f"disputes the accepted result (off by {worst:.3g} x tolerance)"
@@ -985,7 +994,7 @@ class Scheduler:
                     _, worst = agree(c.fp, copy.fp, self.rtol)
                     why = f"disagreed with the quorum (off by {worst:.3g} x tolerance)"
                     self._move(task, c, REJECTED, now, why)
-                    self.strike(c.rank, now, why, accusers=[copy.rank, *(a.rank for a in agreeing)])
+                    self.strike(c.rank, now, why, accusers=[copy.rank, *(a.rank for a in agreeing)], task=task)
             return Verdict(True, ACCEPTED, "quorum")
         self._move(task, copy, HELD, now, "waiting for a quorum")
         held.append(copy)
@@ -1075,6 +1084,8 @@ class Scheduler:
         task = self.tasks.get(task_id)
         if task is None or task.kind != "grad" or task.state != DONE or task.audit is not None:
             return False
+        if task.step != self.step:
+            return False    # its parameters are gone (a late copy of an earlier step's task)
         if self.trusted & set(self.agreers(task)):
             return False
         if task.accepted_fp is None:
@@ -1185,12 +1196,7 @@ class Scheduler:
         w.strikes = max(w.strikes, self.max_strikes)
         w.strike_log.append((self.step, None, why))
         if w.status != EXCLUDED:
-            w.excluded_at = self.step
-            w.probation_left = 0
-            self._event("exclude", rank, f"proven wrong by a trusted audit: {why}")
-            if w.live:
-                self.remove_worker(rank, now, f"proven wrong: {why}", status=EXCLUDED)
-            w.status = EXCLUDED
+            self._exclude(w, now, f"proven wrong by a trusted audit: {why}", f"proven wrong: {why}")
 
     def _exonerate(self, now: float, why: str) -> list[int]:
         """Clear the strikes of non-guilty workers that votes won by guilty

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import mpiexec_cmd, raven_cmd, run, write_config
 from tests.conftest import test_env as env_for_tests
+from tests.e2e.test_poc import faults, ledger, ok, params_of
 
 TIMEOUT = 240
 
@@ -24,24 +25,6 @@ TIMEOUT = 240
 def train(n, cfg, run_dir, *extra, timeout=TIMEOUT):
     return run(mpiexec_cmd(n) + raven_cmd() + ["train", str(cfg), "--run-dir", str(run_dir),
                                                 "--set", "train.eval_every=0", *extra], timeout=timeout)
-
-
-def ok(res):
-    assert res.returncode == 0, res.stdout + res.stderr
-    return res
-
-
-def faults(*rules) -> list[str]:
-    return ["--set", "faults.rules=[" + ", ".join(rules) + "]"]
-
-
-def params_of(run_dir):
-    with h5py.File(run_dir / "checkpoint.h5", "r") as f:
-        return f["params"][()]
-
-
-def ledger(run_dir):
-    return [json.loads(x) for x in (run_dir / "ledger.jsonl").read_text().splitlines() if x.strip()]
 
 
 def statuses(run_dir) -> dict:

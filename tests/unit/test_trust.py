@@ -252,3 +252,35 @@ def test_the_slower_of_two_audits_of_one_result_is_late():
     assert s.audit(1, fp(), 0.7).ok                   # the master won the race
     v = s.complete(3, 1, 0.9, fp=fp())
     assert v.audit is None and v.state == "late" and not s.audits_out()
+
+
+def test_with_audits_on_the_vote_that_excludes_a_worker_is_audited():
+    s = pair_scheduler(max_strikes=1)
+    s.audit_exclusions = True
+    t = run_voted_step(s, 0, 1, {1: WRONG, 2: WRONG, 3: fp()})
+    assert s.workers[3].status == EXCLUDED
+    assert s.next_audit() is t                       # the master recomputes the vote that excluded rank 3
+    v = s.audit(t.task_id, fp(), 1.0)
+    assert set(v.guilty) == {1, 2} and v.exonerated == (3,) and s.workers[3].status == "active"
+
+
+def test_without_audits_an_exclusion_by_votes_is_not_audited():
+    s = pair_scheduler(max_strikes=1)
+    run_voted_step(s, 0, 1, {1: WRONG, 2: WRONG, 3: fp()})
+    assert s.workers[3].status == EXCLUDED and s.next_audit() is None
+
+
+def test_a_late_copy_of_an_earlier_step_is_never_audited():
+    s = pair_scheduler(max_strikes=1)
+    s.audit_exclusions = True
+    s.begin_step(0, 0.0)
+    t = Task(1, 0, (0,), samples=32)
+    s.submit([t])
+    t.wanted = 3
+    s.assign(0.0)
+    s.complete(1, 1, 0.2, fp=fp())
+    s.complete(2, 1, 0.3, fp=fp())                   # quorum: accepted
+    s.begin_step(1, 1.0)                              # the step moved on; rank 3's copy is late
+    s.complete(3, 1, 1.1, fp=WRONG)                   # disagrees with the verified result: excluded
+    assert s.workers[3].status == EXCLUDED
+    assert s.next_audit() is None                     # step 0's parameters are gone: nothing to recompute
