@@ -598,8 +598,8 @@ class Master:
         result was computed on.  A wrong result makes training go back
         (:class:`RollBack`) to before the first update that a guilty rank's
         unproven results entered.  ``race``: the step waits only for audits,
-        so the master also races the ones trusted ranks are computing."""
-        task = self.sched.next_audit(race=race)
+        so the master also races trusted ranks that are overdue."""
+        task = self.sched.next_audit(race=race, now=self.clock())
         if task is None:
             return False
         buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))

@@ -1098,11 +1098,12 @@ class Scheduler:
         self._audits.append(task_id)
         return True
 
-    def next_audit(self, race: bool = False) -> Task | None:
+    def next_audit(self, race: bool = False, now: float | None = None) -> Task | None:
         """The oldest task whose audit is due and that no trusted rank is
-        computing (None: none) -- the master's to compute.  ``race``: also
-        those a trusted rank is computing (the step waits for nothing else:
-        the first recomputation to finish decides, the other is late)."""
+        computing (None: none) -- the master's to compute.  ``race``: the
+        step waits for nothing else, so also one whose trusted rank is
+        overdue (predicted to have landed by ``now``): the first
+        recomputation to finish decides, the other is late."""
         while self._audits:
             task = self.tasks.get(self._audits[0])
             if task is not None and task.audit == "pending":
@@ -1110,9 +1111,17 @@ class Scheduler:
             self._audits.popleft()
         for tid in self._audits:
             task = self.tasks.get(tid)
-            if task is not None and task.audit == "pending" and (race or not self._audit_copy_out(task)):
+            if task is None or task.audit != "pending":
+                continue
+            out = [c for c in task.copies if c.audit and c.state == ASSIGNED]
+            if not out or (race and self._overdue(out[0], task, now)):
                 return task
         return None
+
+    def _overdue(self, copy: Copy, task: Task, now: float | None) -> bool:
+        w = self.workers[copy.rank]
+        due = self._finish_estimates(w, now if now is not None else copy.assigned_at).get(task.task_id)
+        return due is None or now is None or now > due + w.overhead_s
 
     def audits_out(self) -> bool:
         """Is a trusted rank still computing an audit?"""
@@ -1123,8 +1132,9 @@ class Scheduler:
         return any(c.audit and c.state == ASSIGNED for c in task.copies)
 
     def _assign_audits(self, now: float) -> list[tuple[int, Task]]:
-        """Give each pending audit to a live trusted worker with room that
-        holds no copy of the task (the fastest first); audits no trusted
+        """Give each pending audit to a live trusted worker with room (an
+        audit may take one slot beyond ``prefetch``) that
+        holds no copy of the task, the fastest first; audits no trusted
         worker can take stay with the master (:meth:`next_audit`)."""
         out: list[tuple[int, Task]] = []
         if len(self.trusted) < 2 or not self._audits:
@@ -1135,7 +1145,7 @@ class Scheduler:
                 continue
             tried = {c.rank for c in task.copies}
             cands = [w for r, w in self.workers.items() if r in self.trusted and r != 0 and w.live and w.accepting
-                     and r not in tried and len(w.outstanding) < self.prefetch]
+                     and r not in tried and len(w.outstanding) <= self.prefetch]
             if not cands:
                 continue
             w = min(cands, key=lambda w: (w.sec_per_sample or 0.0, len(w.outstanding), w.rank))

@@ -95,12 +95,14 @@ def test_identical_wrong_pair_cannot_outvote_the_audits(tmp_path, cfg, clean):
 
 def test_trusted_rank_audits_and_a_subtly_wrong_pair_is_undone(tmp_path, cfg, clean):
     """A pair that halves its gradients (the loss still falls: only an audit
-    can tell) with rank 4 marked trusted: the audits go to rank 4 when it
-    has room (the master takes those it cannot); the run ends with the clean run's
+    can tell) with rank 4 marked trusted: audits chosen while the step runs
+    go to rank 4 (four single-snippet tasks per step, no chunks, so there
+    are such audits every step); the master takes those rank 4 cannot, and
+    those chosen as the step ends.  The run ends with the clean run's
     parameters."""
     rd = tmp_path / "run"
     res = ok(train(5, cfg, rd, "--set", "poc.redundancy=2", "--set", "poc.quorum=2", "--set", "poc.audit=0.5",
-                   "--set", "poc.trusted=[4]",
+                   "--set", "poc.trusted=[4]", "--set", "cluster.max_chunk=1",
                    *faults('{rank = [1, 2], mode = "scale", factor = 0.5, from_step = 5}')))
     np.testing.assert_allclose(params_of(rd), clean, rtol=1e-6, atol=1e-7)
     assert statuses(rd) == {1: "excluded", 2: "excluded", 3: "active", 4: "active"}, res.stdout

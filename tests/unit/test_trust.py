@@ -213,7 +213,7 @@ def test_a_trusted_rank_computes_the_audit_and_its_word_is_proof():
     assert t.state == "done" and s.mark_audit(1)
     assert s.assign(0.6) == [(4, t)]
     assert s.audits_out() and s.next_audit() is None   # the trusted rank's, not the master's
-    assert s.next_audit(race=True) is t                 # unless the step waits for nothing else
+    assert s.next_audit(race=True, now=0.61) is t       # speed unknown: raced once the step waits for it alone
     v = s.complete(4, 1, 1.0, fp=fp())
     assert v.audit is not None and not v.audit.ok and set(v.audit.guilty) == {1, 2}
     assert not s.audits_out()
@@ -284,3 +284,16 @@ def test_a_late_copy_of_an_earlier_step_is_never_audited():
     s.complete(3, 1, 1.1, fp=WRONG)                   # disagrees with the verified result: excluded
     assert s.workers[3].status == EXCLUDED
     assert s.next_audit() is None                     # step 0's parameters are gone: nothing to recompute
+
+
+def test_the_master_races_a_trusted_audit_only_once_it_is_overdue():
+    s = Scheduler([1, 2, 3], redundancy=1, prefetch=2, trusted=[3])
+    for w in s.workers.values():
+        w.sec_per_sample = 0.001                      # 32 ms per 32-sample task
+    s.submit([Task(1, 0, (0,), samples=32)])
+    (r, t), = s.assign(0.0)
+    s.complete(r, 1, 0.05, compute_s=0.032)
+    s.mark_audit(1, fp())
+    assert [x[0] for x in s.assign(0.06)] == [3]
+    assert s.next_audit(race=True, now=0.07) is None  # due at 0.092: wait for the trusted rank
+    assert s.next_audit(race=True, now=0.10) is t     # overdue: the master computes it too
