@@ -235,9 +235,11 @@ def reference(tmp_path_factory, small_h5):
 
 def config(folder: Path, data: Path, run_dir: Path) -> Path:
     """The job's config: a small MLP over the embedded MNIST subset, a checkpoint every 5 steps,
-    workers slowed so that there is time to stop it."""
+    workers slowed so that there is time to stop it, one task per copy (how tasks merge into
+    chunks depends on timings: round-off that many steps would grow)."""
     return write_config(folder / "c.toml", data, epochs=STEPS // 16, task_snippets=1,
                         extra=f'dir = "{run_dir}"\ncheckpoint_every_steps = 5\n'
+                              f'[cluster]\nmax_chunk = 1\n'
                               f'[faults]\nrules = [{{rank = [1, 2, 3], mode = "sleep", seconds = {SLOW_S}}}]\n')
 
 
