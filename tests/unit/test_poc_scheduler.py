@@ -546,7 +546,7 @@ def test_no_probe_without_a_second_worker_or_when_disabled():
     s = Scheduler([1], prefetch=2, max_chunk=16)
     learn(s, {1: 0.1})
     s.submit([Task(10 + i, 50, (i,), samples=32) for i in range(4)])
-    assert s.workers[1].probing is False and s._probe(s.tasks[10], exclude=set(), plan={}) is None
+    assert s.workers[1].probing is False and s._probe(s.tasks[10], exclude=set(), plan=s._plan_start(0.0)) is None
     s = Scheduler([1, 2], prefetch=2, max_chunk=16)
     learn(s, {1: 0.1, 2: 4.0})
     s.reprobe_steps = 0
