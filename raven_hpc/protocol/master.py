@@ -27,7 +27,7 @@ from ..errors import ConfigError, Interrupted, ProtocolError, RavenError
 from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
-from .scheduler import ASSIGNED, DONE, GONE, PENDING, RUNNING, Scheduler, Task
+from .scheduler import Scheduler, Task
 from . import transport
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
@@ -332,8 +332,7 @@ class Master:
         MPI = self.MPI
         for msg, src, tag, nbytes in self._arrivals():
             self.stats["messages"] += 1
-            w = self.sched.workers.get(src)
-            if w is not None and w.status == GONE and hello is None:
+            if hello is None and self.sched.is_lost(src):
                 self._readmit(src, "answered again after it was given up on")
             if tag == TAG_RESULT:
                 buf = self._result_buffer(nbytes)
@@ -370,10 +369,7 @@ class Master:
                 raise ProtocolError("MPI reports the master itself as failed")
             self.dead.add(r)
             transport.peer_failed = True
-            if self.sched.workers.get(r) is not None and self.sched.workers[r].live:
-                self.sched.remove_worker(r, self.clock(), "process failed (reported dead by MPI)")
-            else:
-                self.sched.workers[r].status = GONE
+            self.sched.mark_dead(r, self.clock(), "process failed (reported dead by MPI)")
         self._receiving = [p for p in self._receiving if p.rank not in self.dead]
 
     #: set when a signal stopped training: the stop message tells the workers,
@@ -393,7 +389,7 @@ class Master:
             self.interrupted = signals.received
         if self.interrupted is None:
             return
-        if any(t.kind == "eval" for t in self.sched.tasks.values()):
+        if self.sched.evaluating():
             return   # the epoch's evaluation first: its record belongs to the epoch the checkpoint is at
         import signal
 
@@ -416,7 +412,7 @@ class Master:
             if hello is not None:
                 hello.discard(src)
         elif kind == "skipped":
-            if obj["task"] in self.sched.tasks:
+            if self.sched.task(obj["task"]) is not None:
                 self.sched.skipped(src, obj["task"], self.clock())
         else:
             raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
@@ -535,7 +531,7 @@ class Master:
                 text = ""
             from ..report import parse_drain
 
-            ranks = {r for r in parse_drain(text)[0] if r in self.sched.workers}
+            ranks = {r for r in parse_drain(text)[0] if self.sched.is_worker(r)}
         for r in sorted(ranks - self._drained):
             self.sched.drain(r, now, f"listed in {path}")
         for r in sorted(self._drained - ranks):
@@ -559,7 +555,7 @@ class Master:
                                    f"of task {task.task_id} is NaN/inf{also}; lower [optimizer] lr or check the data")
         fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
         self.stats["arbitrations"] = self.stats.get("arbitrations", 0) + 1
-        done = task.state == DONE
+        done = self.sched.is_done(task)
         wrong = self._undo.get(task.task_id) if done else None
         apply = self.sched.arbitrate(task.task_id, fp, self.clock(), replace=wrong is not None)
         self._held.pop(task.task_id, None)
@@ -625,7 +621,7 @@ class Master:
         copies of an unverified (quorum-1) task are still out: if one disputes
         it and the master finds it wrong while the step is open, it is taken
         out again (:meth:`_swap`) -- within ``UNDO_BYTES`` per step."""
-        if task.quorum >= 2 or not any(c.state == ASSIGNED for c in task.copies):
+        if not self.sched.disputable(task):
             return False
         return sum(b.raw.nbytes for b in self._undo.values()) + buf.raw.nbytes <= UNDO_BYTES
 
@@ -655,7 +651,7 @@ class Master:
 
     def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:
         tid = int(buf.get("task"))
-        task = self.sched.tasks.get(tid)
+        task = self.sched.task(tid)
         if task is None:
             return   # a late copy of a task already settled and forgotten
         is_grad = int(buf.get("kind")) != KIND_EVAL
@@ -666,7 +662,7 @@ class Master:
         if is_grad:
             if buf.grad.shape[0] != self.n:
                 raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
-            if task.quorum > 1 or len(task.copies) > 1:
+            if self.sched.compared(task):
                 # compared with other copies: fingerprint (and finiteness) in one pass
                 finite = finite and fingerprint(buf.grad, self._fp_seed(task), self._fp)
                 fp = (*self._fp, loss, correct)
@@ -711,7 +707,7 @@ class Master:
         """Add an accepted result to the step (exactly once per task)."""
         is_grad = int(buf.get("kind")) != KIND_EVAL
         open_ids.discard(tid)
-        task = self.sched.tasks.get(tid)
+        task = self.sched.task(tid)
         if task is not None and task.merged:
             open_ids.difference_update(task.merged)   # a chunk settles the tasks it absorbed
         if is_grad:
@@ -749,11 +745,11 @@ class Master:
         live = set(self.sched.live_workers())
         if not (len(ranks) >= 2 or (live and live <= ranks)):
             return
-        task = self.sched.tasks.get(tid)
+        task = self.sched.task(tid)
         if task is not None and task.kind == "grad":
-            if task.state in (PENDING, RUNNING):
+            if self.sched.is_open(task):
                 self._arbitrate(task, open_ids, total)
-            if task.state == DONE:
+            if self.sched.is_done(task):
                 return    # a finite result of the task stands: those ranks are wrong, not the model
         raise TrainingDiverged(
             f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "

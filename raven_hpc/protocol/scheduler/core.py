@@ -610,6 +610,49 @@ class Scheduler(Forecast, Trust):
     def open_tasks(self) -> int:
         return len(self._open_task_ids())
 
+    def task(self, task_id: int) -> Task | None:
+        """The task with this id while the scheduler still tracks it."""
+        return self.tasks.get(task_id)
+
+    def is_worker(self, rank: int) -> bool:
+        return rank in self.workers
+
+    def is_lost(self, rank: int) -> bool:
+        """Was ``rank`` given up on (hung, or its process reported dead)?"""
+        w = self.workers.get(rank)
+        return w is not None and w.status == GONE
+
+    def mark_dead(self, rank: int, now: float, reason: str) -> None:
+        """MPI reports ``rank``'s process failed: a live worker leaves (its
+        copies are requeued); one already out of the schedule is marked lost."""
+        w = self.workers.get(rank)
+        if w is None:
+            return
+        if w.live:
+            self.remove_worker(rank, now, reason)
+        else:
+            w.status = GONE
+
+    def evaluating(self) -> bool:
+        """Is an evaluation task open?"""
+        return any(t.kind == "eval" and t.state in (PENDING, RUNNING) for t in self.tasks.values())
+
+    def compared(self, task: Task) -> bool:
+        """Will a result of ``task`` be compared with another copy's (so the
+        master must fingerprint it)?"""
+        return task.quorum > 1 or len(task.copies) > 1
+
+    def disputable(self, task: Task) -> bool:
+        """Can a later copy still dispute ``task``'s accepted result before
+        the step ends (quorum 1, other copies out)?"""
+        return task.quorum < 2 and any(c.state == ASSIGNED for c in task.copies)
+
+    def is_open(self, task: Task) -> bool:
+        return task.state in (PENDING, RUNNING)
+
+    def is_done(self, task: Task) -> bool:
+        return task.state == DONE
+
     def outstanding(self, rank: int) -> set:
         return set(self.workers[rank].outstanding)
 
