@@ -24,10 +24,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, Interrupted, ProtocolError, RavenError
-from ..kernels.reduce import FP_SIZE, accumulate, assign, fingerprint, warm_up
+from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from .plan import eval_tasks, make_plan
 from .scheduler import Scheduler, Task
+from .step import LossWatch, NormScreen, StepSum
 from . import transport
 from .transport import Backoff, Outbox, hostname, raise_remote
 from .worker import TaskRunner
@@ -38,7 +39,6 @@ STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before sayi
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
-UNDO_BYTES = 256 * 2**20     # accepted results kept per step in case a later copy disputes them
 TRANSFER_FRESH_S = 0.005    # drive a parameter send's progress this long after posting it, then just poll
 
 
@@ -55,11 +55,6 @@ def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
 
 class TrainingDiverged(RavenError):
     """The loss or gradients became non-finite on every rank that tried."""
-
-
-#: a step whose mean loss is this many times the lowest smoothed loss of the
-#: run so far is a suspect: its results are audited before it is applied
-LOSS_EXPLOSION = 10.0
 
 
 class RollBack(Exception):
@@ -134,11 +129,10 @@ class Master:
                                trusted=poc.get("trusted", ()))
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
-        self._undo: dict[int, ResultBuffer] = {}   # task -> accepted result of this step a later copy may dispute
         self._fp = np.zeros(FP_SIZE, np.float64)
         self._next_check = 0.0
         self._next_backup_check = 0.0
-        self._log_norm: float | None = None   # running typical log(|g| / samples) of accepted results
+        self.screen = NormScreen(poc["screen"])   # gradient norms per sample that are outliers
         self._drain_mtime: float | None = None
         self._drained: set[int] = set()
         self.dead: set[int] = set()               # processes MPI reported failed (ULFM)
@@ -149,11 +143,9 @@ class Master:
         self.hosts = {0: hostname()}
         self.sched.set_host(0, self.hosts[0])
         self.n = model.num_params
-        self.acc = np.zeros(self.n, np.float64)
-        # A step settled by one result (one worker, or one chunk) steps the
-        # optimizer straight from the received float32 buffer: no copy into
-        # ``acc`` on the critical path.
-        self._first: ResultBuffer | None = None
+        # the step's accepted results: float64 sum, or the one received buffer
+        # when a single result settles the step (no copy on the critical path)
+        self.step_sum = StepSum(self.n)
         # The model's parameters live in a send buffer: no packing copy per step.
         self._param_pool: list[ParamsBuffer] = [ParamsBuffer(self.n)]
         self._params_buf = self._param_pool[0]
@@ -173,8 +165,7 @@ class Master:
         self.sched.audit_exclusions = self.audit_rate > 0.0
         self._audit_rng = random.SystemRandom()
         self._audit_step: int | None = None     # a step whose every result is audited (a suspect)
-        self._loss_floor: float | None = None    # lowest smoothed step loss (explosion check)
-        self._loss_ewma: float | None = None
+        self.loss_watch = LossWatch()
         self._status = MPI.Status()
         self._nonfinite: dict[int, set] = {}
         self.stats = {"messages": 0, "bytes_in": 0, "bytes_out": 0}
@@ -288,9 +279,7 @@ class Master:
     def _result_buffer(self, nbytes: int) -> ResultBuffer:
         pool = self._result_pool.setdefault(nbytes, [])
         busy = {id(p.buf) for p in self._receiving}
-        if self._first is not None:
-            busy.add(id(self._first))
-        busy.update(id(b) for b in self._undo.values())
+        busy.update(id(b) for b in self.step_sum.held())
         busy.update(id(b) for held in self._held.values() for b in held.values())
         for b in pool:
             if id(b) not in busy:
@@ -430,9 +419,8 @@ class Master:
     def run_tasks(self, tasks: list[Task]) -> dict:
         """Run tasks to completion; returns summed loss, correct, samples (and
         leaves the gradient sum of grad tasks in :meth:`step_gradient`)."""
-        self._acc_empty = True
-        self._first = None
-        total = {"loss_sum": 0.0, "correct": 0.0, "samples": 0, "compute_s": 0.0}
+        self.step_sum.reset()
+        total = self.step_sum.totals
         open_ids = {t.task_id for t in tasks}
         self.sched.submit(tasks)
         while open_ids or self.sched.audits_out():
@@ -455,7 +443,7 @@ class Master:
                     self._idle()
         while self._audit_next():
             pass
-        self._undo.clear()
+        self.step_sum.undo.clear()
         if tasks and tasks[0].kind == "grad":
             self.sched.record_applied((t.task_id for t in tasks), self.state.step)
         self.sched.forget(t.task_id for t in tasks)
@@ -466,8 +454,6 @@ class Master:
                 raise RollBack(step, f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
                                      f"excluded: the results only they vouched for since step {step} are undone",
                                guilty=ranks)
-        if self._acc_empty and self._first is None:
-            self.acc.fill(0.0)
         events = self.sched.drain_events()
         if tasks and tasks[0].kind == "grad":
             step = self.state.step
@@ -556,12 +542,12 @@ class Master:
         fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
         self.stats["arbitrations"] = self.stats.get("arbitrations", 0) + 1
         done = self.sched.is_done(task)
-        wrong = self._undo.get(task.task_id) if done else None
+        wrong = self.step_sum.undo.get(task.task_id) if done else None
         apply = self.sched.arbitrate(task.task_id, fp, self.clock(), replace=wrong is not None)
         self._held.pop(task.task_id, None)
         if apply and done:
-            self._swap(wrong, buf, total)         # the applied result was wrong: take it out
-            self._undo.pop(task.task_id, None)
+            self.step_sum.swap(wrong, buf)        # the applied result was wrong: take it out
+            self.step_sum.undo.pop(task.task_id, None)
         elif apply:
             self._apply(buf, task.task_id, open_ids, total)
 
@@ -616,25 +602,6 @@ class Master:
         raise RollBack(to, f"an audit of task {v.task_id} proved rank{'s' if len(v.guilty) > 1 else ''} "
                            f"{', '.join(map(str, v.guilty))} wrong at step {self.state.step}", guilty=v.guilty)
 
-    def _may_be_disputed(self, task: Task, buf: ResultBuffer) -> bool:
-        """Keep this accepted result until the step ends?  Yes when other
-        copies of an unverified (quorum-1) task are still out: if one disputes
-        it and the master finds it wrong while the step is open, it is taken
-        out again (:meth:`_swap`) -- within ``UNDO_BYTES`` per step."""
-        if not self.sched.disputable(task):
-            return False
-        return sum(b.raw.nbytes for b in self._undo.values()) + buf.raw.nbytes <= UNDO_BYTES
-
-    def _swap(self, wrong: ResultBuffer, right: ResultBuffer, total: dict) -> None:
-        """Replace an accepted result already added to this step's sum by the
-        master's own computation of the same task."""
-        if self._acc_empty:
-            raise ProtocolError("internal: a result to take out of an empty step sum")
-        self.acc -= wrong.grad
-        accumulate(self.acc, right.grad)
-        total["loss_sum"] += right.get("loss_sum") - wrong.get("loss_sum")
-        total["correct"] += right.get("correct") - wrong.get("correct")
-
     def _idle(self) -> None:
         """Nothing arrived: sleep until a result is due, else back off.
 
@@ -672,7 +639,7 @@ class Master:
                 sq = float(np.dot(buf.grad, buf.grad))
                 finite = finite and math.isfinite(sq)
             if finite:
-                suspicious = self._screen(sq, buf.get("samples"))
+                suspicious = self.screen.suspicious(sq, buf.get("samples"))
                 if suspicious and fp is None:
                     fingerprint(buf.grad, self._fp_seed(task), self._fp)
                     fp = (*self._fp, loss, correct)
@@ -691,18 +658,6 @@ class Master:
         elif verdict.arbitrate:
             self._arbitrate(task, open_ids, total)
 
-    def _screen(self, sq: float, samples: float) -> bool:
-        """Is this gradient's norm per sample an outlier (``screen`` x the
-        running typical value)?  Learns from the results that pass."""
-        factor = self.poc["screen"]
-        if factor <= 0 or samples <= 0:
-            return False
-        x = 0.5 * np.log(max(sq, 1e-300)) - np.log(samples)
-        if self._log_norm is not None and x > self._log_norm + np.log(factor):
-            return True
-        self._log_norm = x if self._log_norm is None else 0.95 * self._log_norm + 0.05 * x
-        return False
-
     def _apply(self, buf: ResultBuffer, tid: int, open_ids: set, total: dict) -> None:
         """Add an accepted result to the step (exactly once per task)."""
         is_grad = int(buf.get("kind")) != KIND_EVAL
@@ -713,20 +668,12 @@ class Master:
         if is_grad:
             if task is not None:
                 self._maybe_audit(task, buf)
-            if open_ids and task is not None and self._may_be_disputed(task, buf):
-                self._undo[tid] = buf
-            if not self._acc_empty:
-                accumulate(self.acc, buf.grad)
-            elif open_ids:
-                assign(self.acc, buf.grad)   # more to come: copy now, while the others compute
-                self._acc_empty = False
-            else:
-                self._first = buf            # the step's only result: the optimizer reads it as it is
-        total["loss_sum"] += buf.get("loss_sum")
-        total["correct"] += buf.get("correct")
-        total["samples"] += int(buf.get("samples"))
-        total["compute_s"] += buf.get("compute_s")
-        total["idle_s"] = total.get("idle_s", 0.0) + buf.get("recv_wait_s")
+            if open_ids and task is not None and self.sched.disputable(task):
+                # other copies of this unverified result are out: if one
+                # disputes it and the master finds it wrong while the step is
+                # open, it is taken out again (StepSum.swap)
+                self.step_sum.keep_for_dispute(tid, buf)
+        self.step_sum.add(buf, is_grad, more_coming=bool(open_ids))
         if is_grad:
             c = buf.get("compute_s")
             self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c
@@ -755,25 +702,6 @@ class Master:
             f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
             f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
             "lower [optimizer] lr or check the data")
-
-    def _loss_suspect(self, loss: float) -> bool:
-        """Has the step's mean loss exploded (:data:`LOSS_EXPLOSION` x the
-        lowest smoothed loss so far)?  Learns from the steps that pass."""
-        if not math.isfinite(loss):
-            return True
-        if self._loss_ewma is None:
-            self._loss_ewma = self._loss_floor = self._loss_start = loss
-            return False
-        floor = max(self._loss_floor, 1e-2 * self._loss_start)
-        if loss > LOSS_EXPLOSION * floor and self._audit_step != self.state.step:
-            return True
-        if self._audit_step == self.state.step:
-            # audited and right: a real jump, the new reference
-            self._loss_ewma = self._loss_floor = loss
-            return False
-        self._loss_ewma = 0.9 * self._loss_ewma + 0.1 * loss
-        self._loss_floor = min(self._loss_floor, self._loss_ewma)
-        return False
 
     # -- training -------------------------------------------------------------
     def train(self) -> TrainState:
@@ -865,9 +793,9 @@ class Master:
         if not self.worker_ranks or total["samples"] <= 0:
             return
         loss = total["loss_sum"] / total["samples"]
-        if not self._loss_suspect(loss):
-            return
         step = self.state.step
+        if not self.loss_watch.exploded(loss, audited=self._audit_step == step):
+            return
         if self._audit_step == step:
             raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss:.3g} although the "
                                    "master's audit confirmed every result of the step; lower [optimizer] lr "
@@ -900,15 +828,12 @@ class Master:
             self.state = TrainState(**ck["train_state"])
         self.sched.rollback(self.state.step, now, reason=f"rolled back: {rb.reason}")
         self._held.clear()
-        self._undo.clear()
         self._local.clear()
         self._nonfinite.clear()
-        self._first = None
-        self._acc_empty = True
-        self.acc.fill(0.0)
+        self.step_sum.reset()
         self._audit_step = self.state.step if rb.audit_step else None
         if path is not None:
-            self._loss_ewma = self._loss_floor = None   # the loss is judged afresh from the restored point
+            self.loss_watch.reset()   # the loss is judged afresh from the restored point
         self.version += 1
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         self.rec.ledger(self.sched.drain_events(), self.hosts)
@@ -928,7 +853,7 @@ class Master:
                       lr=self.lr_schedule.lr_at(self.state.step))
         if self.model.num_state:
             self.model.update_state(self.model.params, grad[nt:], samples)
-        self._first = None
+        self.step_sum.release()
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples
@@ -938,7 +863,7 @@ class Master:
         """The gradient sum of the tasks :meth:`run_tasks` just ran: the
         float64 accumulator, or the one received buffer when only one result
         was applied."""
-        return self._first.grad if self._first is not None else self.acc
+        return self.step_sum.gradient()
 
     def evaluate(self) -> dict:
         name = self.cfg["data"]["test_split"]
