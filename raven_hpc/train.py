@@ -21,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from .config import load_config, to_toml, validate
+from .checks import validate
+from .config import load_config, to_toml
 from .errors import CheckpointError, ConfigError, Interrupted, RavenError
 from .rundir import claim as claim_run_dir
 

@@ -179,7 +179,7 @@ def _bn_cfg(tmp_path, batch, task_snippets, text=BN):
 def test_batch_norm_tasks_too_small_for_the_snippet_table_are_refused_before_training(tmp_path):
     """A 1-sample snippet that can be a task of its own fails a batch-norm
     model mid-training; the start-up checks find it in the snippet table."""
-    from raven_hpc.config import validate
+    from raven_hpc.checks import validate
 
     counts = [32, 32, 32, 1]                       # 97 samples, snippet size 32
     cfg = _bn_cfg(tmp_path, batch=64, task_snippets=1)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raven_hpc.config import load_config, to_toml, validate
+from raven_hpc.checks import validate
+from raven_hpc.config import load_config, to_toml
 from raven_hpc.engine import (
     LOSSES,
     Tensor,
