@@ -582,8 +582,8 @@ def _finalize_mpi(rc: int, deadline_s: float = FINALIZE_DEADLINE_S) -> None:
     """``MPI_Finalize`` now, with a deadline.
 
     Everything is written by now.  After a process failure, Open MPI 5's
-    ULFM finalize occasionally never returns (measured: 4 runs in 150 of the
-    killed-worker test, the survivors asleep inside it), so a rank that knows
+    ULFM finalize can fail to return (the survivors asleep inside it; the
+    count is in docs/decisions.md), so a rank that knows
     of a failure (the master, and the workers through its stop message)
     leaves without it: under ``--with-ft ulfm`` the launcher still reports
     success.  Otherwise, past the deadline, faulthandler's watchdog -- a C

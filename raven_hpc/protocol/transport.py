@@ -76,8 +76,8 @@ class Backoff:
 
         Without a single-copy transport (CMA/XPMEM disabled, as on many
         clusters) a large message moves through shared memory only while
-        *both* sides call into MPI: sleeping here stalls it (measured:
-        2 MB took ~150 ms instead of <1 ms).  So drive progress, yielding
+        *both* sides call into MPI: sleeping here stalls it for far longer
+        than the transfer takes.  So drive progress, yielding
         the CPU rather than sleeping, for up to ``transfer_spin_s`` per
         stretch; past that (the peer is busy, not transferring) back off.
         """
