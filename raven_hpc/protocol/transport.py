@@ -214,7 +214,7 @@ def abort(comm, code: int) -> None:  # pragma: no cover - ends the process
     sys.stderr.flush()
     # The launcher forwards our output asynchronously and stops forwarding
     # when the abort tears the job down: give it a moment, or the one message
-    # that says why the job ended can be lost (seen about once in 10 runs).
+    # that says why the job ended can be lost (docs/decisions.md).
     time.sleep(0.25)
     try:
         comm.Abort(code)

@@ -49,8 +49,8 @@ def ompi_env() -> dict:
 def run_ompi(cmd, timeout, tries=1):
     """Run under Open MPI with a hard timeout.  ``tries`` > 1 retries a run
     that timed out (belt and braces: Open MPI 5.0's finalize after a process
-    failure used to stall in ~3% of runs; the survivors now skip it, and 150
-    runs in a row finished); every other outcome is final."""
+    failure can stall, which the survivors avoid by skipping it; see
+    docs/decisions.md); every other outcome is final."""
     import subprocess
 
     for attempt in range(tries):
