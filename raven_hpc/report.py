@@ -149,6 +149,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import RavenError
+from .ledger_schema import COPY_STATES, KNOWN_KINDS, LEDGER_NAME, RETURNED_STATES
 
 __all__ = [
     "LEDGER_NAME",
@@ -171,12 +172,6 @@ __all__ = [
     "update_drain",
 ]
 
-LEDGER_NAME = "ledger.jsonl"
-COPY_STATES = ("accepted", "duplicate", "late", "rejected", "lost", "skipped")
-RETURNED_STATES = ("accepted", "duplicate", "late", "rejected")
-#: the record kinds the master writes
-KNOWN_KINDS = ("run", "copy", "step", "strike", "exclude", "readmit", "drain", "undrain", "lost", "exonerate",
-               "audit", "rollback", "arbitrated", "checkpoint", "end")
 #: integrity["status"], best first
 STATUSES = ("OK", "INCOMPLETE", "FAILED")
 #: membership event -> the status it leaves the rank in

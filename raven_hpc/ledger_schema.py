@@ -1,0 +1,130 @@
+"""The ledger record schema: RUN_DIR/ledger.jsonl, one JSON object a line.
+
+The writers (the scheduler's ``_move`` / ``_event`` for copy and membership
+records, the master's ``Recorder`` in train.py for run / step / rollback /
+checkpoint / end) and the reader (``raven_hpc.report``) share these names, so
+a record kind or field has one spelling. Every record carries ``ev`` (its
+kind); :data:`FIELDS` lists, per kind, the fields the writers put in it and
+what each means. This module imports nothing (no MPI, no engine), so any side
+can import it.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "LEDGER_NAME", "RUN", "COPY", "STEP", "STRIKE", "EXCLUDE", "READMIT", "EXONERATE", "DRAIN", "UNDRAIN",
+    "LOST", "ARBITRATED", "AUDIT", "ROLLBACK", "CHECKPOINT", "END", "KNOWN_KINDS", "MEMBERSHIP_KINDS",
+    "COPY_STATES", "RETURNED_STATES", "FIELDS",
+]
+
+#: the ledger's file name inside a run directory
+LEDGER_NAME = "ledger.jsonl"
+
+# -- record kinds (the value of ``ev``) -----------------------------------------
+RUN = "run"
+COPY = "copy"
+STEP = "step"
+STRIKE = "strike"
+EXCLUDE = "exclude"
+READMIT = "readmit"
+EXONERATE = "exonerate"
+DRAIN = "drain"
+UNDRAIN = "undrain"
+LOST = "lost"
+ARBITRATED = "arbitrated"
+AUDIT = "audit"
+ROLLBACK = "rollback"
+CHECKPOINT = "checkpoint"
+END = "end"
+
+#: the record kinds the master writes
+KNOWN_KINDS = (RUN, COPY, STEP, STRIKE, EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST, EXONERATE,
+               AUDIT, ROLLBACK, ARBITRATED, CHECKPOINT, END)
+#: the kinds that change a rank's membership (strike only counts towards exclude)
+MEMBERSHIP_KINDS = (EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST)
+
+# -- copy states (the value of a copy record's ``state``) ------------------------
+#: every final state a copy record can carry
+COPY_STATES = ("accepted", "duplicate", "late", "rejected", "lost", "skipped")
+#: the states of a copy whose result came back to the master
+RETURNED_STATES = ("accepted", "duplicate", "late", "rejected")
+
+# -- fields per kind -------------------------------------------------------------
+#: the membership / scheduler event fields every ``_event`` record carries
+_EVENT = {
+    "ev": "the record kind",
+    "step": "the scheduler's current step",
+    "rank": "the rank the event is about (0: the master itself)",
+    "reason": "why, in words",
+}
+
+#: kind -> {field: meaning}; the fields each writer puts in a record of that kind
+FIELDS: dict[str, dict[str, str]] = {
+    RUN: {
+        "ev": "the record kind",
+        "unix_time": "wall-clock start of this run (seconds since the epoch)",
+        "start_step": "the step training starts (or resumes) at",
+        "resumed": "true when start_step > 0 (a resumed run)",
+        "ranks": "the number of MPI ranks",
+        "hosts": "{rank (string): host name}",
+        "poc": "the config's poc section (the protocol settings)",
+        "faults": "the configured fault-injection rules",
+        "train_snippets": "the plan: snippets of the training split",
+        "steps_per_epoch": "the plan: steps per epoch",
+        "epochs": "the plan: epochs",
+        "max_steps": "the plan: the step limit",
+    },
+    COPY: {
+        "ev": "the record kind",
+        "step": "the step the task belongs to",
+        "task": "the task id (int or str)",
+        "kind": "the task kind: grad | eval",
+        "snippets": "the snippet ids the task covers",
+        "samples": "the samples the task covers",
+        "rank": "the rank that ran this copy",
+        "assigned": "the scheduler time the copy was assigned",
+        "finished": "the scheduler time the copy reached its final state",
+        "compute_s": "the compute seconds the worker reports (or null)",
+        "latency_s": "finished - assigned",
+        "state": "one of COPY_STATES",
+        "backup": "true for a backup copy of a slow task",
+        "probe": "true for a probe copy",
+        "audit": "present and true for an audit copy only",
+        "verified": "whether the result was verified against another copy",
+        "agreed": "whether the result agreed with the accepted one (or null)",
+        "credited": "whether the copy counts towards the rank's credit",
+        "reason": "why the copy ended in this state, in words",
+    },
+    STEP: {
+        "ev": "the record kind",
+        "step": "the applied step",
+        "epoch": "its epoch",
+        "step_in_epoch": "its index within the epoch",
+        "tasks": "the accepted copies applied",
+        "snippets": "the snippets applied",
+        "samples": "the samples applied",
+        "t": "seconds since the run started",
+    },
+    STRIKE: {**_EVENT, "strikes": "the rank's strike count after this one"},
+    EXCLUDE: dict(_EVENT),
+    READMIT: dict(_EVENT),
+    EXONERATE: {**_EVENT, "strikes": "the rank's strike count left", "cleared": "the strikes cleared"},
+    DRAIN: dict(_EVENT),
+    UNDRAIN: dict(_EVENT),
+    LOST: dict(_EVENT),
+    ARBITRATED: {**_EVENT, "rank": "0 (the master arbitrates)"},
+    AUDIT: {**_EVENT, "rank": "the auditing rank", "task": "the audited task id",
+            "ok": "whether the accepted result agrees with the recomputation",
+            "ranks": "the ranks whose accepted result was audited"},
+    ROLLBACK: {
+        "ev": "the record kind",
+        "step": "the step training goes back from",
+        "to_step": "the step training goes back to; records of steps >= to_step before this one are void",
+        "guilty": "the ranks blamed (sorted)",
+        "reason": "why, in words",
+        "checkpoint": "the checkpoint restored (path) or null",
+        "t": "seconds since the run started",
+    },
+    CHECKPOINT: {"ev": "the record kind", "step": "the step saved", "path": "the checkpoint file"},
+    END: {"ev": "the record kind", "step": "the last step", "t": "seconds since the run started",
+          "status": "how the run ended"},
+}
