@@ -6,14 +6,13 @@ import re
 import statistics
 from array import array
 
-from ..ledger_schema import COPY_STATES, RETURNED_STATES
+from ..ledger_schema import COPY_STATES, DRAIN, EXCLUDE, LOST, READMIT, RETURNED_STATES, UNDRAIN
 
 
 #: integrity["status"], best first
 STATUSES = ("OK", "INCOMPLETE", "FAILED")
 #: membership event -> the status it leaves the rank in
-MEMBERSHIP = {"exclude": "excluded", "readmit": "active", "drain": "drained", "undrain": "active",
-              "lost": "lost"}
+MEMBERSHIP = {EXCLUDE: "excluded", READMIT: "active", DRAIN: "drained", UNDRAIN: "active", LOST: "lost"}
 #: a rank whose median compute time per sample is this many times the median over ranks is "slow"
 SLOW_FACTOR = 2.0
 RETURNED = frozenset(RETURNED_STATES)
@@ -114,14 +113,14 @@ def suspect(d: dict, row: RankRow) -> dict | None:
                        .strip())
     excluded = False
     for m in row.membership:
-        if m["ev"] == "exclude":
+        if m["ev"] == EXCLUDE:
             excluded = True
             why = f" ({m['reason']})" if m["reason"] and not re.fullmatch(r"\d+ strikes?", m["reason"]) else ""
             reasons.append(f"excluded at step {m['step']}{why}")
-        elif m["ev"] == "readmit" and excluded:
+        elif m["ev"] == READMIT and excluded:
             why = f" ({m['reason']})" if m["reason"] else ""
             reasons.append(f"readmitted at step {m['step']}{why}")
-    losses = [(m["step"], m["reason"]) for m in row.membership if m["ev"] == "lost"]
+    losses = [(m["step"], m["reason"]) for m in row.membership if m["ev"] == LOST]
     if losses:
         groups: dict[str, list] = {}
         for step, why in losses:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import RavenError
-from ..ledger_schema import LEDGER_NAME
+from ..ledger_schema import LEDGER_NAME, RUN
 from .common import MAX_LISTED
 from .drain import drain_path, read_drain
 from .history import read_history
@@ -65,7 +65,7 @@ def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -
             if type(rec) is dict and type(rec.get("ev")) is str:
                 if prev_bad:
                     prev_bad = False
-                    if rec["ev"] == "run":     # a killed run's partial last line, then the resumed run
+                    if rec["ev"] == RUN:     # a killed run's partial last line, then the resumed run
                         torn.append(bad.pop())
                 records += 1
                 yield rec

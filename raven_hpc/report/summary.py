@@ -4,7 +4,8 @@ from __future__ import annotations
 import statistics
 from typing import Iterable
 
-from ..ledger_schema import COPY_STATES, RETURNED_STATES
+from ..ledger_schema import (ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EXONERATE, RETURNED_STATES,
+                            ROLLBACK, RUN, STEP, STRIKE)
 from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, RankRow, int_list, median,
                      ranks_words, run_plan, suspect)
 from .integrity import (FAILED_CATEGORIES, INCOMPLETE_CATEGORIES, Epoch, Problems, Segment, Steps, ids_words,
@@ -63,7 +64,7 @@ class Summary:
         copy, add = self.copy, self.add
         n = 0
         for n, rec in enumerate(records, 1):
-            if rec.get("ev") == "copy":
+            if rec.get("ev") == COPY:
                 copy(rec)
             else:
                 add(rec)
@@ -71,28 +72,28 @@ class Summary:
 
     def add(self, rec: dict) -> None:
         ev = rec.get("ev")
-        if ev == "copy":
+        if ev == COPY:
             self.copy(rec)
-        elif ev == "step":
+        elif ev == STEP:
             self.step(rec)
-        elif ev in MEMBERSHIP or ev == "strike":
+        elif ev in MEMBERSHIP or ev == STRIKE:
             self.member(ev, rec)
-        elif ev == "run":
+        elif ev == RUN:
             self.run(rec)
-        elif ev == "audit":
+        elif ev == AUDIT:
             self.audit(rec)
-        elif ev == "rollback":
+        elif ev == ROLLBACK:
             self.rollback(rec)
-        elif ev == "exonerate":
+        elif ev == EXONERATE:
             self.exonerate(rec)
-        elif ev == "arbitrated":
+        elif ev == ARBITRATED:
             self.arbitrations += 1
             if len(self.arbitrated) < MAX_LISTED:
                 self.arbitrated.append({"step": rec.get("step"), "reason": str(rec.get("reason") or "")})
-        elif ev == "checkpoint":
+        elif ev == CHECKPOINT:
             self.checkpoints += 1
             self.last_checkpoint = {"step": rec.get("step"), "path": rec.get("path")}
-        elif ev == "end":
+        elif ev == END:
             seg = self.segment()
             seg.end = {"status": rec.get("status"), "step": rec.get("step"), "t": rec.get("t")}
             if self.runs:
@@ -248,7 +249,7 @@ class Summary:
         row = self.rank(r)
         row.host(rec.get("host"))
         step, reason = rec.get("step"), str(rec.get("reason") or "")
-        if ev == "strike":
+        if ev == STRIKE:
             row.strikes.append((step, reason))
             return
         row.membership.append({"ev": ev, "step": step, "reason": reason, "run": max(len(self.runs) - 1, 0)})
