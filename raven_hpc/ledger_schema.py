@@ -13,7 +13,8 @@ from __future__ import annotations
 __all__ = [
     "LEDGER_NAME", "RUN", "COPY", "STEP", "STRIKE", "EXCLUDE", "READMIT", "EXONERATE", "DRAIN", "UNDRAIN",
     "LOST", "ARBITRATED", "AUDIT", "ROLLBACK", "CHECKPOINT", "END", "KNOWN_KINDS", "MEMBERSHIP_KINDS",
-    "COPY_STATES", "RETURNED_STATES", "FIELDS",
+    "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST_COPY", "SKIPPED", "COPY_STATES", "RETURNED_STATES",
+    "GRAD", "EVAL", "FIELDS",
 ]
 
 #: the ledger's file name inside a run directory
@@ -43,10 +44,20 @@ KNOWN_KINDS = (RUN, COPY, STEP, STRIKE, EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST, 
 MEMBERSHIP_KINDS = (EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST)
 
 # -- copy states (the value of a copy record's ``state``) ------------------------
+ACCEPTED = "accepted"      # the result applied to its step
+DUPLICATE = "duplicate"    # a result of a task already accepted
+LATE = "late"              # a result that came after its step was applied
+REJECTED = "rejected"      # a result that failed verification or arbitration
+LOST_COPY = LOST           # a copy on a rank that left ("lost", the same word as the kind)
+SKIPPED = "skipped"        # a copy never run (its task closed first)
 #: every final state a copy record can carry
-COPY_STATES = ("accepted", "duplicate", "late", "rejected", "lost", "skipped")
+COPY_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED, LOST_COPY, SKIPPED)
 #: the states of a copy whose result came back to the master
-RETURNED_STATES = ("accepted", "duplicate", "late", "rejected")
+RETURNED_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED)
+
+# -- task kinds (the value of a copy record's ``kind``) --------------------------
+GRAD = "grad"   # a gradient task: counts towards exactly-once and the epoch coverage
+EVAL = "eval"   # an evaluation task
 
 # -- fields per kind -------------------------------------------------------------
 #: the membership / scheduler event fields every ``_event`` record carries
@@ -77,7 +88,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "ev": "the record kind",
         "step": "the step the task belongs to",
         "task": "the task id (int or str)",
-        "kind": "the task kind: grad | eval",
+        "kind": "the task kind: GRAD | EVAL",
         "snippets": "the snippet ids the task covers",
         "samples": "the samples the task covers",
         "rank": "the rank that ran this copy",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import statistics
 from typing import Iterable
 
-from ..ledger_schema import (ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EXONERATE, RETURNED_STATES,
-                            ROLLBACK, RUN, STEP, STRIKE)
+from ..ledger_schema import (ACCEPTED, ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EXONERATE, GRAD,
+                            RETURNED_STATES, ROLLBACK, RUN, STEP, STRIKE)
 from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, RankRow, int_list, median,
                      ranks_words, run_plan, suspect)
 from .integrity import (FAILED_CATEGORIES, INCOMPLETE_CATEGORIES, Epoch, Problems, Segment, Steps, ids_words,
@@ -114,7 +114,7 @@ class Summary:
             r, state, host = get("rank"), get("state"), get("host")
             backup, credited, verified, agreed = get("backup"), get("credited"), get("verified"), get("agreed")
             lat, cs, n = get("latency_s"), get("compute_s"), get("samples")
-            kind, step, task = get("kind", "grad"), get("step"), get("task")
+            kind, step, task = get("kind", GRAD), get("step"), get("task")
         row = self.ranks.get(r)
         if row is None:
             if type(r) is not int:
@@ -141,7 +141,7 @@ class Summary:
             row.latency.append(lat)
         if type(cs) in NUMBER_TYPES and type(n) in NUMBER_TYPES and n > 0:
             row.compute.append(1000.0 * cs / n)
-        if kind != "grad":
+        if kind != GRAD:
             self.other_kinds[str(kind)] = self.other_kinds.get(str(kind), 0) + 1
             return
         sn = None
@@ -149,21 +149,21 @@ class Summary:
             sn = rec.get("snippets")
             k = len(sn) if isinstance(sn, list) else 0
             row.snippets += k
-            if state == "accepted":
+            if state == ACCEPTED:
                 row.snippets_accepted += k
         if type(step) is not int or type(task) not in TASK_ID_TYPES:
             self.malformed += 1
             return
         seg = self.segments[-1] if self.segments else self.segment()
         if seg.settling:
-            if state != "accepted":
+            if state != ACCEPTED:
                 self.redone += 1        # dropped by the rollback
                 return
             seg.settling = False
         key = (step, task)
         tasks = seg.tasks
         v = tasks.get(key, 0)
-        if state == "accepted":
+        if state == ACCEPTED:
             v += 1
             if step > seg.max_accepted_step:
                 seg.max_accepted_step = step
