@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import raven_cmd, run
-from tests.unit.test_report import FAST, Ledger, Run, complete_run, rollback_run, scenario
+from tests.unit.report.ledgers import FAST, Ledger, Run, complete_run, rollback_run, scenario
 
 TIMEOUT = 60
 
