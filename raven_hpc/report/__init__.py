@@ -4,7 +4,7 @@ ledger, and the operator's drain file.
 The modules: :mod:`.history` (metrics.jsonl), :mod:`.ledger` (the streaming
 reader, the summary, suspects, :func:`run_report`), :mod:`.summary` (the one
 pass over the records), :mod:`.integrity` (the exactly-once, step, epoch and
-rollback bookkeeping), :mod:`.common` (constants, a rank's row, words) and
+rollback checks and the verdict), :mod:`.common` (constants, a rank's row, words) and
 :mod:`.drain` (the drain file). The record kinds and fields live in
 :mod:`raven_hpc.ledger_schema`.
 

@@ -1,11 +1,12 @@
-"""The integrity checks' pieces: run segments, the exactly-once step bookkeeping, the per-epoch
-snippet coverage and the problem lists."""
+"""The integrity checks: run segments, the exactly-once step bookkeeping, the per-epoch snippet
+coverage, the problem lists, and :func:`integrity_verdict`, the status and problems of a fed
+:class:`~.summary.Summary`."""
 from __future__ import annotations
 
 from array import array
 from typing import Iterable
 
-from .common import MAX_LISTED, MAX_STEPS_IN_WORDS
+from .common import MAX_LISTED, MAX_STEPS_IN_WORDS, ranks_words
 
 class Segment:
     """The grad tasks of one run segment: from a run record or a rollback to
@@ -256,3 +257,121 @@ class Problems:
 FAILED_CATEGORIES = ("read", "gap", "order", "exactly_once", "step", "epoch", "audit")
 #: problem categories that make the ledger INCOMPLETE (when none FAILED)
 INCOMPLETE_CATEGORIES = ("cross", "stop", "torn", "unrolled")
+
+
+def integrity_verdict(s, stats: dict | None) -> dict:
+    """The integrity dict of a :class:`~.summary.Summary` ``s`` fed every record: the
+    status, the problems by category and the counts (``stats``: the reader's line counts)."""
+    P = s.problems
+    st = s.steps
+    nxt = st.next
+    # reading the file
+    lines = stats.get("lines", 0) if stats else 0
+    bad = stats.get("bad", []) if stats else []
+    torn_last = bool(stats and stats.get("truncated_last"))
+    unreadable = len(bad) + torn_last
+    if s.records == 0:
+        if lines:
+            P.add("read", f"the ledger holds no records: none of its {lines:,} line{'s' if lines > 1 else ''} "
+                          "is a JSON record (not a ledger, or garbled)")
+        else:
+            P.add("read", "the ledger is empty: no records")
+    elif unreadable > s.records:
+        P.add("read", f"the ledger is garbled: {unreadable:,} of its {lines:,} lines are not JSON records")
+    elif bad:
+        P.add("read", f"the ledger is damaged: line{'s' if len(bad) > 1 else ''} {ids_words(bad)} in the "
+                      f"middle {'is not a JSON record' if len(bad) == 1 else 'are not JSON records'} "
+                      "(records lost)")
+    if torn_last and s.records:
+        P.add("torn", f"the last line ({lines:,}) is cut mid-record: the run was killed while writing it",
+              step=nxt)
+    # every step has its records
+    for a, b, why in st.gaps:
+        later = f"records of {steps_range(b + 1, nxt - 1)} present" if nxt - 1 >= b + 1 else ""
+        P.add("gap", f"{steps_range(a, b)} missing ({'; '.join(x for x in (why, later) if x)})", step=a)
+    # exactly once
+    if s.violation_count:
+        v = s.violations[0]
+        P.add("exactly_once", f"{s.violation_count:,} of {s.closed_tasks:,} grad tasks not accepted "
+                              f"exactly once (first: run {v['run'] + 1} step {v['step']:,} task {v['task']}: "
+                              f"{v['problem']})", step=s.never_accepted_step)
+    # every snippet once per epoch
+    epochs_complete = epochs_ok = 0
+    in_progress = []
+    for e in sorted(s.epochs):
+        ep = s.epochs[e]
+        for text in ep.problems:
+            P.add("epoch", text)
+        if ep.complete:
+            epochs_complete += 1
+            epochs_ok += not ep.problems
+        else:
+            in_progress.append(e)
+    # how the last run ended
+    seg = s.segments[-1] if s.segments else None
+    stopped = None
+    finished = False
+    if seg is not None:
+        end = seg.end
+        planned = seg.plan.get("planned")
+        of = f" of {planned:,}" if planned else ""
+        if end is None:
+            at = nxt if nxt is not None else seg.start_step
+            stopped = f"the run has not finished (or was killed) at step {at:,}{of}: no end record"
+            P.add("stop", stopped, step=at)
+        else:
+            es, status = end.get("step"), end.get("status")
+            if type(es) is int and nxt is not None:
+                if es > nxt:
+                    P.add("gap", f"{steps_range(nxt, es - 1)} missing (the end record says the run stopped at "
+                                 f"step {es:,})", step=nxt)
+                elif es < nxt:
+                    P.add("order", f"step records up to step {nxt - 1:,}, past the end record's step {es:,}")
+            finished = status == "finished"
+            if not finished:
+                at = es if type(es) is int else nxt
+                how = {"interrupted": "was interrupted", "failed": "failed"}.get(status, f"ended {status!r}")
+                P.add("stop", f"the run {how} at step {at:,}{of} (end record): --resume continues it",
+                      step=at)
+    for a in s.unresolved:
+        text = (f"the audit of task {a['task']} (step {a['task_step']:,}) found {ranks_words(a['ranks'])} "
+                f"wrong, but no rollback to step {a['task_step']:,} or earlier follows")
+        if finished:
+            P.add("audit", text + ": the wrong result stands")
+        else:
+            P.add("unrolled", text + " (the run stopped first)")
+    notes = []
+    if s.limited:
+        notes.append("ledger without step records (written before they existed): the steps are derived from "
+                     "the accepted grad copies; per-step (tasks of a step) and per-epoch (every snippet once) "
+                     "checks were not made")
+    if s.unknown_snippets:
+        notes.append("run record without train_snippets: epochs were checked for snippets counted twice, "
+                     "not for snippets missing")
+    failed = P.sentences(FAILED_CATEGORIES)
+    incomplete = P.sentences(INCOMPLETE_CATEGORIES)
+    status = "FAILED" if failed else "INCOMPLETE" if incomplete else "OK"
+    return {
+        "status": status,
+        "ok": status == "OK",
+        "first_missing_step": min(P.missing) if P.missing and status != "OK" else None,
+        "problems": failed + incomplete,
+        "failures": len(failed),
+        "notes": notes,
+        "steps": st.count,
+        "first_step": st.first,
+        "last_step": nxt - 1 if nxt is not None else None,
+        "stopped": stopped,
+        "epochs": {"complete": epochs_complete, "counted_once": epochs_ok, "in_progress": in_progress,
+                   "checked": bool(s.epochs)},
+        "audits": s.audit_count,
+        "failed_audits": s.audit_failed,
+        "rollbacks": len(s.rollbacks),
+        "limited": s.limited,
+        "checked_tasks": s.closed_tasks,
+        "checked_steps": len(s.closed_steps),
+        "violation_count": s.violation_count,
+        "violations": s.violations,
+        "open_tasks": s.open,
+        "redone_tasks": s.redone,
+    }

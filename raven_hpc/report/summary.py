@@ -1,4 +1,5 @@
-"""One pass over the ledger's records: the per-rank summary and the integrity checks."""
+"""One pass over the ledger's records: :class:`Summary` builds the per-rank rows and feeds the
+integrity bookkeeping of :mod:`.integrity`."""
 from __future__ import annotations
 
 import statistics
@@ -8,8 +9,7 @@ from ..ledger_schema import (ACCEPTED, ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY
                             RETURNED_STATES, ROLLBACK, RUN, STEP, STRIKE)
 from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, RankRow, int_list, median,
                      ranks_words, run_plan, suspect)
-from .integrity import (FAILED_CATEGORIES, INCOMPLETE_CATEGORIES, Epoch, Problems, Segment, Steps, ids_words,
-                        steps_range)
+from .integrity import Epoch, Problems, Segment, Steps, integrity_verdict
 
 class Summary:
     def __init__(self):
@@ -526,120 +526,5 @@ class Summary:
                 "rollbacks": self.rollbacks,
                 "arbitrations": {"count": self.arbitrations, "first": self.arbitrated},
                 "checkpoints": {"count": self.checkpoints, "last": self.last_checkpoint},
-                "integrity": self.integrity(stats), "ignored_events": dict(self.ignored), "warnings": warnings,
+                "integrity": integrity_verdict(self, stats), "ignored_events": dict(self.ignored), "warnings": warnings,
                 "reference_compute_ms_per_sample": ref}
-
-    def integrity(self, stats: dict | None) -> dict:
-        P = self.problems
-        st = self.steps
-        nxt = st.next
-        # reading the file
-        lines = stats.get("lines", 0) if stats else 0
-        bad = stats.get("bad", []) if stats else []
-        torn_last = bool(stats and stats.get("truncated_last"))
-        unreadable = len(bad) + torn_last
-        if self.records == 0:
-            if lines:
-                P.add("read", f"the ledger holds no records: none of its {lines:,} line{'s' if lines > 1 else ''} "
-                              "is a JSON record (not a ledger, or garbled)")
-            else:
-                P.add("read", "the ledger is empty: no records")
-        elif unreadable > self.records:
-            P.add("read", f"the ledger is garbled: {unreadable:,} of its {lines:,} lines are not JSON records")
-        elif bad:
-            P.add("read", f"the ledger is damaged: line{'s' if len(bad) > 1 else ''} {ids_words(bad)} in the "
-                          f"middle {'is not a JSON record' if len(bad) == 1 else 'are not JSON records'} "
-                          "(records lost)")
-        if torn_last and self.records:
-            P.add("torn", f"the last line ({lines:,}) is cut mid-record: the run was killed while writing it",
-                  step=nxt)
-        # every step has its records
-        for a, b, why in st.gaps:
-            later = f"records of {steps_range(b + 1, nxt - 1)} present" if nxt - 1 >= b + 1 else ""
-            P.add("gap", f"{steps_range(a, b)} missing ({'; '.join(x for x in (why, later) if x)})", step=a)
-        # exactly once
-        if self.violation_count:
-            v = self.violations[0]
-            P.add("exactly_once", f"{self.violation_count:,} of {self.closed_tasks:,} grad tasks not accepted "
-                                  f"exactly once (first: run {v['run'] + 1} step {v['step']:,} task {v['task']}: "
-                                  f"{v['problem']})", step=self.never_accepted_step)
-        # every snippet once per epoch
-        epochs_complete = epochs_ok = 0
-        in_progress = []
-        for e in sorted(self.epochs):
-            ep = self.epochs[e]
-            for text in ep.problems:
-                P.add("epoch", text)
-            if ep.complete:
-                epochs_complete += 1
-                epochs_ok += not ep.problems
-            else:
-                in_progress.append(e)
-        # how the last run ended
-        seg = self.segments[-1] if self.segments else None
-        stopped = None
-        finished = False
-        if seg is not None:
-            end = seg.end
-            planned = seg.plan.get("planned")
-            of = f" of {planned:,}" if planned else ""
-            if end is None:
-                at = nxt if nxt is not None else seg.start_step
-                stopped = f"the run has not finished (or was killed) at step {at:,}{of}: no end record"
-                P.add("stop", stopped, step=at)
-            else:
-                es, status = end.get("step"), end.get("status")
-                if type(es) is int and nxt is not None:
-                    if es > nxt:
-                        P.add("gap", f"{steps_range(nxt, es - 1)} missing (the end record says the run stopped at "
-                                     f"step {es:,})", step=nxt)
-                    elif es < nxt:
-                        P.add("order", f"step records up to step {nxt - 1:,}, past the end record's step {es:,}")
-                finished = status == "finished"
-                if not finished:
-                    at = es if type(es) is int else nxt
-                    how = {"interrupted": "was interrupted", "failed": "failed"}.get(status, f"ended {status!r}")
-                    P.add("stop", f"the run {how} at step {at:,}{of} (end record): --resume continues it",
-                          step=at)
-        for a in self.unresolved:
-            text = (f"the audit of task {a['task']} (step {a['task_step']:,}) found {ranks_words(a['ranks'])} "
-                    f"wrong, but no rollback to step {a['task_step']:,} or earlier follows")
-            if finished:
-                P.add("audit", text + ": the wrong result stands")
-            else:
-                P.add("unrolled", text + " (the run stopped first)")
-        notes = []
-        if self.limited:
-            notes.append("ledger without step records (written before they existed): the steps are derived from "
-                         "the accepted grad copies; per-step (tasks of a step) and per-epoch (every snippet once) "
-                         "checks were not made")
-        if self.unknown_snippets:
-            notes.append("run record without train_snippets: epochs were checked for snippets counted twice, "
-                         "not for snippets missing")
-        failed = P.sentences(FAILED_CATEGORIES)
-        incomplete = P.sentences(INCOMPLETE_CATEGORIES)
-        status = "FAILED" if failed else "INCOMPLETE" if incomplete else "OK"
-        return {
-            "status": status,
-            "ok": status == "OK",
-            "first_missing_step": min(P.missing) if P.missing and status != "OK" else None,
-            "problems": failed + incomplete,
-            "failures": len(failed),
-            "notes": notes,
-            "steps": st.count,
-            "first_step": st.first,
-            "last_step": nxt - 1 if nxt is not None else None,
-            "stopped": stopped,
-            "epochs": {"complete": epochs_complete, "counted_once": epochs_ok, "in_progress": in_progress,
-                       "checked": bool(self.epochs)},
-            "audits": self.audit_count,
-            "failed_audits": self.audit_failed,
-            "rollbacks": len(self.rollbacks),
-            "limited": self.limited,
-            "checked_tasks": self.closed_tasks,
-            "checked_steps": len(self.closed_steps),
-            "violation_count": self.violation_count,
-            "violations": self.violations,
-            "open_tasks": self.open,
-            "redone_tasks": self.redone,
-        }
