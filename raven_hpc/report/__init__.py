@@ -2,9 +2,10 @@
 ledger, and the operator's drain file.
 
 The modules: :mod:`.history` (metrics.jsonl), :mod:`.ledger` (the streaming
-reader, the summary, suspects, :func:`run_report`), :mod:`.summary` (the one
+reader, the summary, :func:`run_report`), :mod:`.summary` (the one
 pass over the records), :mod:`.integrity` (the exactly-once, step, epoch and
-rollback checks and the verdict), :mod:`.common` (constants, a rank's row, words) and
+rollback checks and the verdict), :mod:`.common` (constants, a rank's row and
+whether it is a suspect, words) and
 :mod:`.drain` (the drain file). The record kinds and fields live in
 :mod:`raven_hpc.ledger_schema`.
 

@@ -1,4 +1,4 @@
-"""The ledger: the streaming reader, the summary and suspects, and the run report."""
+"""The ledger: the streaming reader, the summary and the run report."""
 from __future__ import annotations
 
 import json
