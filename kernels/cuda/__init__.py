@@ -11,7 +11,7 @@ from typing import Callable
 
 from .._registry import BackendUnavailableError, lookup, ops
 
-__all__ = ["get_kernel", "is_available", "device_available"]
+__all__ = ["CudaBackend", "get_kernel", "is_available", "device_available"]
 
 
 def device_available() -> bool:
@@ -43,3 +43,15 @@ def get_kernel(op: str) -> Callable:
             "this node; use backend = \"cpu\" or run on a GPU node"
         )
     return lookup(op, "cuda")
+
+
+class CudaBackend:
+    """The CUDA backend object; it raises the reason it cannot run on creation."""
+
+    name = "cuda"
+
+    def __init__(self) -> None:
+        get_kernel("")  # raises BackendUnavailableError with the reason
+
+    def kernel(self, op: str) -> Callable:
+        return get_kernel(op)

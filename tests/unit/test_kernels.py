@@ -157,3 +157,21 @@ def test_engine_and_kernels_never_import_mpi():
             "assert 'torch' not in sys.modules, 'torch imported'")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+def test_backend_object_cpu_and_cuda_refusal():
+    import numpy as np
+    import pytest
+    from raven_hpc.errors import ConfigError
+    from raven_hpc.kernels import BackendUnavailableError, CpuBackend, get_backend, get_kernel
+
+    be = get_backend("cpu")
+    assert isinstance(be, CpuBackend)
+    assert be.kernel("sgd_step") is get_kernel("sgd_step")
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(be.gemm(a, a.T), a @ a.T)
+    assert be.to_host(be.to_device(a)) is a
+    with pytest.raises(BackendUnavailableError):
+        get_backend("cuda")
+    with pytest.raises(ConfigError):
+        get_backend("tpu")
