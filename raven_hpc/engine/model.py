@@ -326,13 +326,23 @@ def min_train_batch(spec: Mapping[str, Any], input_shape: Sequence[int],
     return need, where
 
 
-def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> "Model":
+def build_model(
+    spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, backend: Any = "cpu"
+) -> "Model":
     """Validate ``spec`` and build a freshly initialised :class:`Model`.
 
     The same spec (incl. ``seed``) gives bit-identical parameters everywhere
-    the same numpy version runs.
+    the same numpy version runs.  ``backend`` is a backend name (the
+    cluster's ``backend``) or a backend object; it is resolved here, once,
+    and kept as ``model.backend``.
     """
-    return Model(spec, input_shape, num_classes)
+    if isinstance(backend, str):
+        from raven_hpc.kernels import get_backend
+
+        backend = get_backend(backend)
+    model = Model(spec, input_shape, num_classes)
+    model.backend = backend
+    return model
 
 
 def _as_key(key: Any) -> Tuple[int, ...]:

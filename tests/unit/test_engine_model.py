@@ -325,3 +325,25 @@ def test_bind_params_and_grads_to_external_buffers():
     assert np.all(b.param("dense_1.b") == 0.25)
     with pytest.raises(ValueError):
         b.bind_grads(np.zeros(3, np.float32))
+
+
+def test_build_model_resolves_the_backend_once(monkeypatch):
+    import raven_hpc.kernels as kernels
+    from raven_hpc.engine.model import build_model as _build
+    from raven_hpc.kernels import CpuBackend
+
+    calls = []
+    real = kernels.get_backend
+
+    def counting(name="cpu"):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(kernels, "get_backend", counting)
+    spec = {"layers": [{"type": "dense", "units": 2}], "loss": "softmax_cross_entropy"}
+    m = _build(spec, (3,), 2)
+    assert calls == ["cpu"]
+    assert isinstance(m.backend, CpuBackend)
+    fake = CpuBackend()
+    m2 = _build(spec, (3,), 2, backend=fake)
+    assert m2.backend is fake and calls == ["cpu"]
