@@ -241,13 +241,20 @@ class Summary:
                 self.fail("step", f"step {s:,}: step {i:,} of epoch {e}, which has {spe:,} steps")
             ep.close(complete=True)
 
-    def member(self, ev: str, rec: dict) -> None:
+    def _row_of(self, rec: dict):
+        """The rank row a membership-like record is about (None: no rank)."""
         r = rec.get("rank")
         if not isinstance(r, int):
             self.malformed += 1
-            return
+            return None
         row = self.rank(r)
         row.host(rec.get("host"))
+        return row
+
+    def member(self, ev: str, rec: dict) -> None:
+        row = self._row_of(rec)
+        if row is None:
+            return
         step, reason = rec.get("step"), str(rec.get("reason") or "")
         if ev == STRIKE:
             row.strikes.append((step, reason))
@@ -256,12 +263,9 @@ class Summary:
         row.status = MEMBERSHIP[ev]
 
     def exonerate(self, rec: dict) -> None:
-        r = rec.get("rank")
-        if not isinstance(r, int):
-            self.malformed += 1
+        row = self._row_of(rec)
+        if row is None:
             return
-        row = self.rank(r)
-        row.host(rec.get("host"))
         active = len(row.strikes) - row.cleared
         cleared, left = rec.get("cleared"), rec.get("strikes")
         if type(cleared) is not int:
