@@ -11,14 +11,16 @@ can import it.
 from __future__ import annotations
 
 __all__ = [
-    "LEDGER_NAME", "RUN", "COPY", "STEP", "STRIKE", "EXCLUDE", "READMIT", "EXONERATE", "DRAIN", "UNDRAIN",
+    "LEDGER_NAME", "EV", "RUN", "COPY", "STEP", "STRIKE", "EXCLUDE", "READMIT", "EXONERATE", "DRAIN", "UNDRAIN",
     "LOST", "ARBITRATED", "AUDIT", "ROLLBACK", "CHECKPOINT", "END", "KNOWN_KINDS", "MEMBERSHIP_KINDS",
     "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST_COPY", "SKIPPED", "COPY_STATES", "RETURNED_STATES",
-    "GRAD", "EVAL", "FIELDS",
+    "GRAD", "EVAL", "SCHEDULER_KINDS", "FIELDS", "OPTIONAL", "check_record",
 ]
 
 #: the ledger's file name inside a run directory
 LEDGER_NAME = "ledger.jsonl"
+#: the field every record carries: its kind
+EV = "ev"
 
 # -- record kinds (the value of ``ev``) -----------------------------------------
 RUN = "run"
@@ -42,6 +44,8 @@ KNOWN_KINDS = (RUN, COPY, STEP, STRIKE, EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST, 
                AUDIT, ROLLBACK, ARBITRATED, CHECKPOINT, END)
 #: the kinds that change a rank's membership (strike only counts towards exclude)
 MEMBERSHIP_KINDS = (EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST)
+#: the kinds the scheduler writes (the master's recorder adds ``host`` to each)
+SCHEDULER_KINDS = (COPY, STRIKE, EXCLUDE, READMIT, EXONERATE, DRAIN, UNDRAIN, LOST, ARBITRATED, AUDIT)
 
 # -- copy states (the value of a copy record's ``state``) ------------------------
 ACCEPTED = "accepted"      # the result applied to its step
@@ -62,16 +66,17 @@ EVAL = "eval"   # an evaluation task
 # -- fields per kind -------------------------------------------------------------
 #: the membership / scheduler event fields every ``_event`` record carries
 _EVENT = {
-    "ev": "the record kind",
+    EV: "the record kind",
     "step": "the scheduler's current step",
     "rank": "the rank the event is about (0: the master itself)",
     "reason": "why, in words",
+    "host": "the host name of ``rank`` (added by the recorder when it writes the record)",
 }
 
 #: kind -> {field: meaning}; the fields each writer puts in a record of that kind
 FIELDS: dict[str, dict[str, str]] = {
     RUN: {
-        "ev": "the record kind",
+        EV: "the record kind",
         "unix_time": "wall-clock start of this run (seconds since the epoch)",
         "start_step": "the step training starts (or resumes) at",
         "resumed": "true when start_step > 0 (a resumed run)",
@@ -85,7 +90,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "max_steps": "the plan: the step limit",
     },
     COPY: {
-        "ev": "the record kind",
+        EV: "the record kind",
         "step": "the step the task belongs to",
         "task": "the task id (int or str)",
         "kind": "the task kind: GRAD | EVAL",
@@ -104,9 +109,10 @@ FIELDS: dict[str, dict[str, str]] = {
         "agreed": "whether the result agreed with the accepted one (or null)",
         "credited": "whether the copy counts towards the rank's credit",
         "reason": "why the copy ended in this state, in words",
+        "host": "the host name of ``rank`` (added by the recorder when it writes the record)",
     },
     STEP: {
-        "ev": "the record kind",
+        EV: "the record kind",
         "step": "the applied step",
         "epoch": "its epoch",
         "step_in_epoch": "its index within the epoch",
@@ -127,7 +133,7 @@ FIELDS: dict[str, dict[str, str]] = {
             "ok": "whether the accepted result agrees with the recomputation",
             "ranks": "the ranks whose accepted result was audited"},
     ROLLBACK: {
-        "ev": "the record kind",
+        EV: "the record kind",
         "step": "the step training goes back from",
         "to_step": "the step training goes back to; records of steps >= to_step before this one are void",
         "guilty": "the ranks blamed (sorted)",
@@ -135,7 +141,39 @@ FIELDS: dict[str, dict[str, str]] = {
         "checkpoint": "the checkpoint restored (path) or null",
         "t": "seconds since the run started",
     },
-    CHECKPOINT: {"ev": "the record kind", "step": "the step saved", "path": "the checkpoint file"},
-    END: {"ev": "the record kind", "step": "the last step", "t": "seconds since the run started",
+    CHECKPOINT: {EV: "the record kind", "step": "the step saved", "path": "the checkpoint file"},
+    END: {EV: "the record kind", "step": "the last step", "t": "seconds since the run started",
           "status": "how the run ended"},
 }
+
+#: kind -> the fields of :data:`FIELDS` a record of that kind may lack: the
+#: plan of a run record the master did not pass, ``audit`` of a copy that is
+#: no audit, ``host`` of a scheduler record the recorder has not written yet
+OPTIONAL: dict[str, frozenset] = {
+    RUN: frozenset({"train_snippets", "steps_per_epoch", "epochs", "max_steps"}),
+    COPY: frozenset({"audit", "host"}),
+    **{kind: frozenset({"host"}) for kind in SCHEDULER_KINDS if kind != COPY},
+}
+
+
+def check_record(rec) -> list[str]:
+    """What is wrong with ``rec`` as a ledger record; an empty list when
+    nothing is.  A record must be a dict whose ``ev`` is a kind of
+    :data:`FIELDS`, with every field of that kind but the :data:`OPTIONAL`
+    ones and no other; a copy record's ``state`` must be one of
+    :data:`COPY_STATES` and its ``kind`` GRAD or EVAL."""
+    if not isinstance(rec, dict):
+        return [f"a record is a JSON object, not {type(rec).__name__}"]
+    kind = rec.get(EV)
+    fields = FIELDS.get(kind) if isinstance(kind, str) else None
+    if fields is None:
+        return [f"unknown record kind {kind!r}"]
+    optional = OPTIONAL.get(kind, frozenset())
+    problems = [f"{kind} record without {f!r}" for f in fields if f not in rec and f not in optional]
+    problems += [f"{kind} record with unknown field {f!r}" for f in rec if f not in fields]
+    if kind == COPY:
+        if "state" in rec and rec["state"] not in COPY_STATES:
+            problems.append(f"copy record with state {rec['state']!r}, not one of {COPY_STATES}")
+        if "kind" in rec and rec["kind"] not in (GRAD, EVAL):
+            problems.append(f"copy record of task kind {rec['kind']!r}, not {GRAD!r} or {EVAL!r}")
+    return problems

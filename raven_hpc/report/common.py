@@ -6,7 +6,7 @@ import re
 import statistics
 from array import array
 
-from ..ledger_schema import COPY_STATES, DRAIN, EXCLUDE, LOST, READMIT, RETURNED_STATES, UNDRAIN
+from ..ledger_schema import COPY_STATES, DRAIN, EV, EXCLUDE, LOST, READMIT, RETURNED_STATES, UNDRAIN
 
 
 #: integrity["status"], best first
@@ -113,14 +113,14 @@ def suspect(d: dict, row: RankRow) -> dict | None:
                        .strip())
     excluded = False
     for m in row.membership:
-        if m["ev"] == EXCLUDE:
+        if m[EV] == EXCLUDE:
             excluded = True
             why = f" ({m['reason']})" if m["reason"] and not re.fullmatch(r"\d+ strikes?", m["reason"]) else ""
             reasons.append(f"excluded at step {m['step']}{why}")
-        elif m["ev"] == READMIT and excluded:
+        elif m[EV] == READMIT and excluded:
             why = f" ({m['reason']})" if m["reason"] else ""
             reasons.append(f"readmitted at step {m['step']}{why}")
-    losses = [(m["step"], m["reason"]) for m in row.membership if m["ev"] == LOST]
+    losses = [(m["step"], m["reason"]) for m in row.membership if m[EV] == LOST]
     if losses:
         groups: dict[str, list] = {}
         for step, why in losses:

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import RavenError
-from ..ledger_schema import LEDGER_NAME, RUN
+from ..ledger_schema import EV, LEDGER_NAME, RUN
 from .common import MAX_LISTED
 from .drain import drain_path, read_drain
 from .history import read_history
 from .summary import Summary
 
 # ------------------------------------------------------------------- ledger --
+#: how a record's line starts (json.dumps writes its kind first)
+_RECORD_START = '{' + json.dumps(EV)
+
 def _loads_or_none(text: str):
     try:
         return json.loads(text)
@@ -55,17 +58,17 @@ def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -
                 if rec is None:
                     # A killed run's partial last line, with the resumed run's first
                     # record appended to it: keep the whole record.
-                    cut = line.rfind('{"ev"')
+                    cut = line.rfind(_RECORD_START)
                     rec = _loads_or_none(line[cut:]) if cut > 0 else None
-                    if not (isinstance(rec, dict) and isinstance(rec.get("ev"), str)):
+                    if not (isinstance(rec, dict) and isinstance(rec.get(EV), str)):
                         bad.append(last)
                         prev_bad = True
                         continue
                     salvaged.append(last)
-            if type(rec) is dict and type(rec.get("ev")) is str:
+            if type(rec) is dict and type(rec.get(EV)) is str:
                 if prev_bad:
                     prev_bad = False
-                    if rec["ev"] == RUN:     # a killed run's partial last line, then the resumed run
+                    if rec[EV] == RUN:     # a killed run's partial last line, then the resumed run
                         torn.append(bad.pop())
                 records += 1
                 yield rec

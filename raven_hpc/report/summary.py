@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Iterable
 
-from ..ledger_schema import (ACCEPTED, ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EXONERATE, GRAD,
+from ..ledger_schema import (ACCEPTED, ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EV, EXONERATE, GRAD,
                             RETURNED_STATES, ROLLBACK, RUN, STEP, STRIKE)
 from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, RankRow, int_list, median,
                      ranks_words, run_plan, suspect)
@@ -64,14 +64,14 @@ class Summary:
         copy, add = self.copy, self.add
         n = 0
         for n, rec in enumerate(records, 1):
-            if rec.get("ev") == COPY:
+            if rec.get(EV) == COPY:
                 copy(rec)
             else:
                 add(rec)
         self.records += n
 
     def add(self, rec: dict) -> None:
-        ev = rec.get("ev")
+        ev = rec.get(EV)
         if ev == COPY:
             self.copy(rec)
         elif ev == STEP:
@@ -259,7 +259,7 @@ class Summary:
         if ev == STRIKE:
             row.strikes.append((step, reason))
             return
-        row.membership.append({"ev": ev, "step": step, "reason": reason, "run": max(len(self.runs) - 1, 0)})
+        row.membership.append({EV: ev, "step": step, "reason": reason, "run": max(len(self.runs) - 1, 0)})
         row.status = MEMBERSHIP[ev]
 
     def exonerate(self, rec: dict) -> None:

@@ -9,6 +9,7 @@ import statistics
 from collections import deque
 from typing import Iterable, Sequence
 
+from ... import ledger_schema as schema
 from ...errors import ProtocolError
 from .forecast import REPROBE_STEPS, Forecast
 from .states import (ACCEPTED, ACTIVE, ASSIGNED, CLOSED, CREDITED_COPIES, DONE, DRAINED, DUPLICATE, EXCLUDED, GONE,
@@ -102,7 +103,7 @@ class Scheduler(Forecast, Trust):
         w.status = ACTIVE
         w.last_heard = now
         if was != ACTIVE:
-            self._event("readmit", rank, reason or f"was {was}")
+            self._event(schema.READMIT, rank, reason or f"was {was}")
 
     def live_workers(self) -> list[int]:
         return [r for r, w in self.workers.items() if w.live]
@@ -117,7 +118,7 @@ class Scheduler(Forecast, Trust):
         w.live = False
         w.status = status
         if status == GONE:
-            self._event("lost", rank, reason)
+            self._event(schema.LOST, rank, reason)
         requeued = []
         for task in list(self.tasks.values()):
             touched = False
@@ -148,7 +149,7 @@ class Scheduler(Forecast, Trust):
             return
         w.accepting = False
         w.status = DRAINED
-        self._event("drain", rank, reason)
+        self._event(schema.DRAIN, rank, reason)
 
     def undrain(self, rank: int, now: float, reason: str = "readmitted by the operator") -> None:
         w = self.workers.get(rank)
@@ -158,7 +159,7 @@ class Scheduler(Forecast, Trust):
         w.status = ACTIVE
         if not w.live:
             w.live = True
-        self._event("undrain", rank, reason)
+        self._event(schema.UNDRAIN, rank, reason)
 
     def set_host(self, rank: int, host: str) -> None:
         """The node ``rank`` runs on: copies of a voted task go to distinct
@@ -181,7 +182,7 @@ class Scheduler(Forecast, Trust):
             return False
         w.strikes += 1
         w.strike_log.append((self.step, None if accusers is None else frozenset(accusers) - {0}, reason))
-        self._event("strike", rank, reason, strikes=w.strikes)
+        self._event(schema.STRIKE, rank, reason, strikes=w.strikes)
         if w.strikes >= self.max_strikes and w.status != EXCLUDED:
             self._exclude(w, now, f"{w.strikes} strikes (last: {reason})", f"excluded after {w.strikes} strikes")
             if self.audit_exclusions and accusers is not None and task is not None:
@@ -192,7 +193,7 @@ class Scheduler(Forecast, Trust):
     def _exclude(self, w: Worker, now: float, why: str, removed: str) -> None:
         w.excluded_at = self.step
         w.probation_left = 0
-        self._event("exclude", w.rank, why)
+        self._event(schema.EXCLUDE, w.rank, why)
         if w.live:
             self.remove_worker(w.rank, now, removed, status=EXCLUDED)
         w.status = EXCLUDED
@@ -221,7 +222,7 @@ class Scheduler(Forecast, Trust):
             if t.task_id in self.tasks:
                 raise ProtocolError(f"task {t.task_id} submitted twice")
             t.state = PENDING
-            if t.kind == "grad":
+            if t.kind == schema.GRAD:
                 t.quorum = max(t.quorum, self.quorum)
                 t.wanted = max(t.wanted, self.redundancy, t.quorum)
             else:
@@ -307,7 +308,7 @@ class Scheduler(Forecast, Trust):
 
     def _give(self, task: Task, rank: int, now: float, backup: bool = False) -> Copy:
         w = self.workers[rank]
-        if task.kind == "grad" and task.quorum < 2:
+        if task.kind == schema.GRAD and task.quorum < 2:
             if w.suspect:
                 self._raise_quorum(task)
             elif self.verify > 0.0 and not backup:
@@ -340,7 +341,7 @@ class Scheduler(Forecast, Trust):
         """Will the next copy :meth:`_give` hands ``rank`` be sampled for
         verification?  (Then it is not merged into a chunk.)"""
         w = self.workers[rank]
-        return (self.verify > 0.0 and task.kind == "grad" and task.quorum < 2 and not w.suspect
+        return (self.verify > 0.0 and task.kind == schema.GRAD and task.quorum < 2 and not w.suspect
                 and w.verify_credit + self.verify >= 1.0)
 
     def _raise_quorum(self, task: Task) -> None:
@@ -402,7 +403,7 @@ class Scheduler(Forecast, Trust):
         if task.state == CLOSED:
             self._move(task, copy, LATE, now, "task closed")
             return Verdict(False, LATE, copy.reason)
-        if suspicious and task.quorum < 2 and task.kind == "grad":
+        if suspicious and task.quorum < 2 and task.kind == schema.GRAD:
             self._raise_quorum(task)
             task.state = PENDING
         if task.quorum < 2 or copy.fp is None:
@@ -552,7 +553,7 @@ class Scheduler(Forecast, Trust):
             task.state = DONE
             task.accepted_fp = fp
             task.accepted_verified = True
-            self._event("arbitrated", 0, f"task {task_id} of step {task.step} computed by the master")
+            self._event(schema.ARBITRATED, 0, f"task {task_id} of step {task.step} computed by the master")
             return True
         if (task.state == DONE and replace and wrong_accepted is not None
                 and self._record_pending(wrong_accepted)):
@@ -563,7 +564,7 @@ class Scheduler(Forecast, Trust):
             self._move(task, mine, ACCEPTED, now, "computed by the master (arbitration of a dispute)")
             task.accepted_fp = fp
             task.accepted_verified = True
-            self._event("arbitrated", 0, f"task {task_id} of step {task.step}: the applied result of rank "
+            self._event(schema.ARBITRATED, 0, f"task {task_id} of step {task.step}: the applied result of rank "
                                          f"{wrong_accepted.rank} was wrong and is replaced by the master's")
             return True
         return False
@@ -635,7 +636,7 @@ class Scheduler(Forecast, Trust):
 
     def evaluating(self) -> bool:
         """Is an evaluation task open?"""
-        return any(t.kind == "eval" and t.state in (PENDING, RUNNING) for t in self.tasks.values())
+        return any(t.kind == schema.EVAL and t.state in (PENDING, RUNNING) for t in self.tasks.values())
 
     def compared(self, task: Task) -> bool:
         """Will a result of ``task`` be compared with another copy's (so the
@@ -675,7 +676,7 @@ class Scheduler(Forecast, Trust):
 
     # -- the one place a copy changes state ------------------------------------
     def _event(self, ev: str, rank: int, reason: str, **extra) -> None:
-        self._events.append({"ev": ev, "step": self.step, "rank": rank, "reason": reason, **extra})
+        self._events.append({schema.EV: ev, "step": self.step, "rank": rank, "reason": reason, **extra})
 
     def _move(self, task: Task, copy: Copy, new: str, now: float, reason: str) -> None:
         if new not in TRANSITIONS[copy.state]:
@@ -694,7 +695,7 @@ class Scheduler(Forecast, Trust):
                               agreed=copy.agreed, credited=copy.credited)
             return
         copy.event = {
-            "ev": "copy",
+            schema.EV: schema.COPY,
             "step": task.step,
             "task": task.task_id,
             "kind": task.kind,

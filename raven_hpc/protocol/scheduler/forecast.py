@@ -10,6 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from ... import ledger_schema as schema
 from .states import ACCEPTED, ASSIGNED, DUPLICATE, HELD, PENDING, RUNNING, Assignment, Task, Worker
 
 __all__ = ["Plan", "Forecast", "REPROBE_STEPS", "REPROBE_MAX_FACTOR", "SLOWER_MARGIN", "STRAGGLER_RATIO",
@@ -23,10 +24,10 @@ REPROBE_STEPS = 10
 #: a worker whose probe did not earn it any work before its next probe is due
 #: waits twice as long for the one after, up to this many times
 #: ``reprobe_steps``; any work it is given resets the wait.  A probe costs the
-#: worker holding the task's other copy a little (the task is computed apart
-#: from that worker's chunk: ~1-1.5 ms of a 12 ms step in the straggler
-#: benchmark), so a worker that stays too slow is probed ever more rarely,
-#: while one that recovers is noticed within ``reprobe_steps`` x this.
+#: worker holding the task's other copy a little (that task is computed apart
+#: from the worker's chunk, as a separate small batch), so a worker that stays
+#: too slow is probed ever more rarely, while one that recovers is noticed
+#: within ``reprobe_steps`` x this.
 REPROBE_MAX_FACTOR = 8
 
 #: a slower worker gets a task only when predicted to finish it this much sooner
@@ -37,12 +38,11 @@ SLOWER_MARGIN = 0.1
 #: a worker at least this many times slower than the fastest is ranked by its
 #: predicted *arrival*: its finish time plus how much more overhead per copy it
 #: has than the fastest worker (see :data:`OVERHEAD_SAMPLES`).  A straggler's
-#: share is one small chunk whose result lands after the fast worker's whole
-#: share otherwise -- measured in the straggler benchmark (4x slow rank, 256
-#: samples per step): steps it took part in ran 0.5-5 ms *longer* than steps
-#: without it, although its compute was predicted to finish in time.
-#: Workers of about equal speed are not affected (their overheads differ
-#: mostly by the order the master serves them).
+#: share is one small chunk, and with its larger overhead that chunk can land
+#: after the fast worker's whole share even when its compute is predicted to
+#: finish in time, making the step longer than without it.  Workers of about
+#: equal speed are not affected (their overheads differ mostly by the order
+#: the master serves them).
 STRAGGLER_RATIO = 2.0
 
 
@@ -138,7 +138,7 @@ class Forecast:
         most one per worker every ``reprobe_steps`` steps, so the step never
         waits for it.  Its result replaces the old estimate instead of being
         averaged into it, and is compared with the other copy's."""
-        if task.kind != "grad" or task.samples <= 0 or self.reprobe_steps <= 0:
+        if task.kind != schema.GRAD or task.samples <= 0 or self.reprobe_steps <= 0:
             return None
         # the candidates are worked out once per assign pass and step (usually
         # none): this runs for every task given out

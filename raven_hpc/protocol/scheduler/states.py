@@ -8,24 +8,28 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
+from ...ledger_schema import ACCEPTED, DUPLICATE, GRAD, LATE, LOST_COPY, REJECTED, SKIPPED
+
 __all__ = [
     "ASSIGNED", "HELD", "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST", "SKIPPED", "COPY_STATES",
-    "FINAL_STATES", "TRANSITIONS", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE", "EXCLUDED", "DRAINED",
+    "TRANSITIONS", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE", "EXCLUDED", "DRAINED",
     "GONE", "FP_SQ", "FP_LOSS", "FP_CORRECT", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "agree", "Task", "Copy",
     "Verdict", "AuditVerdict", "Worker", "Assignment",
 ]
 
-# States of a copy and the moves allowed between them.
+# States of a copy and the moves allowed between them.  The final states are
+# the ledger's copy states (a copy record carries one), spelt once in
+# raven_hpc.ledger_schema:
+#   ACCEPTED   the result used for the update
+#   DUPLICATE  good result after the task was already accepted
+#   LATE       result for a task that is closed (step moved on)
+#   REJECTED   result that failed checks (non-finite, disagreement)
+#   LOST       worker left before returning it
+#   SKIPPED    the worker no longer had the parameters it needed
 ASSIGNED = "assigned"      # sent to a worker, result not back yet
 HELD = "held"              # result back and kept, waiting for a quorum to agree
-ACCEPTED = "accepted"      # the result used for the update
-DUPLICATE = "duplicate"    # good result after the task was already accepted
-LATE = "late"              # result for a task that is closed (step moved on)
-REJECTED = "rejected"      # result that failed checks (non-finite, disagreement)
-LOST = "lost"              # worker left before returning it
-SKIPPED = "skipped"        # the worker no longer had the parameters it needed
+LOST = LOST_COPY
 COPY_STATES = (ASSIGNED, HELD, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED)
-FINAL_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED)
 TRANSITIONS = {
     ASSIGNED: {HELD, ACCEPTED, DUPLICATE, LATE, REJECTED, LOST, SKIPPED},
     HELD: {ACCEPTED, DUPLICATE, REJECTED, LATE},
@@ -84,11 +88,12 @@ def agree(a: Sequence[float], b: Sequence[float], rtol: float) -> tuple[bool, fl
 #: holding its result that compute does not explain (parameters and task
 #: message out, result back, wake-ups on both sides) -- is the median of its
 #: last this many copies that were first in its queue (a queued copy also
-#: waits for the one before it).  Backups compare predicted *arrivals*: on a
-#: shared node a 32-sample backup on the fast worker costs ~1 ms of compute
-#: but ~3 ms until it lands, while the slow copy it would race is ~2 ms from
-#: landing -- judged by compute alone such backups were wasted (and delayed
-#: the fast worker's next step) in a third of the straggler benchmark's steps.
+#: waits for the one before it).  Backups compare predicted *arrivals*, not
+#: compute finishes: for a small task the overhead can exceed the compute, so
+#: a backup that would finish its compute first may still land after the slow
+#: copy it races -- wasted work that also delays the fast worker's next step.
+#: The median of a few recent samples follows a changing load while one
+#: outlier (a descheduled wake-up) does not move it.
 OVERHEAD_SAMPLES = 8
 
 
@@ -99,7 +104,7 @@ class Task:
     task_id: int
     step: int
     snippets: tuple
-    kind: str = "grad"          # "grad" or "eval"
+    kind: str = GRAD            # GRAD or EVAL (raven_hpc.ledger_schema)
     split: str = "train"
     version: int = 0            # parameter version the result must be computed on
     samples: int = 0            # number of samples (for speed accounting)

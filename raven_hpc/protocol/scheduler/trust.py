@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from ... import ledger_schema as schema
 from .states import ACCEPTED, Assignment, ACTIVE, ASSIGNED, CLOSED, DONE, DUPLICATE, EXCLUDED, HELD, LATE, AuditVerdict, Copy, Task, agree
 
 __all__ = ["Trust"]
@@ -29,7 +30,7 @@ class Trust:
         quorum-1 result).  False when there is nothing to audit (not a done
         grad task, or the master computed it itself)."""
         task = self.tasks.get(task_id)
-        if task is None or task.kind != "grad" or task.state != DONE or task.audit is not None:
+        if task is None or task.kind != schema.GRAD or task.state != DONE or task.audit is not None:
             return False
         if task.step != self.step:
             return False    # its parameters are gone (a late copy of an earlier step's task)
@@ -122,12 +123,12 @@ class Trust:
         task.audit = "ok" if ok else "failed"
         if ok:
             task.accepted_verified = True
-            self._event("audit", by, f"task {task_id} of step {task.step}: the accepted result agrees with "
+            self._event(schema.AUDIT, by, f"task {task_id} of step {task.step}: the accepted result agrees with "
                                      f"{self._auditor(by)}'s recomputation", task=task_id, ok=True, ranks=list(ranks))
             return AuditVerdict(True, task_id, task.step, ranks)
         why = (f"its result of task {task_id} (step {task.step}) disagreed with {self._auditor(by)}'s audit "
                f"(off by {worst:.3g} x tolerance)")
-        self._event("audit", by, f"task {task_id} of step {task.step}: {self._auditor(by)}'s recomputation shows "
+        self._event(schema.AUDIT, by, f"task {task_id} of step {task.step}: {self._auditor(by)}'s recomputation shows "
                                  f"the accepted result of rank{'s' if len(ranks) > 1 else ''} "
                                  f"{', '.join(map(str, ranks))} is wrong (off by {worst:.3g} x tolerance)",
                     task=task_id, ok=False, ranks=list(ranks))
@@ -170,7 +171,7 @@ class Trust:
             w.strike_log = keep
             w.strikes = max(0, w.strikes - cleared)
             out.append(w.rank)
-            self._event("exonerate", w.rank, f"{cleared} strike{'s' if cleared > 1 else ''} cleared: {why}",
+            self._event(schema.EXONERATE, w.rank, f"{cleared} strike{'s' if cleared > 1 else ''} cleared: {why}",
                         strikes=w.strikes, cleared=cleared)
             if w.status == EXCLUDED and w.strikes < self.max_strikes:
                 w.excluded_at = None
@@ -179,7 +180,7 @@ class Trust:
                 w.accepting = True
                 w.status = ACTIVE
                 w.last_heard = now
-                self._event("readmit", w.rank, f"exonerated: {why}")
+                self._event(schema.READMIT, w.rank, f"exonerated: {why}")
         return out
 
     def record_applied(self, task_ids: Iterable[int], step: int) -> None:
@@ -190,7 +191,7 @@ class Trust:
         or audited are proven and not recorded."""
         for tid in task_ids:
             task = self.tasks.get(tid)
-            if task is None or task.kind != "grad" or task.state != DONE or task.audit == "ok":
+            if task is None or task.kind != schema.GRAD or task.state != DONE or task.audit == "ok":
                 continue
             ranks = frozenset(self.agreers(task))
             if not ranks or ranks & self.trusted:
