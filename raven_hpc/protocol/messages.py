@@ -80,9 +80,6 @@ class ResultBuffer:
     def get(self, name: str) -> float:
         return float(self.header[_FIELD[name]])
 
-    def as_dict(self) -> dict:
-        return {k: float(self.header[i]) for i, k in enumerate(RESULT_FIELDS) if not k.startswith("reserved")}
-
     @staticmethod
     def nbytes_for(num_params: int) -> int:
         return RESULT_HEADER * 8 + 4 * int(num_params)

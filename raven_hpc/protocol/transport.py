@@ -1,8 +1,9 @@
 """The thin layer over mpi4py: polling without burning a core, sends that
 are tracked until complete, and ending a job cleanly from any rank.
 
-Measured on these machines: every MPI implementation busy-polls inside a
-blocking call, so a rank waiting in ``Recv``/``Wait`` burns a full core.
+MPI implementations busy-poll inside a blocking call, so a rank waiting in
+``Recv``/``Wait`` burns a full core -- taking it from the ranks that share the
+node.
 Every wait here is ``Improbe``/``Test`` plus a short sleep that grows from
 ``poll_min_us`` to ``poll_max_us`` while nothing happens (and goes back to
 the minimum as soon as something does).
@@ -14,12 +15,12 @@ import socket
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any
 
-from ..errors import ProtocolError, RavenError, WorkerError
+from ..errors import RavenError, WorkerError
 from .messages import TAG_CTRL
 
-__all__ = ["Backoff", "Outbox", "hostname", "error_message", "raise_remote", "abort", "wait_until"]
+__all__ = ["Backoff", "Outbox", "hostname", "error_message", "raise_remote", "abort"]
 
 #: set once this rank knows a process of the job failed (fault-tolerant MPI):
 #: it then leaves without ``MPI_Finalize``, which after a failure can hang
@@ -55,9 +56,10 @@ class Backoff:
     def cap_for(self, work_s: float) -> None:
         """Bound the sleep by a fraction of the work being waited for.
 
-        Waiting for a 4 ms task, a 1 ms sleep would add up to 25% latency;
-        with the cap at 5% of it the latency stays ~5% while an idle rank
-        still sleeps (about 5 wake-ups per task: no core is burnt).
+        A sleep a quarter as long as the work waited for can add a quarter
+        to its latency; capped at ``latency_fraction`` of the work, the added
+        latency stays about that fraction while an idle rank still sleeps
+        between polls (no core is burnt).
         """
         self.cap_s = min(self.max_s, max(self.min_s, self.latency_fraction * float(work_s)))
 
@@ -101,16 +103,6 @@ class Backoff:
             time.sleep(self._delay)
             self.slept_s += self._delay
         self._delay = min(self.cap_s, max(self._delay * 2, 1e-6))
-
-
-def wait_until(done: Callable[[], bool], backoff: Backoff, timeout_s: float | None, what: str) -> None:
-    """Poll ``done()`` with backoff; ProtocolError after ``timeout_s``."""
-    start = time.monotonic()
-    while not done():
-        if timeout_s is not None and time.monotonic() - start > timeout_s:
-            raise ProtocolError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        backoff.idle()
-    backoff.busy()
 
 
 class Outbox:
