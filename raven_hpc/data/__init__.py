@@ -1,21 +1,16 @@
-"""Prepared datasets: the HDF5 format (:mod:`.format`) and ``prepare`` (:mod:`.prepare`).
+"""Prepared datasets: the HDF5 layout (:mod:`.layout`), its writer (:mod:`.writer`)
+and reader (:mod:`.reader`), and ``prepare`` (:mod:`.prepare`), which reads a
+source (:mod:`.sources`) and writes the prepared file.
 
 Never imports the engine or MPI.
 """
 from __future__ import annotations
 
-from .format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    MNIST_NORMALIZATION,
-    SNIPPET_DTYPE,
-    PreparedDataset,
-    Split,
-    open_dataset,
-    snippet_checksum,
-    write_dataset,
-)
-from .prepare import KINDS, load_source, prepare, read_idx
+from .layout import FORMAT_NAME, FORMAT_VERSION, MNIST_NORMALIZATION, SNIPPET_DTYPE, snippet_checksum
+from .prepare import prepare
+from .reader import PreparedDataset, Split, open_dataset
+from .sources import KINDS, load_source, read_idx
+from .writer import write_dataset
 
 __all__ = [
     "FORMAT_NAME",
