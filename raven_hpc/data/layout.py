@@ -29,7 +29,8 @@ One group per split (``/train``, ``/test``; any other name is allowed), with::
     snippets   (S,)  compound {id: int64, start: int64, count: int64,
                                 checksum: uint32}
 
-and the informational attribute ``class_counts`` (int64[num_classes]).
+Readers ignore attributes they do not know (files written with a per-split
+``class_counts`` attribute load as any other).
 
 Snippet ``i`` has ``id == i`` and covers samples ``[start, start + count)``;
 snippets tile the split in order: ``start[0] == 0``, each starts where the

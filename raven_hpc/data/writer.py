@@ -212,7 +212,7 @@ def write_dataset(
             f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             for name, (x, y) in checked.items():
                 info["splits"][name] = _write_split(
-                    f, name, x, y, stored, snippet_size, num_classes, compression
+                    f, name, x, y, stored, snippet_size, compression
                 )
         os.replace(tmp, path)
     except BaseException as exc:
@@ -227,7 +227,7 @@ def write_dataset(
     return info
 
 
-def _write_split(f, name, x, y, stored, snippet_size, num_classes, compression) -> dict:
+def _write_split(f, name, x, y, stored, snippet_size, compression) -> dict:
     n = x.shape[0]
     chunk_rows = min(snippet_size, n)
     x = np.ascontiguousarray(x, dtype=stored)
@@ -244,5 +244,4 @@ def _write_split(f, name, x, y, stored, snippet_size, num_classes, compression) 
     for i, (a, c) in enumerate(zip(starts.tolist(), counts.tolist())):
         table["checksum"][i] = crc(y[a:a + c], crc(x[a:a + c])) & 0xFFFFFFFF
     g.create_dataset("snippets", data=table)
-    g.attrs["class_counts"] = np.bincount(y, minlength=num_classes).astype(np.int64)
     return {"samples": int(n), "snippets": int(starts.shape[0])}

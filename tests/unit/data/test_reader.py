@@ -183,3 +183,13 @@ def test_open_rejects_out_of_range_label_in_file(tmp_path):
     with open_dataset(path) as ds:
         with pytest.raises(DatasetError, match=r"outside \[0, 2\)"):
             ds.split("train").load_all()
+
+
+def test_files_with_a_class_counts_attribute_still_load(small):
+    path, x, y, tx, ty = small
+    mutate_file(path, lambda f: [f[s].attrs.__setitem__("class_counts", np.bincount(v, minlength=10))
+                                 for s, v in (("train", y), ("test", ty))])
+    with open_dataset(path) as ds:
+        xa, ya = ds.split("test").load_all()
+        np.testing.assert_array_equal(ya, ty)
+        np.testing.assert_allclose(xa, reference(tx), rtol=1e-6, atol=1e-6)
