@@ -11,6 +11,7 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ..errors import DatasetError
@@ -25,11 +26,6 @@ from .layout import (
     split_order,
     stored_dtype,
 )
-
-try:  # h5py is a hard dependency; keep the import error readable anyway
-    import h5py
-except ImportError as _exc:  # pragma: no cover - exercised only without h5py
-    raise ImportError("raven_hpc.data needs h5py: pip install h5py") from _exc
 
 __all__ = ["open_dataset", "PreparedDataset", "Split"]
 

@@ -15,6 +15,7 @@ import zlib
 from pathlib import Path
 from typing import Mapping
 
+import h5py
 import numpy as np
 
 from ..errors import DatasetError
@@ -29,11 +30,6 @@ from .layout import (
     split_order,
     stored_dtype,
 )
-
-try:  # h5py is a hard dependency; keep the import error readable anyway
-    import h5py
-except ImportError as _exc:  # pragma: no cover - exercised only without h5py
-    raise ImportError("raven_hpc.data needs h5py: pip install h5py") from _exc
 
 __all__ = ["check_output_path", "write_dataset"]
 
