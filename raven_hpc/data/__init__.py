@@ -8,9 +8,10 @@ from __future__ import annotations
 
 try:  # h5py is a hard dependency; keep the import error readable anyway (the
     # package runs first, so this covers reader and writer imported directly)
-    import h5py  # noqa: F401
+    import h5py
 except ImportError as _exc:  # pragma: no cover - exercised only without h5py
     raise ImportError("raven_hpc.data needs h5py: pip install h5py") from _exc
+del h5py
 
 from .layout import FORMAT_NAME, FORMAT_VERSION, MNIST_NORMALIZATION, SNIPPET_DTYPE, snippet_checksum
 from .prepare import prepare
