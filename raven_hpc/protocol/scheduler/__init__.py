@@ -72,12 +72,12 @@ from .forecast import REPROBE_MAX_FACTOR, REPROBE_STEPS, SLOWER_MARGIN, STRAGGLE
 from .states import (ACCEPTED, ACTIVE, ASSIGNED, CLOSED, COPY_STATES, CREDITED_COPIES, DONE, DRAINED, DUPLICATE,
                      EXCLUDED, FP_CORRECT, FP_LOSS, FP_SQ, GONE, HELD, LATE, LOST, OVERHEAD_SAMPLES,
                      PENDING, REJECTED, RUNNING, SKIPPED, TRANSITIONS, Assignment, AuditVerdict, Copy, Task, Verdict,
-                     Worker, agree)
+                     Worker, agree, check_move)
 
 __all__ = [
     "Task", "Copy", "Verdict", "AuditVerdict", "Assignment", "Scheduler", "Plan", "Worker", "TRANSITIONS",
     "COPY_STATES", "agree", "FP_LOSS", "FP_CORRECT", "FP_SQ", "ASSIGNED", "HELD", "ACCEPTED",
     "DUPLICATE", "LATE", "REJECTED", "LOST", "SKIPPED", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE",
     "EXCLUDED", "DRAINED", "GONE", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "REPROBE_STEPS", "REPROBE_MAX_FACTOR",
-    "SLOWER_MARGIN", "STRAGGLER_RATIO",
+    "SLOWER_MARGIN", "STRAGGLER_RATIO", "check_move",
 ]

@@ -13,8 +13,8 @@ from ... import ledger_schema as schema
 from ...errors import ProtocolError
 from .forecast import REPROBE_STEPS, Forecast
 from .states import (ACCEPTED, ACTIVE, ASSIGNED, CLOSED, CREDITED_COPIES, DONE, DRAINED, DUPLICATE, EXCLUDED, GONE,
-                     HELD, LATE, LOST, PENDING, REJECTED, RUNNING, SKIPPED, TRANSITIONS, Assignment, Copy, Task, Verdict,
-                     Worker, agree)
+                     HELD, LATE, LOST, PENDING, REJECTED, RUNNING, SKIPPED, Assignment, Copy, Task, Verdict,
+                     Worker, agree, check_move)
 from .trust import Trust
 
 __all__ = ["Scheduler"]
@@ -679,10 +679,7 @@ class Scheduler(Forecast, Trust):
         self._events.append({schema.EV: ev, "step": self.step, "rank": rank, "reason": reason, **extra})
 
     def _move(self, task: Task, copy: Copy, new: str, now: float, reason: str) -> None:
-        if new not in TRANSITIONS[copy.state]:
-            raise ProtocolError(
-                f"illegal transition of task {task.task_id} copy on rank {copy.rank}: {copy.state} -> {new}"
-            )
+        check_move(task.task_id, copy, new)
         copy.state = new
         copy.finished_at = now
         copy.reason = reason

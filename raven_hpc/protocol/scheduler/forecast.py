@@ -144,11 +144,7 @@ class Forecast:
         # none): this runs for every task given out
         stale = plan.stale.get(task.step)
         if stale is None:
-            live = [w for w in self.workers.values() if w.live and w.accepting]
-            stale = plan.stale[task.step] = [] if len(live) < 2 else sorted(
-                (w for w in live if w.sec_per_sample is not None and w.measured_step is not None
-                 and task.step - max(w.measured_step, w.probe_step or 0) >= self._probe_wait(w)),
-                key=lambda w: (w.measured_step, w.rank))
+            stale = plan.stale[task.step] = self._stale(task.step)
         w = next((w for w in stale if w.rank not in exclude and not w.outstanding), None)
         if w is None:
             return None
@@ -160,6 +156,22 @@ class Forecast:
         w.probing = True
         w.probe_step = task.step
         return w.rank
+
+    def _stale(self, step: int) -> list[Worker]:
+        live = [w for w in self.workers.values() if w.live and w.accepting]
+        return [] if len(live) < 2 else sorted(
+            (w for w in live if w.sec_per_sample is not None and w.measured_step is not None
+             and step - max(w.measured_step, w.probe_step or 0) >= self._probe_wait(w)),
+            key=lambda w: (w.measured_step, w.rank))
+
+    def due_probes(self, step: int) -> list[int]:
+        """The ranks due a probe at ``step``, the longest unmeasured first:
+        live, accepting workers whose speed was last measured (or probed) at
+        least their probe wait before it.  None with fewer than two such
+        workers, or with probes off (``reprobe_steps`` 0)."""
+        if self.reprobe_steps <= 0:
+            return []
+        return [w.rank for w in self._stale(step)]
 
     def _probe_wait(self, w: Worker) -> int:
         return w.probe_wait or self.reprobe_steps

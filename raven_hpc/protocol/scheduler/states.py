@@ -8,13 +8,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
+from ...errors import ProtocolError
 from ...ledger_schema import ACCEPTED, DUPLICATE, GRAD, LATE, LOST_COPY, REJECTED, SKIPPED
 
 __all__ = [
     "ASSIGNED", "HELD", "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST", "SKIPPED", "COPY_STATES",
     "TRANSITIONS", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE", "EXCLUDED", "DRAINED",
     "GONE", "FP_SQ", "FP_LOSS", "FP_CORRECT", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "agree", "Task", "Copy",
-    "Verdict", "AuditVerdict", "Worker", "Assignment",
+    "Verdict", "AuditVerdict", "Worker", "Assignment", "check_move",
 ]
 
 # States of a copy and the moves allowed between them.  The final states are
@@ -40,6 +41,16 @@ TRANSITIONS = {
     LOST: set(),
     SKIPPED: set(),
 }
+
+
+def check_move(task_id: int, copy: "Copy", new: str) -> None:
+    """Refuse (ProtocolError) a move of ``copy``, of task ``task_id``, to
+    state ``new`` that :data:`TRANSITIONS` does not allow."""
+    if new not in TRANSITIONS[copy.state]:
+        raise ProtocolError(
+            f"illegal transition of task {task_id} copy on rank {copy.rank}: {copy.state} -> {new}"
+        )
+
 
 # Task states.
 PENDING = "pending"        # needs (more) copies assigned

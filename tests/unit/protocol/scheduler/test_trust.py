@@ -1,43 +1,11 @@
-"""Trust in the scheduler, without MPI: trusted audits, guilty ranks and the
-strikes their votes gave, the rollback point, copies of a voted task on
-distinct hosts and with rotating partners; and the recorder's durable
-ledger and kept checkpoints."""
+"""Trust in the scheduler (raven_hpc.protocol.scheduler.trust), without
+MPI: trusted audits, guilty ranks and the strikes their votes gave, the
+rollback point."""
 from __future__ import annotations
 
-import collections
-import os
-from pathlib import Path
-
 from raven_hpc.protocol.scheduler import ACCEPTED, EXCLUDED, LATE, Scheduler, Task
-from raven_hpc.train import _cut_back, _kept, _prune_kept, _remove_stale_temporaries
 
-GOOD = (1.0, -2.0, 3.0, 0.5, 30.0, 5.0, 10.0)       # 4 projections, |g|^2, loss, correct
-
-
-def fp(scale=1.0):
-    p = [v * scale for v in GOOD[:4]]
-    return (*p, GOOD[4] * scale * scale, GOOD[5], GOOD[6])
-
-
-WRONG = fp(-1.0)
-
-
-def run_voted_step(s: Scheduler, step: int, tid: int, answers: dict) -> Task:
-    """One task of ``step`` computed by every rank in ``answers`` (rank ->
-    fingerprint), all copies given before any returns."""
-    s.begin_step(step, float(step))
-    t = Task(tid, step, (tid,), samples=32)
-    s.submit([t])
-    t.wanted = len(answers)
-    given = {r for r, tt in s.assign(float(step)) if tt.task_id == tid}
-    assert given == set(answers), (given, answers)
-    for r, f in answers.items():
-        s.complete(r, tid, step + 0.5, fp=f)
-    return t
-
-
-def pair_scheduler(**kw) -> Scheduler:
-    return Scheduler([1, 2, 3], redundancy=3, quorum=2, prefetch=4, **kw)
+from .scenarios import WRONG, fp, pair_scheduler, run_voted_step
 
 
 def test_audit_that_agrees_proves_the_result():
@@ -133,63 +101,6 @@ def test_master_result_is_not_audited():
     assert v.arbitrate
     assert s.arbitrate(1, fp(), 2.0)
     assert not s.mark_audit(1)
-
-
-def test_copies_of_a_voted_task_go_to_distinct_hosts():
-    s = Scheduler([1, 2, 3, 4], redundancy=2, quorum=2, prefetch=8)
-    for r, host in {1: "a", 2: "a", 3: "b", 4: "b"}.items():
-        s.set_host(r, host)
-    s.submit([Task(i, 0, (i,), samples=32) for i in range(1, 41)])
-    by_task = collections.defaultdict(list)
-    for r, t in s.assign(0.0):
-        by_task[t.task_id].append(r)
-    hosts = {1: "a", 2: "a", 3: "b", 4: "b"}
-    assert by_task and all(len({hosts[r] for r in rs}) == 2 for rs in by_task.values())
-
-
-def test_voted_copies_rotate_partners():
-    s = Scheduler([1, 2, 3, 4], redundancy=2, quorum=2, prefetch=64)
-    s.submit([Task(i, 0, (i,), samples=32) for i in range(1, 61)])
-    by_task = collections.defaultdict(list)
-    for r, t in s.assign(0.0):
-        by_task[t.task_id].append(r)
-    pairs = collections.Counter(frozenset(rs) for rs in by_task.values())
-    assert len(pairs) == 6                       # every pair of the 4 workers shares tasks
-    assert max(pairs.values()) - min(pairs.values()) <= 2
-
-
-def test_cut_back_keeps_the_tail_aside(tmp_path: Path):
-    p = tmp_path / "ledger.jsonl"
-    p.write_text('{"a": 1}\n{"b": 2}\n{"c": 3')
-    _cut_back(p, len('{"a": 1}\n'))
-    assert p.read_text() == '{"a": 1}\n'
-    assert (tmp_path / "ledger.superseded.jsonl").read_text() == '{"b": 2}\n{"c": 3\n'
-    _cut_back(p, 100)                            # already shorter: untouched
-    assert p.read_text() == '{"a": 1}\n'
-
-
-def test_prune_keeps_the_newest_and_the_rollback_point(tmp_path: Path):
-    d = tmp_path / "checkpoints"
-    d.mkdir()
-    for s in (0, 4, 8, 12, 16):
-        (d / f"step-{s:09d}.h5").write_bytes(b"x")
-    _prune_kept(d, 2, floor=5)
-    assert [s for s, _ in _kept(d)] == [4, 12, 16]
-    _prune_kept(d, 1, floor=16)
-    assert [s for s, _ in _kept(d)] == [16]
-
-
-def test_stale_checkpoint_temporaries_are_removed(tmp_path: Path):
-    (tmp_path / "checkpoints").mkdir()
-    dead = tmp_path / ".checkpoint.h5.tmp-999999"
-    mine = tmp_path / f".checkpoint.h5.tmp-{os.getpid()}"
-    other = tmp_path / "checkpoints" / ".step-000000004.h5.tmp-424242"
-    for p in (dead, mine, other):
-        p.write_bytes(b"partial")
-    keep = tmp_path / "checkpoint.h5"
-    keep.write_bytes(b"good")
-    _remove_stale_temporaries(tmp_path)
-    assert not dead.exists() and not other.exists() and mine.exists() and keep.exists()
 
 
 def test_a_convicted_rank_readmitted_on_probation_is_judged_anew():
