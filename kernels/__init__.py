@@ -1,11 +1,14 @@
 """Numba kernels of raven-hpc, installed as ``raven_hpc.kernels``.
 
-One op family per module (``dense``, ``activations``, ``losses``, ``optim``);
-each kernel registers itself under ``(op, backend)``.  Callers pick their
-kernels once (per rank) with :func:`get_kernel`::
+One op family per module (``dense``, ``activations``, ``losses``, ``optim``,
+``conv``, ``pool``, ``norm``, ``reduce``); each kernel registers itself under
+``(op, backend)``.  A rank picks its backend once and binds kernels from it
+(the engine does this per model: ``build_model(..., backend=)``)::
 
-    from raven_hpc.kernels import get_kernel
-    sgd = get_kernel("sgd_step", "cpu")
+    from raven_hpc.kernels import get_backend, get_kernel
+    backend = get_backend("cpu")          # allocation, GEMM, kernels, copies
+    sgd = backend.kernel("sgd_step")
+    sgd = get_kernel("sgd_step", "cpu")   # the same kernel, looked up directly
 
 CPU kernels are ``@njit(cache=True)``, compiled lazily on first call for the
 dtypes they meet (float32 in training, float64 in gradient checks).  The CUDA

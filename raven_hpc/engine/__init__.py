@@ -5,7 +5,8 @@ from :mod:`raven_hpc.kernels`.
 """
 from __future__ import annotations
 
-from .tensor import GRADIENTS, Tensor, Workspace, enable_grad, is_grad_enabled, no_grad
+from .tensor import GRADIENTS, Tensor, enable_grad, is_grad_enabled, no_grad
+from .workspace import Workspace
 from .ops import activation_code, add, dense, matmul, relu, reshape, softmax_cross_entropy
 from .layers import INITIALIZERS, LAYERS, Dense, Flatten, Layer, register_layer
 from . import conv  # noqa: F401  (conv/pool ops and the conv2d, pool, reshape layers)

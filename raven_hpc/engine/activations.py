@@ -38,11 +38,12 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from raven_hpc.errors import ModelError
-from raven_hpc.kernels import ACTIVATIONS, get_kernel
+from raven_hpc.kernels import ACTIVATIONS
 
 from .layers import _REQUIRED, Layer, register_layer
-from .ops import ACTIVATION_PARAMS, ActFn, ArrayLike, _buf, _rule, _t, apply_activation, relu, resolve_activation
-from .tensor import Tensor, Workspace
+from .ops import ACTIVATION_PARAMS, ActFn, ArrayLike, _rule, _t, apply_activation, relu, resolve_activation
+from .tensor import Tensor
+from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
     "ACTIVATION_FNS",
@@ -64,9 +65,6 @@ __all__ = [
     "tanh",
 ]
 
-_k_softmax_fwd = get_kernel("softmax_forward")
-_k_softmax_bwd = get_kernel("softmax_backward")
-
 #: the activations that work on the last axis as a whole (not fusable)
 _AXIS_FNS = ("softmax", "log_softmax")
 
@@ -83,8 +81,8 @@ def _softmax_op(x: ArrayLike, log: bool, ws: Optional[Workspace]) -> Tensor:
     xs = np.ascontiguousarray(x.data)
     c = xs.shape[-1]
     rows = xs.size // c if c else 0
-    y = _buf(ws, "y", xs.shape, xs.dtype)
-    _k_softmax_fwd(xs.reshape(rows, c), y.reshape(rows, c), log)
+    y = buffer(ws, "y", xs.shape, xs.dtype)
+    kernels_of(ws).softmax_forward(xs.reshape(rows, c), y.reshape(rows, c), log)
     return Tensor._from_op(y, op, (x,), ws)
 
 
@@ -105,8 +103,8 @@ def _softmax_grad_rule(log: bool):
         c = y.shape[-1]
         rows = y.size // c if c else 0
         g = np.ascontiguousarray(g, dtype=y.dtype)
-        gx = _buf(ws, "gx", y.shape, y.dtype)
-        _k_softmax_bwd(g.reshape(rows, c), y.reshape(rows, c), gx.reshape(rows, c), log)
+        gx = buffer(ws, "gx", y.shape, y.dtype)
+        kernels_of(ws).softmax_backward(g.reshape(rows, c), y.reshape(rows, c), gx.reshape(rows, c), log)
         return (gx,)
 
     return rule

@@ -51,13 +51,13 @@ from typing import Any, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from raven_hpc.errors import ModelError
-from raven_hpc.kernels import get_kernel
 from raven_hpc.kernels.activations import LINEAR
 
 from . import ops
 from .layers import INITIALIZERS, Layer, _REQUIRED, _is_int, register_layer
-from .ops import _buf, _rule, _t
-from .tensor import Tensor, Workspace, grad_target
+from .ops import _rule, _t
+from .tensor import Tensor, grad_target
+from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
     "BLOCK_BYTES",
@@ -77,17 +77,6 @@ Pair = Tuple[int, int]
 
 #: target size of one block's patch matrix in bytes (see the module docstring)
 BLOCK_BYTES = 1 << 20
-
-_k_im2col = get_kernel("im2col")
-_k_col2im = get_kernel("col2im")
-_k_bias_out = get_kernel("conv_bias_out")
-_k_grad_in = get_kernel("conv_grad_in")
-_k_act_fwd = get_kernel("act_forward")
-_k_act_bwd = get_kernel("act_backward")
-_k_max_fwd = get_kernel("max_pool_forward")
-_k_max_bwd = get_kernel("max_pool_backward")
-_k_avg_fwd = get_kernel("avg_pool_forward")
-_k_avg_bwd = get_kernel("avg_pool_backward")
 
 
 # -- geometry -------------------------------------------------------------------
@@ -211,6 +200,7 @@ def conv2d(
     (OH, OW), (pt, pb, pl, pr) = conv_geometry((H, Wd), (kh, kw), stride, padding)
     sh, sw = _pair(stride, "stride", 1)
     dtype = np.result_type(x.dtype, W.dtype)
+    k = kernels_of(ws)
     xd = _contig(x.data, dtype)
     W2 = _contig(W.data, dtype).reshape(F, C * kh * kw)
     parents: Tuple[Tensor, ...] = (x, W)
@@ -221,27 +211,28 @@ def conv2d(
         bias = _contig(b.data, dtype)
         parents = (x, W, b)
     else:
-        bias = np.empty(0, dtype)
+        bias = k.empty(0, dtype)
 
     P = OH * OW
     K = C * kh * kw
-    y = _buf(ws, "y", (N, F, OH, OW), dtype)
+    y = buffer(ws, "y", (N, F, OH, OW), dtype)
     y3 = y.reshape(N, F, P)
     # the bias pass writes the pre-activation here; the activation then maps it to y
-    pre3 = _buf(ws, "pre", (N, F, OH, OW), dtype).reshape(N, F, P) if fn.saves_input else y3
+    pre3 = buffer(ws, "pre", (N, F, OH, OW), dtype).reshape(N, F, P) if fn.saves_input else y3
     geom = (kh, kw, sh, sw, pt, pl, OH, OW)
     if N:
         nb = _block(N, K * P, dtype.itemsize)
-        col = _buf(ws, "col", (K * nb * P,), dtype)
-        z = _buf(ws, "z", (F * nb * P,), dtype)
+        col = buffer(ws, "col", (K * nb * P,), dtype)
+        z = buffer(ws, "z", (F * nb * P,), dtype)
+        im2col, gemm, bias_out, act_forward = k.im2col, k.gemm, k.conv_bias_out, k.act_forward
         for n0 in range(0, N, nb):
             m = min(nb, N - n0)
             L = m * P
-            _k_im2col(xd, n0, n0 + m, *geom, col)
-            np.matmul(W2, col[: K * L].reshape(K, L), out=z[: F * L].reshape(F, L))
-            _k_bias_out(z, bias, pre3, n0, m)
+            im2col(xd, n0, n0 + m, *geom, col)
+            gemm(W2, col[: K * L].reshape(K, L), z[: F * L].reshape(F, L))
+            bias_out(z, bias, pre3, n0, m)
             if act != LINEAR:
-                _k_act_fwd(pre3[n0 : n0 + m].reshape(-1), y3[n0 : n0 + m].reshape(-1), act, fn.p0, fn.p1)
+                act_forward(pre3[n0 : n0 + m].reshape(-1), y3[n0 : n0 + m].reshape(-1), act, fn.p0, fn.p1)
     saved = pre3 if fn.saves_input else None
     return Tensor._from_op(y, "conv2d", parents, (xd, W2, geom, fn, saved, ws))
 
@@ -251,6 +242,7 @@ def _conv2d_grad(g, node):
     x, W = node.parents[0], node.parents[1]
     b = node.parents[2] if len(node.parents) == 3 else None
     xd, W2, geom, fn, saved, ws = node.ctx
+    k = kernels_of(ws)
     act = fn.code
     N, F, OH, OW = node.data.shape
     K = W2.shape[1]
@@ -263,46 +255,47 @@ def _conv2d_grad(g, node):
     if b is not None and b.requires_grad:
         db = grad_target(b)
         if db is None or db.dtype != dtype:
-            db = _buf(ws, "db", (F,), dtype)
+            db = buffer(ws, "db", (F,), dtype)
         db.fill(0)
     dW = dW2 = None
     if W.requires_grad:
         dW = grad_target(W)
         if dW is None or dW.dtype != dtype:
-            dW = _buf(ws, "dW", W.shape, dtype)
+            dW = buffer(ws, "dW", W.shape, dtype)
         dW2 = dW.reshape(F, K)
-        dW_blk = _buf(ws, "dW_blk", (F, K), dtype)
+        dW_blk = buffer(ws, "dW_blk", (F, K), dtype)
         if N == 0:  # no block writes it
             dW2.fill(0)
-    dx = _buf(ws, "dx", x.shape, dtype) if x.requires_grad else None
+    dx = buffer(ws, "dx", x.shape, dtype) if x.requires_grad else None
 
     nb = _block(N, K * P, dtype.itemsize)
-    col = _buf(ws, "col", (K * nb * P,), dtype)  # also holds dcol
-    gz = _buf(ws, "gz", (F * nb * P,), dtype)
-    ga = _buf(ws, "z", (nb * F * P,), dtype) if act != LINEAR else None  # act' applied, NCHW block
-    no_bias = np.empty(0, dtype)
+    col = buffer(ws, "col", (K * nb * P,), dtype)  # also holds dcol
+    gz = buffer(ws, "gz", (F * nb * P,), dtype)
+    ga = buffer(ws, "z", (nb * F * P,), dtype) if act != LINEAR else None  # act' applied, NCHW block
+    no_bias = k.empty(0, dtype)
+    im2col, col2im, gemm, grad_in, act_backward = k.im2col, k.col2im, k.gemm, k.conv_grad_in, k.act_backward
     for n0 in range(0, N, nb):
         m = min(nb, N - n0)
         L = m * P
         if act != LINEAR:
-            _k_act_bwd(g3[n0 : n0 + m].reshape(-1), s3[n0 : n0 + m].reshape(-1), ga[: m * F * P],
+            act_backward(g3[n0 : n0 + m].reshape(-1), s3[n0 : n0 + m].reshape(-1), ga[: m * F * P],
                        act, fn.p0, fn.p1)
             src, start = ga[: m * F * P].reshape(m, F, P), 0
         else:
             src, start = g3, n0
-        _k_grad_in(src, gz, no_bias if db is None else db, start, m)
+        grad_in(src, gz, no_bias if db is None else db, start, m)
         gz2 = gz[: F * L].reshape(F, L)
         col2 = col[: K * L].reshape(K, L)
         if dW2 is not None:
-            _k_im2col(xd, n0, n0 + m, *geom, col)
+            im2col(xd, n0, n0 + m, *geom, col)
             if n0 == 0:
-                np.matmul(gz2, col2.T, out=dW2)
+                gemm(gz2, col2.T, dW2)
             else:
-                np.matmul(gz2, col2.T, out=dW_blk)
+                gemm(gz2, col2.T, dW_blk)
                 dW2 += dW_blk
         if dx is not None:
-            np.matmul(W2.T, gz2, out=col2)
-            _k_col2im(col, n0, n0 + m, *geom, dx)
+            gemm(W2.T, gz2, col2)
+            col2im(col, n0, n0 + m, *geom, dx)
     if dx is not None and dx.dtype != x.dtype:
         dx = dx.astype(x.dtype)
     return (dx, dW, db) if b is not None else (dx, dW)
@@ -329,9 +322,9 @@ def max_pool2d(
     x = _t(x)
     shape, geom = _pool_setup(x, "max_pool2d", pool_size, stride, padding)
     xd = np.ascontiguousarray(x.data)
-    y = _buf(ws, "y", shape, xd.dtype)
-    idx = _buf(ws, "idx", shape, np.int32)
-    _k_max_fwd(xd, *geom, y, idx)
+    y = buffer(ws, "y", shape, xd.dtype)
+    idx = buffer(ws, "idx", shape, np.int32)
+    kernels_of(ws).max_pool_forward(xd, *geom, y, idx)
     return Tensor._from_op(y, "max_pool2d", (x,), (idx, ws))
 
 
@@ -339,8 +332,8 @@ def max_pool2d(
 def _max_pool2d_grad(g, node):
     idx, ws = node.ctx
     x = node.parents[0]
-    dx = _buf(ws, "dx", x.shape, node.data.dtype)
-    _k_max_bwd(_contig(g, node.data.dtype), idx, dx)
+    dx = buffer(ws, "dx", x.shape, node.data.dtype)
+    kernels_of(ws).max_pool_backward(_contig(g, node.data.dtype), idx, dx)
     return (dx,)
 
 
@@ -353,8 +346,8 @@ def avg_pool2d(
     x = _t(x)
     shape, geom = _pool_setup(x, "avg_pool2d", pool_size, stride, padding)
     xd = np.ascontiguousarray(x.data)
-    y = _buf(ws, "y", shape, xd.dtype)
-    _k_avg_fwd(xd, *geom, y)
+    y = buffer(ws, "y", shape, xd.dtype)
+    kernels_of(ws).avg_pool_forward(xd, *geom, y)
     return Tensor._from_op(y, "avg_pool2d", (x,), (geom, ws))
 
 
@@ -362,8 +355,8 @@ def avg_pool2d(
 def _avg_pool2d_grad(g, node):
     geom, ws = node.ctx
     x = node.parents[0]
-    dx = _buf(ws, "dx", x.shape, node.data.dtype)
-    _k_avg_bwd(_contig(g, node.data.dtype), *geom, dx)
+    dx = buffer(ws, "dx", x.shape, node.data.dtype)
+    kernels_of(ws).avg_pool_backward(_contig(g, node.data.dtype), *geom, dx)
     return (dx,)
 
 

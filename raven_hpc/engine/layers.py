@@ -38,7 +38,8 @@ import numpy as np
 from raven_hpc.errors import ModelError
 
 from . import ops
-from .tensor import Tensor, Workspace
+from .tensor import Tensor
+from .workspace import Workspace
 
 __all__ = [
     "INITIALIZERS",

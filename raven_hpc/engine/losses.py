@@ -30,17 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from raven_hpc.errors import ModelError
-from raven_hpc.kernels import get_kernel
 
 from . import ops
-from .tensor import Tensor, Workspace
+from .tensor import Tensor
+from .workspace import Workspace
 
 __all__ = ["LOSSES", "LossSpec", "LossOption", "bce_with_logits", "huber_loss", "mse_loss", "resolve_loss"]
-
-_k_mse = get_kernel("mse_onehot")
-_k_bce = get_kernel("bce_logits_onehot")
-_k_huber = get_kernel("huber_onehot")
-
 
 def _check_delta(where: str, value: Any) -> float:
     return ops.check_real(where, "delta", value, 0.0, low_open=True)
@@ -53,7 +48,7 @@ def mse_loss(output: ops.ArrayLike, labels: Any, *, ws: Optional[Workspace] = No
     ``sum_ij (output_ij - onehot_ij)^2`` -- torch's
     ``mse_loss(output, one_hot(labels), reduction="sum")``.
     """
-    return ops.fused_loss("mse", _k_mse, output, labels, ws=ws)
+    return ops.fused_loss("mse", "mse_onehot", output, labels, ws=ws)
 
 
 def bce_with_logits(output: ops.ArrayLike, labels: Any, *, ws: Optional[Workspace] = None) -> Tuple[Tensor, int]:
@@ -63,7 +58,7 @@ def bce_with_logits(output: ops.ArrayLike, labels: Any, *, ws: Optional[Workspac
     ``binary_cross_entropy_with_logits(output, one_hot(labels), reduction="sum")``.
     Stable for any logit.
     """
-    return ops.fused_loss("bce_with_logits", _k_bce, output, labels, ws=ws)
+    return ops.fused_loss("bce_with_logits", "bce_logits_onehot", output, labels, ws=ws)
 
 
 def huber_loss(output: ops.ArrayLike, labels: Any, *, delta: float = 1.0,
@@ -74,7 +69,7 @@ def huber_loss(output: ops.ArrayLike, labels: Any, *, delta: float = 1.0,
     ``huber_loss(output, one_hot(labels), reduction="sum", delta=delta)``.
     """
     d = _check_delta("huber", delta)
-    return ops.fused_loss("huber", _k_huber, output, labels, d, ws=ws)
+    return ops.fused_loss("huber", "huber_onehot", output, labels, d, ws=ws)
 
 
 for _op in ("mse", "bce_with_logits", "huber"):

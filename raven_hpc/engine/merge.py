@@ -17,8 +17,9 @@ import numpy as np
 from raven_hpc.errors import ModelError
 
 from .layers import Layer, register_layer
-from .ops import ArrayLike, _buf, _rule, _t
-from .tensor import Tensor, Workspace
+from .ops import ArrayLike, _rule, _t
+from .tensor import Tensor
+from .workspace import Workspace, buffer
 
 __all__ = ["Add", "Concat", "MergeLayer", "Mul", "add_n", "concat", "mul_n"]
 
@@ -37,7 +38,7 @@ def add_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     """Elementwise sum of two or more tensors of one shape."""
     ts = _operands(xs, "add_n")
     dtype = np.result_type(*(t.dtype for t in ts))
-    y = _buf(ws, "y", ts[0].shape, dtype)
+    y = buffer(ws, "y", ts[0].shape, dtype)
     np.add(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
         np.add(y, t.data, out=y)
@@ -54,7 +55,7 @@ def mul_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     """Elementwise product of two or more tensors of one shape."""
     ts = _operands(xs, "mul_n")
     dtype = np.result_type(*(t.dtype for t in ts))
-    y = _buf(ws, "y", ts[0].shape, dtype)
+    y = buffer(ws, "y", ts[0].shape, dtype)
     np.multiply(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
         np.multiply(y, t.data, out=y)
@@ -90,7 +91,7 @@ def concat(xs: Sequence[ArrayLike], axis: int = -1, *, ws: Optional[Workspace] =
     shape = list(ts[0].shape)
     shape[ax] = sum(t.shape[ax] for t in ts)
     dtype = np.result_type(*(t.dtype for t in ts))
-    y = _buf(ws, "y", tuple(shape), dtype)
+    y = buffer(ws, "y", tuple(shape), dtype)
     np.concatenate([t.data for t in ts], axis=ax, out=y)
     return Tensor._from_op(y, "concat", tuple(ts), ax)
 

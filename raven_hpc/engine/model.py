@@ -60,7 +60,8 @@ from raven_hpc.errors import ModelError
 from . import ops
 from .layers import GRAPH_KEYS, INITIALIZERS, LAYERS, Layer, RunContext
 from .losses import resolve_loss
-from .tensor import Tensor, Workspace, enable_grad, no_grad
+from .tensor import Tensor, enable_grad, no_grad
+from .workspace import CPU_BACKEND, Workspace
 
 __all__ = ["Model", "build_model", "validate_model_spec", "min_train_batch", "owner_with_state", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
 
@@ -340,9 +341,7 @@ def build_model(
         from raven_hpc.kernels import get_backend
 
         backend = get_backend(backend)
-    model = Model(spec, input_shape, num_classes)
-    model.backend = backend
-    return model
+    return Model(spec, input_shape, num_classes, backend=backend)
 
 
 def _as_key(key: Any) -> Tuple[int, ...]:
@@ -366,10 +365,14 @@ class Model:
       vector, trainable first; ``state_info``: the state entries among them
       (those at ``offset >= num_trainable``), e.g. ``batchnorm_1.running_mean``;
     * ``spec`` (normalised), ``input_shape``, ``num_classes``, ``layers``,
-      ``inputs`` (per layer, the names it reads).
+      ``inputs`` (per layer, the names it reads);
+    * ``backend``: the kernel backend object (default: CPU).  Every layer's
+      :class:`~raven_hpc.engine.workspace.Workspace` carries it, so every op
+      of the model takes its kernels, GEMMs and scratch arrays from it.
     """
 
-    def __init__(self, spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int):
+    def __init__(self, spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int,
+                 backend: Any = None):
         norm, plan, in_shape, num_classes = _plan(spec, input_shape, num_classes)
         self.spec: Dict[str, Any] = norm
         self.input_shape: Shape = in_shape
@@ -432,8 +435,10 @@ class Model:
             layer.init_state(sviews)
             layer.bind_state(stensors)
 
-        self._ws: List[Workspace] = [Workspace() for _ in self.layers]
-        self._loss_ws = Workspace()
+        self.backend = CPU_BACKEND if backend is None else backend
+        self._ws: List[Workspace] = [Workspace(self.backend) for _ in self.layers]
+        self._loss_ws = Workspace(self.backend)
+        self._fresh_ws = Workspace(self.backend, reuse=False)   # forward(): results own their arrays
         self.eval_chunk: int = EVAL_CHUNK
         self._in_size = _size(in_shape)
         self._input_flattens = all(l.FLATTENS_INPUT for l, src in zip(self.layers, self._sources) if -1 in src)
@@ -621,7 +626,7 @@ class Model:
                 arg: Any = [x if j < 0 else outs[j] for j in src]
             else:
                 arg = x if src[0] < 0 else outs[src[0]]
-            ws = self._ws[i] if use_ws else None
+            ws = self._ws[i] if use_ws else self._fresh_ws
             outs[i] = layer(arg, ws, ctx) if layer.USES_CONTEXT else layer(arg, ws)
         return outs[-1]
 

@@ -38,11 +38,11 @@ from typing import Any, Mapping, Optional, Tuple
 import numpy as np
 
 from raven_hpc.errors import DatasetError, ModelError
-from raven_hpc.kernels import get_kernel
 
 from .layers import _REQUIRED, Layer, RunContext, register_layer
-from .ops import ArrayLike, _buf, _rule, _t
-from .tensor import Tensor, Workspace, grad_target
+from .ops import ArrayLike, _rule, _t
+from .tensor import Tensor, grad_target
+from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
     "BatchNorm",
@@ -55,16 +55,6 @@ __all__ = [
     "embedding",
     "layer_norm",
 ]
-
-_k_bn_stats = get_kernel("batchnorm_stats")
-_k_bn_apply = get_kernel("batchnorm_apply")
-_k_bn_bwd = get_kernel("batchnorm_backward")
-_k_ln_fwd = get_kernel("layernorm_forward")
-_k_ln_bwd = get_kernel("layernorm_backward")
-_k_drop_fwd = get_kernel("dropout_forward")
-_k_drop_bwd = get_kernel("dropout_backward")
-_k_emb_idx = get_kernel("embedding_indices")
-_k_emb_bwd = get_kernel("embedding_backward")
 
 #: largest embedding table: token ids travel as float32 model inputs, which
 #: hold every integer exactly only up to 2**24
@@ -96,14 +86,14 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
     if rate == 0.0:
         return x
     xd = np.ascontiguousarray(x.data)
-    u = _buf(ws, "u", xd.shape, np.float32)
+    u = buffer(ws, "u", xd.shape, np.float32)
     if isinstance(rng, np.random.Generator):
         rng.random(out=u, dtype=np.float32)
     else:
         rng.uniform_into(u)   # a RunContext: one stream per snippet of the batch
-    y = _buf(ws, "y", xd.shape, xd.dtype)
+    y = buffer(ws, "y", xd.shape, xd.dtype)
     scale = 1.0 / (1.0 - rate)
-    _k_drop_fwd(xd.reshape(-1), u.reshape(-1), rate, scale, y.reshape(-1))
+    kernels_of(ws).dropout_forward(xd.reshape(-1), u.reshape(-1), rate, scale, y.reshape(-1))
     return Tensor._from_op(y, "dropout", (x,), (u, rate, scale, ws))
 
 
@@ -111,8 +101,8 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
 def _dropout_grad(g, node):
     u, rate, scale, ws = node.ctx
     g = np.ascontiguousarray(g)
-    dx = _buf(ws, "dx", g.shape, g.dtype)
-    _k_drop_bwd(g.reshape(-1), u.reshape(-1), rate, scale, dx.reshape(-1))
+    dx = buffer(ws, "dx", g.shape, g.dtype)
+    kernels_of(ws).dropout_backward(g.reshape(-1), u.reshape(-1), rate, scale, dx.reshape(-1))
     return (dx,)
 
 
@@ -150,12 +140,13 @@ def batch_norm(
     dtype = x.dtype if gamma is None else np.result_type(x.dtype, gamma.dtype)
     xd = np.ascontiguousarray(x.data, dtype=dtype)
     x3 = xd.reshape(n, C, L)
+    k = kernels_of(ws)
     if training:
         if n * L < 2:
             raise ValueError(f"batch_norm in training needs more than one value per channel, got input {x.shape}")
-        mean = np.empty(C, np.float64)
-        var = np.empty(C, np.float64)
-        _k_bn_stats(x3, mean, var)
+        mean = k.empty(C, np.float64)
+        var = k.empty(C, np.float64)
+        k.batchnorm_stats(x3, mean, var)
         if stats is not None:
             shift = np.zeros(C) if running_mean is None else np.asarray(running_mean, np.float64)
             d = mean - shift
@@ -170,8 +161,8 @@ def batch_norm(
     invstd = 1.0 / np.sqrt(var + eps)
     g64 = np.ones(C) if gamma is None else gamma.data.astype(np.float64)
     b = np.zeros(C, dtype) if beta is None else beta.data.astype(dtype, copy=False)
-    y = _buf(ws, "y", x.shape, dtype)
-    _k_bn_apply(x3, mean.astype(dtype), (g64 * invstd).astype(dtype), b, y.reshape(n, C, L))
+    y = buffer(ws, "y", x.shape, dtype)
+    k.batchnorm_apply(x3, mean.astype(dtype), (g64 * invstd).astype(dtype), b, y.reshape(n, C, L))
     parents = (x,) if gamma is None else (x, gamma, beta)
     return Tensor._from_op(y, "batch_norm", parents, (x3, mean, invstd, bool(training), ws))
 
@@ -190,11 +181,12 @@ def _batch_norm_grad(g, node):
         dgamma = grad_target(node.parents[1])
     if affine and node.parents[2].requires_grad:
         dbeta = grad_target(node.parents[2])
-    sum_gx = dgamma if dgamma is not None and dgamma.dtype == dtype else _buf(ws, "dgamma", (C,), dtype)
-    sum_g = dbeta if dbeta is not None and dbeta.dtype == dtype else _buf(ws, "dbeta", (C,), dtype)
-    dx = _buf(ws, "dx", x.shape, dtype) if x.requires_grad else None
-    _k_bn_bwd(g3, x3, mean, invstd, gamma_arr, training, sum_g, sum_gx,
-              dx.reshape(n, C, L) if dx is not None else np.empty((0, 0, 0), dtype))
+    sum_gx = dgamma if dgamma is not None and dgamma.dtype == dtype else buffer(ws, "dgamma", (C,), dtype)
+    sum_g = dbeta if dbeta is not None and dbeta.dtype == dtype else buffer(ws, "dbeta", (C,), dtype)
+    dx = buffer(ws, "dx", x.shape, dtype) if x.requires_grad else None
+    k = kernels_of(ws)
+    k.batchnorm_backward(g3, x3, mean, invstd, gamma_arr, training, sum_g, sum_gx,
+                         dx.reshape(n, C, L) if dx is not None else k.empty((0, 0, 0), dtype))
     if not affine:
         return (dx,)
     return (dx, sum_gx if node.parents[1].requires_grad else None, sum_g if node.parents[2].requires_grad else None)
@@ -223,15 +215,16 @@ def layer_norm(
     gamma, beta = _affine(gamma, beta, "layer_norm", tuple(x.shape[1:]))
     dtype = x.dtype if gamma is None else np.result_type(x.dtype, gamma.dtype)
     x2 = np.ascontiguousarray(x.data, dtype=dtype).reshape(n, D)
-    y = _buf(ws, "y", x.shape, dtype)
-    mean = _buf(ws, "mean", (n,), np.float64)
-    invstd = _buf(ws, "invstd", (n,), np.float64)
+    y = buffer(ws, "y", x.shape, dtype)
+    mean = buffer(ws, "mean", (n,), np.float64)
+    invstd = buffer(ws, "invstd", (n,), np.float64)
+    k = kernels_of(ws)
     if gamma is None:
-        g_arr = b_arr = np.empty(0, dtype)
+        g_arr = b_arr = k.empty(0, dtype)
     else:
         g_arr = np.ascontiguousarray(gamma.data, dtype=dtype).reshape(D)
         b_arr = np.ascontiguousarray(beta.data, dtype=dtype).reshape(D)
-    _k_ln_fwd(x2, g_arr, b_arr, gamma is not None, float(eps), y.reshape(n, D), mean, invstd)
+    k.layernorm_forward(x2, g_arr, b_arr, gamma is not None, float(eps), y.reshape(n, D), mean, invstd)
     parents = (x,) if gamma is None else (x, gamma, beta)
     return Tensor._from_op(y, "layer_norm", parents, (x2, mean, invstd, g_arr, ws))
 
@@ -244,21 +237,22 @@ def _layer_norm_grad(g, node):
     n, D = x2.shape
     dtype = node.data.dtype
     g2 = np.ascontiguousarray(g, dtype=dtype).reshape(n, D)
-    dx = _buf(ws, "dx", x.shape, dtype) if x.requires_grad else None
+    k = kernels_of(ws)
+    dx = buffer(ws, "dx", x.shape, dtype) if x.requires_grad else None
     if affine:
         gamma, beta = node.parents[1], node.parents[2]
         shape = gamma.shape
         dgamma = grad_target(gamma) if gamma.requires_grad else None
         if dgamma is None or dgamma.dtype != dtype:
-            dgamma = _buf(ws, "dgamma", shape, dtype)
+            dgamma = buffer(ws, "dgamma", shape, dtype)
         dbeta = grad_target(beta) if beta.requires_grad else None
         if dbeta is None or dbeta.dtype != dtype:
-            dbeta = _buf(ws, "dbeta", shape, dtype)
+            dbeta = buffer(ws, "dbeta", shape, dtype)
         dg_flat, db_flat = dgamma.reshape(D), dbeta.reshape(D)
     else:
-        dg_flat = db_flat = np.empty(0, dtype)
-    _k_ln_bwd(g2, x2, mean, invstd, g_arr, affine, dx.reshape(n, D) if dx is not None else np.empty((0, 0), dtype),
-              dg_flat, db_flat)
+        dg_flat = db_flat = k.empty(0, dtype)
+    k.layernorm_backward(g2, x2, mean, invstd, g_arr, affine,
+                         dx.reshape(n, D) if dx is not None else k.empty((0, 0), dtype), dg_flat, db_flat)
     if not affine:
         return (dx,)
     return (dx, dgamma if gamma.requires_grad else None, dbeta if beta.requires_grad else None)
@@ -284,8 +278,8 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
     flat = np.ascontiguousarray(ids_arr).reshape(-1)
     if flat.dtype.kind not in "f":
         flat = flat.astype(np.float64)
-    idx = _buf(ws, "idx", (flat.size,), np.int64)
-    bad = _k_emb_idx(flat, V, idx)
+    idx = buffer(ws, "idx", (flat.size,), np.int64)
+    bad = kernels_of(ws).embedding_indices(flat, V, idx)
     if bad >= 0:
         per = max(1, flat.size // max(1, ids_arr.shape[0]))
         row, pos = divmod(int(bad), per)
@@ -295,7 +289,7 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
         raise DatasetError(
             f"{where}: input value {flat[bad].item()!r} at {at} is not a token id: ids must be integers in [0, {V})"
         )
-    y = _buf(ws, "y", tuple(ids_arr.shape) + (dim,), W.dtype)
+    y = buffer(ws, "y", tuple(ids_arr.shape) + (dim,), W.dtype)
     np.take(W.data, idx, axis=0, out=y.reshape(-1, dim), mode="clip")
     return Tensor._from_op(y, "embedding", (W,), (idx, ws))
 
@@ -307,8 +301,8 @@ def _embedding_grad(g, node):
     dtype = W.data.dtype
     dW = grad_target(W)
     if dW is None or dW.dtype != dtype:
-        dW = _buf(ws, "dW", W.shape, dtype)
-    _k_emb_bwd(idx, np.ascontiguousarray(g, dtype=dtype).reshape(-1, W.shape[1]), dW)
+        dW = buffer(ws, "dW", W.shape, dtype)
+    kernels_of(ws).embedding_backward(idx, np.ascontiguousarray(g, dtype=dtype).reshape(-1, W.shape[1]), dW)
     return (dW,)
 
 

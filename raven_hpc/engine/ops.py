@@ -10,21 +10,23 @@ gradient scratch then live in reused buffers instead of fresh allocations
 (the model does this; results are only valid until the next call with the
 same workspace).  Without ``ws`` everything is freshly allocated.
 
-Kernels come from the registry, picked once at import
-(:func:`raven_hpc.kernels.get_kernel`, CPU backend).
+Kernels and scratch memory come from the workspace's backend
+(:mod:`.workspace`): ``ws.kernels`` is that backend's kernel table, GEMMs
+go through its ``gemm``.  Without ``ws`` the CPU backend serves.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from raven_hpc.errors import DatasetError, ModelError
-from raven_hpc.kernels import ACTIVATIONS, get_kernel
+from raven_hpc.kernels import ACTIVATIONS
 from raven_hpc.kernels.activations import ACTIVATION_PARAMS, LINEAR, SAVES_INPUT
 
-from .tensor import GRADIENTS, Tensor, Workspace, grad_target, is_grad_enabled
+from .tensor import GRADIENTS, Tensor, grad_target, is_grad_enabled
+from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
     "ACTIVATIONS",
@@ -47,15 +49,6 @@ __all__ = [
 
 ArrayLike = Union[Tensor, np.ndarray, float]
 
-_k_bias_act_fwd = get_kernel("bias_act_forward")
-_k_bias_act_keep = get_kernel("bias_act_forward_keep")
-_k_bias_act_bwd = get_kernel("bias_act_backward")
-_k_col_sum = get_kernel("col_sum")
-_k_act_fwd = get_kernel("act_forward")
-_k_act_bwd = get_kernel("act_backward")
-_k_softmax_xent = get_kernel("softmax_xent")
-
-
 def _rule(op: str):
     def deco(fn):
         if op in GRADIENTS:  # pragma: no cover
@@ -68,10 +61,6 @@ def _rule(op: str):
 
 def _t(x: ArrayLike) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def _buf(ws: Optional[Workspace], key: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
-    return np.empty(shape, dtype=dtype) if ws is None else ws.buf(key, shape, dtype)
 
 
 def check_real(where: str, key: str, value: Any, low: float = -math.inf, high: float = math.inf,
@@ -200,14 +189,15 @@ def matmul(a: ArrayLike, b: ArrayLike) -> Tensor:
     a, b = _t(a), _t(b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"matmul needs 2-D operands, got {a.shape} and {b.shape}")
-    return Tensor._from_op(a.data @ b.data, "matmul", (a, b))
+    return Tensor._from_op(kernels_of(None).gemm(a.data, b.data), "matmul", (a, b))
 
 
 @_rule("matmul")
 def _matmul_grad(g, node):
     a, b = node.parents
-    ga = g @ b.data.T if a.requires_grad else None
-    gb = a.data.T @ g if b.requires_grad else None
+    gemm = kernels_of(None).gemm
+    ga = gemm(g, b.data.T) if a.requires_grad else None
+    gb = gemm(a.data.T, g) if b.requires_grad else None
     return ga, gb
 
 
@@ -252,8 +242,8 @@ def apply_activation(x: ArrayLike, fn: ActFn, *, ws: Optional[Workspace] = None)
     if fn.code == LINEAR:
         return x
     xs = np.ascontiguousarray(x.data)
-    y = _buf(ws, "y", xs.shape, xs.dtype)
-    _k_act_fwd(xs.reshape(-1), y.reshape(-1), fn.code, fn.p0, fn.p1)
+    y = buffer(ws, "y", xs.shape, xs.dtype)
+    kernels_of(ws).act_forward(xs.reshape(-1), y.reshape(-1), fn.code, fn.p0, fn.p1)
     return Tensor._from_op(y, fn.name, (x,), (fn, xs if fn.saves_input else None, ws))
 
 
@@ -261,8 +251,8 @@ def _activation_grad(g, node):
     fn, saved_input, ws = node.ctx
     s = node.data if saved_input is None else saved_input
     g = np.ascontiguousarray(g, dtype=node.data.dtype)
-    gx = _buf(ws, "gx", g.shape, g.dtype)
-    _k_act_bwd(g.reshape(-1), s.reshape(-1), gx.reshape(-1), fn.code, fn.p0, fn.p1)
+    gx = buffer(ws, "gx", g.shape, g.dtype)
+    kernels_of(ws).act_backward(g.reshape(-1), s.reshape(-1), gx.reshape(-1), fn.code, fn.p0, fn.p1)
     return (gx,)
 
 
@@ -313,23 +303,24 @@ def dense(
         parents = (x, W, b)
     else:
         parents = (x, W)
+    k = kernels_of(ws)
     pre = None
     if fn.saves_input:
-        pre = _buf(ws, "z", (n, m), dtype)
-        np.matmul(x.data, W.data, out=pre)
-        y = _buf(ws, "y", (n, m), dtype)
+        pre = buffer(ws, "z", (n, m), dtype)
+        k.gemm(x.data, W.data, pre)
+        y = buffer(ws, "y", (n, m), dtype)
         if b is not None:
-            _k_bias_act_keep(pre, b.data, y, act, fn.p0, fn.p1)
+            k.bias_act_forward_keep(pre, b.data, y, act, fn.p0, fn.p1)
         else:
-            _k_act_fwd(pre.reshape(-1), y.reshape(-1), act, fn.p0, fn.p1)
+            k.act_forward(pre.reshape(-1), y.reshape(-1), act, fn.p0, fn.p1)
     else:
-        y = _buf(ws, "y", (n, m), dtype)
-        np.matmul(x.data, W.data, out=y)
+        y = buffer(ws, "y", (n, m), dtype)
+        k.gemm(x.data, W.data, y)
         if b is not None:
-            _k_bias_act_fwd(y, b.data, act, fn.p0, fn.p1)
+            k.bias_act_forward(y, b.data, act, fn.p0, fn.p1)
         elif act != LINEAR:
             flat = y.reshape(-1)
-            _k_act_fwd(flat, flat, act, fn.p0, fn.p1)
+            k.act_forward(flat, flat, act, fn.p0, fn.p1)
     return Tensor._from_op(y, "dense", parents, (fn, pre, ws))
 
 
@@ -338,6 +329,7 @@ def _dense_grad(g, node):
     x, W = node.parents[0], node.parents[1]
     b = node.parents[2] if len(node.parents) == 3 else None
     fn, pre, ws = node.ctx
+    k = kernels_of(ws)
     act = fn.code
     saved = node.data if pre is None else pre  # what act' is computed from
     n, m = g.shape
@@ -347,28 +339,28 @@ def _dense_grad(g, node):
     if b is not None and b.requires_grad:
         db = grad_target(b)
         if db is None or db.dtype != dtype:
-            db = _buf(ws, "db", (m,), dtype)
+            db = buffer(ws, "db", (m,), dtype)
         if act != LINEAR:
-            gz = _buf(ws, "gz", (n, m), dtype)
-            _k_bias_act_bwd(g, saved, act, gz, db, fn.p0, fn.p1)
+            gz = buffer(ws, "gz", (n, m), dtype)
+            k.bias_act_backward(g, saved, act, gz, db, fn.p0, fn.p1)
         else:
             gz = g
-            _k_col_sum(g, db)
+            k.col_sum(g, db)
     elif act != LINEAR:
-        gz = _buf(ws, "gz", (n, m), dtype)
-        _k_act_bwd(g.reshape(-1), saved.reshape(-1), gz.reshape(-1), act, fn.p0, fn.p1)
+        gz = buffer(ws, "gz", (n, m), dtype)
+        k.act_backward(g.reshape(-1), saved.reshape(-1), gz.reshape(-1), act, fn.p0, fn.p1)
     else:
         gz = g
     dW = None
     if W.requires_grad:
         dW = grad_target(W)
         if dW is None or dW.dtype != dtype:
-            dW = _buf(ws, "dW", W.shape, dtype)
-        np.matmul(x.data.T, gz, out=dW)
+            dW = buffer(ws, "dW", W.shape, dtype)
+        k.gemm(x.data.T, gz, dW)
     dx = None
     if x.requires_grad:
-        dx = _buf(ws, "dx", x.shape, dtype)
-        np.matmul(gz, W.data.T, out=dx)
+        dx = buffer(ws, "dx", x.shape, dtype)
+        k.gemm(gz, W.data.T, dx)
     return (dx, dW, db) if b is not None else (dx, dW)
 
 
@@ -387,12 +379,13 @@ def as_labels(labels: Any) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
-def fused_loss(op: str, kernel: Callable, output: ArrayLike, labels: Any, *args: Any,
+def fused_loss(op: str, kernel_op: str, output: ArrayLike, labels: Any, *args: Any,
                ws: Optional[Workspace] = None) -> Tuple[Tensor, int]:
     """Run a fused loss kernel; return ``(loss_sum tensor, n_correct)``.
 
-    ``kernel(out, labels, grad, want_grad, *args) -> (loss_sum, correct,
-    bad_row)`` (see :mod:`raven_hpc.kernels.losses`).  The gradient is
+    ``kernel_op`` names the kernel, ``kernel(out, labels, grad, want_grad,
+    *args) -> (loss_sum, correct, bad_row)`` (see
+    :mod:`raven_hpc.kernels.losses`), taken from ``ws``'s backend.  The gradient is
     computed only when a graph is recorded, into ``ws``'s ``"dlogits"``
     buffer when given; the loss node (op ``op``) keeps it for
     :func:`fused_loss_grad`.  Labels outside ``[0, c)`` raise
@@ -407,8 +400,9 @@ def fused_loss(op: str, kernel: Callable, output: ArrayLike, labels: Any, *args:
         raise ValueError(f"labels shape {labels.shape} does not match outputs {output.shape}")
     z = np.ascontiguousarray(output.data)
     want = is_grad_enabled() and output.requires_grad
-    grad = _buf(ws, "dlogits", (n, c), z.dtype) if want else np.empty((0, 0), z.dtype)
-    total, correct, bad = kernel(z, labels, grad, want, *args)
+    k = kernels_of(ws)
+    grad = buffer(ws, "dlogits", (n, c), z.dtype) if want else k.empty((0, 0), z.dtype)
+    total, correct, bad = getattr(k, kernel_op)(z, labels, grad, want, *args)
     if bad >= 0:
         raise DatasetError(
             f"label {int(labels[bad])} at batch row {int(bad)} is outside [0, {c}) "
@@ -445,7 +439,7 @@ def softmax_cross_entropy(
     ``[0, c)`` raise :class:`~raven_hpc.errors.DatasetError`.
     """
     eps = check_label_smoothing("softmax_cross_entropy", label_smoothing)
-    return fused_loss("softmax_cross_entropy", _k_softmax_xent, logits, labels, eps, ws=ws)
+    return fused_loss("softmax_cross_entropy", "softmax_xent", logits, labels, eps, ws=ws)
 
 
 _rule("softmax_cross_entropy")(fused_loss_grad)

@@ -66,10 +66,9 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
 import numpy as np
 
 from raven_hpc.errors import CheckpointError, ConfigError
-from raven_hpc.kernels import get_kernel
-
 from .model import owner_with_state as _owner_with_state
 from .schedule import SCHEDULE_KEYS, validate_schedule_config
+from .workspace import CPU_BACKEND, CPU_KERNELS
 
 __all__ = [
     "OPTIMIZERS",
@@ -95,8 +94,6 @@ COMMON_DEFAULTS: Dict[str, Any] = {"clip_norm": 0.0}
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing.
 _CLIP_EPS = 1e-6
-
-_sum_squares = get_kernel("sum_squares")
 
 
 def register_optimizer(cls: Type["Optimizer"]) -> Type["Optimizer"]:
@@ -137,11 +134,15 @@ def _betas(cfg: Mapping[str, Any]) -> Tuple[float, float]:
                  for i, b in enumerate(v))
 
 
-def grad_norm(grad: np.ndarray, scale: float = 1.0) -> float:
-    """Global L2 norm of ``scale * grad`` (float64 sum of squares, one pass)."""
+def _norm_with(sum_squares, grad: np.ndarray, scale: float) -> float:
     if not (isinstance(grad, np.ndarray) and grad.ndim == 1 and grad.dtype in (np.float32, np.float64)):
         raise ValueError("grad must be a 1-D float32/float64 array")
-    return math.sqrt(_sum_squares(grad, float(scale)))
+    return math.sqrt(sum_squares(grad, float(scale)))
+
+
+def grad_norm(grad: np.ndarray, scale: float = 1.0) -> float:
+    """Global L2 norm of ``scale * grad`` (float64 sum of squares, one pass, CPU kernel)."""
+    return _norm_with(CPU_KERNELS.sum_squares, grad, scale)
 
 
 def _clip_factor(norm: float, max_norm: float) -> float:
@@ -183,13 +184,16 @@ def make_optimizer(cfg: Mapping[str, Any], num_params: Any) -> "Optimizer":
     """Validate ``cfg`` and build the optimizer for ``num_params`` parameters.
 
     ``num_params`` may be a :class:`~raven_hpc.engine.Model`: the optimizer
-    then updates its ``num_trainable`` trainable parameters (use
-    :meth:`Model.apply_gradient` to step it and the model's state together).
+    then updates its ``num_trainable`` trainable parameters with the model's
+    kernel backend (use :meth:`Model.apply_gradient` to step it and the
+    model's state together).
     """
     norm = validate_optimizer_config(cfg)
+    backend = None
     if hasattr(num_params, "num_trainable") and hasattr(num_params, "params"):
+        backend = getattr(num_params, "backend", None)
         num_params = num_params.num_trainable
-    return OPTIMIZERS[norm["name"]](norm, num_params)
+    return OPTIMIZERS[norm["name"]](norm, num_params, backend=backend)
 
 
 class Optimizer(abc.ABC):
@@ -197,9 +201,12 @@ class Optimizer(abc.ABC):
 
     A subclass declares its ``NAME``, its hyper-parameters with defaults
     (``DEFAULTS``), checks them in :meth:`_check_hyper`, names its state
-    arrays (``BUFFERS``) and their sizes (:meth:`_buffer_sizes`), and runs
-    its kernel in :meth:`_update`.  Validation, clipping, the learning-rate
-    override, step counting and checkpoint state are done here.
+    arrays (``BUFFERS``) and their sizes (:meth:`_buffer_sizes`), names its
+    kernel (``KERNEL``) and runs it in :meth:`_update`.  Validation,
+    clipping, the learning-rate override, step counting and checkpoint state
+    are done here.  ``backend`` (default: CPU) is the kernel backend of the
+    model the optimizer serves: its kernels are bound and its state arrays
+    allocated once, here.
     """
 
     NAME = ""
@@ -207,8 +214,10 @@ class Optimizer(abc.ABC):
     DEFAULTS: Dict[str, Any] = {}
     #: names of the float32 state arrays (attributes of the instance)
     BUFFERS: Tuple[str, ...] = ()
+    #: the op name of the update kernel
+    KERNEL = ""
 
-    def __init__(self, cfg: Mapping[str, Any], num_params: int):
+    def __init__(self, cfg: Mapping[str, Any], num_params: int, backend: Any = None):
         if isinstance(num_params, bool) or not isinstance(num_params, (int, np.integer)) or num_params < 0:
             raise ValueError(f"num_params must be a non-negative integer, got {num_params!r}")
         self.config: Dict[str, Any] = self.validate(cfg)
@@ -219,8 +228,12 @@ class Optimizer(abc.ABC):
         self.last_grad_norm: Optional[float] = None
         #: learning rate the last step used
         self.last_lr: Optional[float] = None
+        #: the kernel backend: update kernel, norm kernel and state arrays come from it
+        self.backend = CPU_BACKEND if backend is None else backend
+        self._kernel = self.backend.kernel(self.KERNEL)
+        self._sum_squares = self.backend.kernel("sum_squares")
         for name, size in self._buffer_sizes(self.config, self.num_params).items():
-            setattr(self, name, np.zeros(size, dtype=np.float32))
+            setattr(self, name, self.backend.zeros(size, dtype=np.float32))
 
     # -- configuration -------------------------------------------------------
 
@@ -307,7 +320,7 @@ class Optimizer(abc.ABC):
         lr = float(lr)
         max_norm = self.config["clip_norm"]
         if max_norm:
-            norm = grad_norm(grad, scale)
+            norm = _norm_with(self._sum_squares, grad, scale)
             self.last_grad_norm = norm
             scale *= _clip_factor(norm, max_norm)
         self._update(params, grad, scale, lr)
@@ -335,7 +348,7 @@ class Optimizer(abc.ABC):
                 v = np.asarray(v, dtype=np.float64)
             out[key] = v
         for name in self.BUFFERS:
-            out[name] = getattr(self, name).copy()
+            out[name] = self.backend.to_host(getattr(self, name)).copy()
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -375,7 +388,7 @@ class Optimizer(abc.ABC):
         self.config.update(hyper)
         self.steps = int(steps)
         for b, arr in buffers.items():
-            setattr(self, b, arr.copy())
+            setattr(self, b, self.backend.to_device(arr.copy()))
 
 
 @register_optimizer
@@ -391,7 +404,7 @@ class SGD(Optimizer):
     DEFAULTS = {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0}
     BUFFERS = ("momentum_buffer",)
 
-    _kernel = staticmethod(get_kernel("sgd_step"))
+    KERNEL = "sgd_step"
 
     @classmethod
     def _check_hyper(cls, hyper):
@@ -430,7 +443,7 @@ class Adam(Optimizer):
     #: weight decay applied to the parameters directly (AdamW) instead of the gradient
     DECOUPLED = False
 
-    _kernel = staticmethod(get_kernel("adam_step"))
+    KERNEL = "adam_step"
 
     @classmethod
     def _check_hyper(cls, hyper):
@@ -482,7 +495,7 @@ class RMSprop(Optimizer):
     DEFAULTS = {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0}
     BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 
-    _kernel = staticmethod(get_kernel("rmsprop_step"))
+    KERNEL = "rmsprop_step"
 
     @classmethod
     def _check_hyper(cls, hyper):

@@ -24,11 +24,11 @@ Gradient accumulation:
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "grad_target", "GRADIENTS", "Workspace"]
+__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "grad_target", "GRADIENTS"]
 
 #: op name -> rule(grad_out, node) -> tuple of gradients, one per parent
 #: (``None`` where the parent needs none).
@@ -251,38 +251,3 @@ def _accumulate(t: Tensor, g: np.ndarray) -> None:
     else:
         t.grad = t.grad + g
 
-
-class Workspace:
-    """Scratch arrays reused across calls, keyed by name.
-
-    ``buf(key, shape, dtype)`` returns an uninitialised C-contiguous array.
-    Arrays whose first axis is the batch are kept at the largest batch seen
-    and handed out as leading-row views, so alternating batch sizes do not
-    reallocate.  One workspace belongs to one op application per forward
-    pass: a layer applied twice in one graph needs two workspaces.
-    """
-
-    __slots__ = ("_arrays",)
-
-    def __init__(self) -> None:
-        self._arrays: Dict[str, np.ndarray] = {}
-
-    def buf(self, key: str, shape: Tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        a = self._arrays.get(key)
-        if a is not None and a.dtype == dtype and a.ndim == len(shape) and a.shape[1:] == shape[1:] and shape:
-            if a.shape[0] == shape[0]:
-                return a
-            if a.shape[0] > shape[0]:
-                return a[: shape[0]]
-        a = np.empty(shape, dtype=dtype)
-        self._arrays[key] = a
-        return a
-
-    def clear(self) -> None:
-        self._arrays.clear()
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays.values())
-
-    def keys(self) -> Iterable[str]:
-        return self._arrays.keys()
