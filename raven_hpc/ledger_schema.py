@@ -5,8 +5,9 @@ records, the master's ``Recorder`` in train.py for run / step / rollback /
 checkpoint / end) and the reader (``raven_hpc.report``) share these names, so
 a record kind or field has one spelling. Every record carries ``ev`` (its
 kind); :data:`FIELDS` lists, per kind, the fields the writers put in it and
-what each means. This module imports nothing (no MPI, no engine), so any side
-can import it.
+what each means, :data:`OPTIONAL` those a record may lack, and
+:func:`check_record` says what in a record does not fit. This module
+imports nothing (no MPI, no engine), so any side can import it.
 """
 from __future__ import annotations
 
