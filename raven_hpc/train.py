@@ -551,8 +551,8 @@ def _make_master(comm, cfg: dict, on_event: EventFn | None):
     else:
         cfg_master = cfg
     ds, splits = open_splits(cfg_master)
-    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
-    opt = make_optimizer(dict(cfg["optimizer"]), model.num_trainable)
+    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes), backend=cfg["cluster"]["backend"])
+    opt = make_optimizer(dict(cfg["optimizer"]), model)  # sized for model.num_trainable, on its backend
     state = TrainState()
     extra = None
     ck = run_dir / "checkpoint.h5"

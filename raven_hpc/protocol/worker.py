@@ -109,7 +109,7 @@ def _worker_loop(comm, cfg: dict) -> None:
     outbox = Outbox()
 
     ds, splits = open_splits(cfg)
-    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
+    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes), backend=cl["backend"])
     runner = TaskRunner(model, splits)
     faults = FaultInjector(cfg["faults"]["rules"], rank)
     pbuf = ParamsBuffer(model.num_params)
