@@ -125,7 +125,7 @@ def cmd_train(args) -> int:
     from mpi4py import MPI
 
     from .errors import EXIT_RESUMABLE, Interrupted
-    from .train import _Silent, broadcast_setup, run_training, setup_run
+    from .train import ReportedElsewhere, broadcast_setup, run_training, setup_run
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
         overrides.append(f"run.progress=\"{args.progress}\"")
     try:
         cfg = broadcast_setup(comm, lambda: setup_run(args.config, overrides, args.run_dir, args.resume))
-    except _Silent:
+    except ReportedElsewhere:
         return 2
     except RavenError as exc:
         _err(str(exc))

@@ -5,8 +5,11 @@ sends it without blocking, matches whatever arrives from any rank
 (``Improbe`` on any source and tag), receives it with ``Message.Irecv``, and
 feeds results back to the scheduler.  It never blocks on one rank, and when
 nothing happens it sleeps a little longer each round instead of spinning.
-When every task of a step is accepted it averages the float64 accumulator,
-takes an optimizer step and sends the new parameter version to every worker.
+It runs the tasks of one step (or one evaluation) to completion: the step's
+accepted results end in a :class:`~raven_hpc.protocol.step.StepSum`; the
+training loop (:mod:`raven_hpc.protocol.training`) applies it and asks for
+the next step.  The MPI mechanics (matching, pooled receives, parameter
+sends, failed processes) live in :class:`~raven_hpc.protocol.pump.Pump`.
 
 When it is the only rank (or ``cluster.master_computes = "yes"``) the master
 also appears in the scheduler as a worker and runs its tasks inline with the
@@ -18,91 +21,44 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError, Interrupted, ProtocolError, RavenError
+from ..errors import ConfigError, ProtocolError
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
-from .messages import KIND_EVAL, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
-from .plan import eval_tasks, make_plan
+from ..report.drain import parse_drain
+from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
+from .pump import Pump
 from .scheduler import Scheduler, Task
-from .step import LossWatch, NormScreen, StepSum
-from . import transport
-from .transport import Backoff, Outbox, hostname, raise_remote
+from .state import RollBack, StopRequested, TrainingDiverged, TrainState
+from .step import NormScreen, StepSum
+from .transport import Backoff, hostname, raise_remote
 from .worker import TaskRunner
 
-__all__ = ["Master", "TrainState", "stop_workers"]
+__all__ = ["Master"]
 
 STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
-TRANSFER_FRESH_S = 0.005    # drive a parameter send's progress this long after posting it, then just poll
-
-
-def stop_workers(comm, timeout_s: float = STOP_TIMEOUT_S) -> bool:
-    """Send every worker the stop message (used when no Master could be built)."""
-    outbox = Outbox()
-    for r in range(1, comm.Get_size()):
-        outbox.add(comm.issend({"type": "stop"}, dest=r, tag=TAG_CTRL))
-    ok = outbox.flush(Backoff(1e-4, 5e-3), timeout_s)
-    if not ok:
-        outbox.cancel_all()
-    return ok
-
-
-class TrainingDiverged(RavenError):
-    """The loss or gradients became non-finite on every rank that tried."""
-
-
-class RollBack(Exception):
-    """Control flow of the master: training must go back to ``to_step``
-    (the start of the current step, or a checkpoint before it)."""
-
-    def __init__(self, to_step: int, reason: str, guilty=(), audit_step: bool = False):
-        super().__init__(reason)
-        self.to_step = to_step
-        self.reason = reason
-        self.guilty = tuple(guilty)
-        self.audit_step = audit_step    # audit every result of the step that is redone
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in checkpoints."""
-
-    epoch: int = 0              # epoch in progress (or next to start)
-    step_in_epoch: int = 0      # steps of that epoch already applied
-    step: int = 0               # steps applied in total (= parameter version)
-    samples: int = 0            # training samples applied in total
-    history: list = field(default_factory=list)   # per-epoch metric dicts
-
-
-@dataclass
-class _Pending:
-    """A result being received."""
-
-    request: object
-    buf: ResultBuffer
-    rank: int
 
 
 class Master:
-    def __init__(self, comm, cfg: dict, model, optimizer, ds, splits: dict, recorder,
-                 state: TrainState | None = None, clock: Callable[[], float] = time.monotonic):
-        from mpi4py import MPI
+    """Runs tasks on the workers through the scheduler (see the module docstring).
 
-        self.MPI = MPI
+    ``state`` is the training position, shared with the training loop
+    (which moves it on); ``splits`` the open dataset splits the tasks name.
+    """
+
+    def __init__(self, comm, cfg: dict, model, splits: dict, recorder, state: TrainState,
+                 clock: Callable[[], float] = time.monotonic):
         self.comm = comm
         self.cfg = cfg
         self.model = model
-        self.opt = optimizer
-        self.ds = ds
         self.splits = splits
         self.rec = recorder
-        self.state = state or TrainState()
+        self.state = state
         self.clock = clock
         cl = cfg["cluster"]
         self.size = comm.Get_size()
@@ -135,10 +91,8 @@ class Master:
         self.screen = NormScreen(poc["screen"])   # gradient norms per sample that are outliers
         self._drain_mtime: float | None = None
         self._drained: set[int] = set()
-        self.dead: set[int] = set()               # processes MPI reported failed (ULFM)
         self.interrupted: int | None = None       # signal number once told to stop
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
-        self.outbox = Outbox()
         self.runner = TaskRunner(model, splits)
         self.hosts = {0: hostname()}
         self.sched.set_host(0, self.hosts[0])
@@ -146,34 +100,25 @@ class Master:
         # the step's accepted results: float64 sum, or the one received buffer
         # when a single result settles the step (no copy on the critical path)
         self.step_sum = StepSum(self.n)
-        # The model's parameters live in a send buffer: no packing copy per step.
-        self._param_pool: list[ParamsBuffer] = [ParamsBuffer(self.n)]
-        self._params_buf = self._param_pool[0]
-        model.bind_params(self._params_buf.params)
+        self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
+        # the model's parameters live in the pump's send buffer
+        model.bind_params(self.pump.params_buf.params)
         self._task_s: float | None = None   # EWMA of a task's compute time
-        self._result_pool: dict[int, list[ResultBuffer]] = {}
-        self._receiving: list[_Pending] = []
         self._local: list[Task] = []
         self._next_task_id = 1
-        # parameter version: grows with every update and every rollback, so a
-        # worker never computes a task on parameters of the same step number
-        # from before a rollback
+        # parameter version: grows with every rollback, so a worker never
+        # computes a task on parameters from before one (between rollbacks a
+        # worker gets parameters and tasks in the order they were sent, so
+        # each task runs on the parameters sent just before it)
         self.version = self.state.step
         # trusted audits: which accepted results the master recomputes, drawn
         # with randomness the workers cannot predict
         self.audit_rate = float(poc.get("audit", 0.0))
         self.sched.audit_exclusions = self.audit_rate > 0.0
         self._audit_rng = random.SystemRandom()
-        self._audit_step: int | None = None     # a step whose every result is audited (a suspect)
-        self.loss_watch = LossWatch()
-        self._status = MPI.Status()
+        self.audit_step: int | None = None      # a step whose every result is audited (a suspect)
         self._nonfinite: dict[int, set] = {}
-        self.stats = {"messages": 0, "bytes_in": 0, "bytes_out": 0}
-        # Where a step's time goes (seconds, summed over steps): waiting for the
-        # last result, the master's own update (mean + optimizer + sending), and
-        # the compute time the workers reported.
-        self.timing = {"steps": 0, "wait_s": 0.0, "update_s": 0.0, "worker_compute_s": 0.0,
-                       "worker_idle_s": 0.0}
+        self.stats = self.pump.stats     # messages and bytes; audits, arbitrations, rollbacks are added
         warm_up()
 
     # -- lifecycle ------------------------------------------------------------
@@ -197,170 +142,56 @@ class Master:
                 self.backoff.idle()
             else:
                 self.backoff.busy()
-        self._send_params()
+        self.send_params()
 
     def stop(self) -> bool:
-        """Tell every worker to leave; True when all stop messages were delivered.
-
-        Meanwhile whatever the workers still send (results of copies nobody
-        needs any more) is received and dropped: a worker can only leave once
-        its own sends are complete.
-        """
-        for r in self.worker_ranks:
-            if r not in self.dead:
-                self.outbox.add(self.comm.issend({"type": "stop", "peer_failed": bool(self.dead),
-                                                  "interrupted": self.resumable_stop}, dest=r, tag=TAG_CTRL))
-        deadline = self.clock() + STOP_TIMEOUT_S
-        quiet_since = None
-        while True:
-            got = self._discard_incoming()
-            pending = self.outbox.progress()
-            now = self.clock()
-            if pending or self._receiving or got:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since > STOP_QUIET_S:
-                # every stop delivered, and nothing more in flight for a while: a
-                # result a worker sent just before it read its stop has arrived
-                return True
-            if now > deadline:
-                self.outbox.cancel_all()
-                return False
-            if not got:
-                self.backoff.idle()
-
-    def _discard_incoming(self) -> bool:
-        """Receive and drop every message that has arrived (shutting down)."""
-        MPI = self.MPI
-        got = False
-        for msg, src, tag, nbytes in self._arrivals():
-            got = True
-            if tag == TAG_CTRL:
-                msg.recv()
-            else:
-                buf = self._result_buffer(nbytes) if tag == TAG_RESULT else None
-                raw = buf.raw if buf is not None else np.empty(nbytes, np.uint8)
-                self._receiving.append(_Pending(msg.Irecv([raw, MPI.BYTE]), buf, src))
-        self._completed_receives()
-        return got
+        """Tell every worker to leave; True when all stop messages were delivered
+        (what the workers still send meanwhile is received and dropped)."""
+        msg = {"type": "stop", "peer_failed": bool(self.pump.dead), "interrupted": self.resumable_stop}
+        return self.pump.stop(self.worker_ranks, msg, STOP_TIMEOUT_S, STOP_QUIET_S, self.clock)
 
     # -- messages -------------------------------------------------------------
-    def _writable_params(self) -> None:
-        """Make sure no send still reads the buffer the optimizer will write.
+    @property
+    def dead(self) -> set[int]:
+        """Processes MPI reported failed (fault-tolerant MPI)."""
+        return self.pump.dead
 
-        Sends read the buffer until the receiver matched them (with
-        single-copy transports, the receiver copies from our memory), so
-        while one is in flight the update goes to another buffer.
-        """
-        cur = self._params_buf
-        if not self.outbox.holds(cur):
-            return
-        buf = next((b for b in self._param_pool if b is not cur and not self.outbox.holds(b)), None)
-        if buf is None:
-            buf = ParamsBuffer(self.n)
-            self._param_pool.append(buf)
-        self.model.bind_params(buf.params, copy=True)
-        self._params_buf = buf
+    def _held_buffers(self):
+        """Result buffers the step still holds (the pump does not reuse them)."""
+        yield from self.step_sum.held()
+        for held in self._held.values():
+            yield from held.values()
 
-    def _send_params(self, only: int | None = None) -> None:
-        buf = self._params_buf
-        buf.header[0] = self.version
-        buf.header[1] = self.n
-        for r in ([only] if only is not None else self.sched.live_workers()):
-            if r != 0 and r not in self.dead:
-                try:
-                    self.outbox.add(self.comm.Isend([buf.raw, self.MPI.BYTE], dest=r, tag=TAG_PARAMS), buf)
-                except self.MPI.Exception as exc:
-                    self._process_failed(exc)
-                    continue
-                self.stats["bytes_out"] += buf.raw.nbytes
+    def _on_dead(self, rank: int) -> None:
+        if rank == 0:
+            raise ProtocolError("MPI reports the master itself as failed")
+        self.sched.mark_dead(rank, self.clock(), "process failed (reported dead by MPI)")
 
-    def _result_buffer(self, nbytes: int) -> ResultBuffer:
-        pool = self._result_pool.setdefault(nbytes, [])
-        busy = {id(p.buf) for p in self._receiving}
-        busy.update(id(b) for b in self.step_sum.held())
-        busy.update(id(b) for held in self._held.values() for b in held.values())
-        for b in pool:
-            if id(b) not in busy:
-                return b
-        b = ResultBuffer.for_nbytes(nbytes)
-        pool.append(b)
-        return b
+    def writable_params(self) -> None:
+        """Point the model at a parameter buffer no send is still reading."""
+        if self.pump.writable_params():
+            self.model.bind_params(self.pump.params_buf.params, copy=True)
 
-    def _arrivals(self):
-        """Yield ``(message, source, tag, nbytes)`` for everything that has
-        arrived from any rank (a failed process is handled on the way)."""
-        MPI, st = self.MPI, self._status
-        while True:
-            try:
-                msg = self.comm.improbe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
-            except MPI.Exception as exc:
-                self._process_failed(exc)
-                continue
-            if msg is None:
-                return
-            yield msg, st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)
-
-    def _completed_receives(self) -> list[_Pending]:
-        """Receives that finished (those from a failed process are dropped)."""
-        done, still = [], []
-        for p in self._receiving:
-            try:
-                (done if p.request.Test() else still).append(p)
-            except self.MPI.Exception as exc:   # its sender died mid-transfer
-                self._process_failed(exc)
-        self._receiving = [p for p in still if p.rank not in self.dead]
-        self.outbox.progress()
-        while self.outbox.errors:
-            self._process_failed(self.outbox.errors.pop())
-        return done
+    def send_params(self, only: int | None = None) -> None:
+        """The current parameter version to ``only``, or to every live worker."""
+        ranks = [only] if only is not None else self.sched.live_workers()
+        self.pump.send_params([r for r in ranks if r != 0], self.version)
 
     def _poll(self, hello: set | None = None) -> list[tuple[int, ResultBuffer]]:
         """Match everything that has arrived; return completed results."""
-        MPI = self.MPI
-        for msg, src, tag, nbytes in self._arrivals():
+        for msg, src, tag, nbytes in self.pump.arrivals():
             self.stats["messages"] += 1
             if hello is None and self.sched.is_lost(src):
                 self._readmit(src, "answered again after it was given up on")
             if tag == TAG_RESULT:
-                buf = self._result_buffer(nbytes)
-                self._receiving.append(_Pending(msg.Irecv([buf.raw, MPI.BYTE]), buf, src))
-                self.stats["bytes_in"] += nbytes
+                self.pump.receive_result(msg, src, nbytes)
             elif tag == TAG_CTRL:
                 self._control(src, msg.recv(), hello)
             else:
                 raise ProtocolError(f"unexpected message tag {tag} from rank {src}")
-        return [(p.rank, p.buf) for p in self._completed_receives()]
+        return [(p.rank, p.buf) for p in self.pump.completed()]
 
-    # -- fault tolerance (ULFM) and signals -------------------------------------
-    def _process_failed(self, exc) -> None:
-        """An MPI call failed: if a process died (fault-tolerant MPI: Open MPI
-        ``--with-ft ulfm``), take it out of the schedule and go on; any other
-        MPI error is re-raised."""
-        MPI = self.MPI
-        try:
-            cls = exc.Get_error_class()
-        except AttributeError:
-            raise exc from None
-        if cls not in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING):
-            raise exc
-        self.comm.Ack_failed()
-        group = self.comm.Get_failed()
-        world = self.comm.Get_group()
-        failed = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
-        group.Free()
-        world.Free()
-        for r in failed:
-            if r in self.dead or r == MPI.UNDEFINED:
-                continue
-            if r == 0:
-                raise ProtocolError("MPI reports the master itself as failed")
-            self.dead.add(r)
-            transport.peer_failed = True
-            self.sched.mark_dead(r, self.clock(), "process failed (reported dead by MPI)")
-        self._receiving = [p for p in self._receiving if p.rank not in self.dead]
-
+    # -- signals -----------------------------------------------------------------
     #: set when a signal stopped training: the stop message tells the workers,
     #: and every rank exits with EXIT_RESUMABLE
     resumable_stop = False
@@ -370,8 +201,8 @@ class Master:
             self.interrupted = signum
 
     def _check_interrupt(self) -> None:
-        """Told to stop (SIGUSR1 / SIGTERM, here or during start-up): write a
-        checkpoint of the last applied step, then stop."""
+        """Told to stop (SIGUSR1 / SIGTERM, here or during start-up): the
+        training loop writes a checkpoint of the last applied step, then stops."""
         from . import signals
 
         if self.interrupted is None:
@@ -380,13 +211,7 @@ class Master:
             return
         if self.sched.evaluating():
             return   # the epoch's evaluation first: its record belongs to the epoch the checkpoint is at
-        import signal
-
-        name = signal.Signals(self.interrupted).name
-        path = self.rec.checkpoint(self)
-        self.resumable_stop = True
-        raise Interrupted(f"stopped by {name} at step {self.state.step} (epoch {self.state.epoch}); checkpoint "
-                          f"written to {path}; continue with --resume (or --resume auto)")
+        raise StopRequested(self.interrupted)
 
     def _control(self, src: int, obj: dict, hello: set | None) -> None:
         kind = obj.get("type")
@@ -407,7 +232,13 @@ class Master:
             raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
 
     # -- running a batch of tasks ---------------------------------------------
-    def _new_tasks(self, groups, kind: str, split: str) -> list[Task]:
+    def begin_step(self, step: int) -> None:
+        """A new step starts: ranks the scheduler lets back in get the parameters."""
+        for r in self.sched.begin_step(step, self.clock()):
+            self.send_params(only=r)
+
+    def new_tasks(self, groups, kind: str, split: str) -> list[Task]:
+        """Tasks of the current step (or evaluation) over ``split``'s snippet ``groups``."""
         sizes = self.splits[split].snippets["count"]
         tasks = []
         for g in groups:
@@ -430,7 +261,7 @@ class Master:
             results = self._poll()
             if not results and self._local:
                 task = self._local.pop(0)
-                buf = self._result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == "grad" else 0))
+                buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == "grad" else 0))
                 self.runner.run(task.message(), buf)
                 results = [(0, buf)]
             for rank, buf in results:
@@ -463,6 +294,20 @@ class Master:
         self.rec.ledger(events, self.hosts)
         return total
 
+    def roll_back(self, rb: RollBack) -> None:
+        """Training went back to :attr:`state` (already restored): drop the
+        open tasks and held results, move the parameter version on (workers
+        skip the tasks they still hold) and record the scheduler's events."""
+        self.sched.rollback(self.state.step, self.clock(), reason=f"rolled back: {rb.reason}")
+        self._held.clear()
+        self._local.clear()
+        self._nonfinite.clear()
+        self.step_sum.reset()
+        self.audit_step = self.state.step if rb.audit_step else None
+        self.version += 1
+        self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
+        self.rec.ledger(self.sched.drain_events(), self.hosts)
+
     def _send_tasks(self, assignments) -> None:
         for rank, task in assignments:
             if rank == 0:
@@ -470,10 +315,7 @@ class Master:
             else:
                 msg = task.message()
                 msg["type"] = "task"
-                try:
-                    self.outbox.add(self.comm.isend(msg, dest=rank, tag=TAG_CTRL))
-                except self.MPI.Exception as exc:
-                    self._process_failed(exc)
+                self.pump.send_ctrl(rank, msg)
 
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
     def _housekeeping(self, open_ids: set, total: dict) -> None:
@@ -498,7 +340,7 @@ class Master:
 
     def _readmit(self, rank: int, reason: str) -> None:
         self.sched.add_worker(rank, self.clock(), reason)
-        self._send_params(only=rank)
+        self.send_params(only=rank)
 
     def _poll_drain_file(self, now: float) -> None:
         path = self.poc["drain_file"]
@@ -515,8 +357,6 @@ class Master:
                 text = open(path).read()
             except OSError:
                 text = ""
-            from ..report import parse_drain
-
             ranks = {r for r in parse_drain(text)[0] if self.sched.is_worker(r)}
         for r in sorted(ranks - self._drained):
             self.sched.drain(r, now, f"listed in {path}")
@@ -531,7 +371,7 @@ class Master:
         """No quorum can form for ``task``: the master computes it itself."""
         if task.kind != "grad" or task.version != self.version:
             return   # its parameters are gone: the dispute stays on record
-        buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
+        buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         if not fingerprint(buf.grad, self._fp_seed(task), self._fp):
             bad = sorted(self._nonfinite.get(task.task_id, ()))
@@ -555,10 +395,10 @@ class Master:
     def _maybe_audit(self, task: Task, buf: ResultBuffer) -> None:
         """Draw whether the master recomputes this accepted result: a chunk
         of k tasks is chosen with probability 1 - (1 - audit)^k, every result
-        of a suspect step (:attr:`_audit_step`) is.  The draw comes from the
+        of a suspect step (:attr:`audit_step`) is.  The draw comes from the
         operating system's randomness, so no worker can tell which of its
         results will be checked."""
-        if self._audit_step == task.step:
+        if self.audit_step == task.step:
             p = 1.0
         elif self.audit_rate > 0.0:
             p = 1.0 - (1.0 - self.audit_rate) ** (1 + len(task.merged))
@@ -584,7 +424,7 @@ class Master:
         task = self.sched.next_audit(race=race, now=self.clock())
         if task is None:
             return False
-        buf = self._result_buffer(ResultBuffer.nbytes_for(self.n))
+        buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         fingerprint(buf.grad, self._fp_seed(task), self._fp)
         self._audited(self.sched.audit(task.task_id, (*self._fp, buf.get("loss_sum"), buf.get("correct")),
@@ -609,12 +449,7 @@ class Master:
         the workers (on a node the master shares with them, that is their
         compute time) and costs no latency at the arrival itself.
         """
-        if self._receiving or self.outbox.transferring(fresh_s=TRANSFER_FRESH_S):
-            self.backoff.transfer()
-            return
-        due = self.sched.next_expected()
-        if due is None or not self.backoff.sleep_until(due, self.clock()):
-            self.backoff.idle()
+        self.pump.idle(self.sched.next_expected(), self.clock())
 
     def _take(self, rank: int, buf: ResultBuffer, open_ids: set, total: dict) -> None:
         tid = int(buf.get("task"))
@@ -702,176 +537,3 @@ class Master:
             f"training diverged at step {self.state.step}: the loss or gradients are NaN/inf on "
             f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, sorted(ranks)))}; "
             "lower [optimizer] lr or check the data")
-
-    # -- training -------------------------------------------------------------
-    def train(self) -> TrainState:
-        cfg = self.cfg
-        tr = cfg["train"]
-        train = self.splits[cfg["data"]["train_split"]]
-        self._snippet_size = int(self.ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
-        max_steps = tr["max_steps"]
-        from ..engine import make_schedule
-
-        steps_per_epoch = self._plan(0).num_steps
-        total_steps = tr["epochs"] * steps_per_epoch
-        if max_steps:
-            total_steps = min(total_steps, max_steps)
-        self.rec.begin(self, {"train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
-                              "epochs": tr["epochs"], "max_steps": max_steps})
-        self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
-        # the state training starts from is kept as a checkpoint: the point a
-        # rollback returns to when every later result is in doubt
-        self.rec.checkpoint(self, keep_only=True)
-        while True:
-            try:
-                self._train_epochs()
-                return self.state
-            except RollBack as rb:
-                self._roll_back(rb)
-
-    def _plan(self, epoch: int):
-        tr = self.cfg["train"]
-        return make_plan(self.splits[self.cfg["data"]["train_split"]].num_snippets, epoch, seed=tr["seed"],
-                         batch_size=tr["batch_size"], snippet_size=self._snippet_size,
-                         task_snippets=tr["task_snippets"])
-
-    def _train_epochs(self) -> None:
-        """Train from :attr:`state` to the end (raises :class:`RollBack`)."""
-        cfg, st = self.cfg, self.state
-        tr = cfg["train"]
-        train = self.splits[cfg["data"]["train_split"]]
-        max_steps = tr["max_steps"]
-        while st.epoch < tr["epochs"]:
-            plan = self._plan(st.epoch)
-            window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
-            while st.step_in_epoch < plan.num_steps:
-                if max_steps and st.step >= max_steps:
-                    break
-                for r in self.sched.begin_step(st.step, self.clock()):
-                    self._send_params(only=r)
-                tasks = self._new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
-                t0 = time.perf_counter()
-                total = self.run_tasks(tasks)
-                self._check_loss(total)
-                t1 = time.perf_counter()
-                self.apply_update(total["samples"])
-                self.rec.step_record(st, total)
-                tm = self.timing
-                tm["steps"] += 1
-                tm["wait_s"] += t1 - t0
-                tm["update_s"] += time.perf_counter() - t1
-                tm["worker_compute_s"] += total["compute_s"]
-                tm["worker_idle_s"] += total.get("idle_s", 0.0)
-                for k in window:
-                    window[k] += total[k]
-                if st.step % tr["log_every"] == 0 or st.step_in_epoch == plan.num_steps:
-                    self.rec.on_step(st, window, plan.num_steps,
-                                     {"lr": self.opt.last_lr, "grad_norm": self.opt.last_grad_norm})
-                    window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
-                ck = cfg["run"]["checkpoint_every_steps"]
-                if ck and st.step % ck == 0 and st.step_in_epoch < plan.num_steps:
-                    self.rec.checkpoint(self)
-            stopped_early = bool(max_steps and st.step >= max_steps and st.step_in_epoch < plan.num_steps)
-            if not stopped_early:
-                st.epoch += 1
-                st.step_in_epoch = 0
-            last = stopped_early or st.epoch >= tr["epochs"]
-            ev = tr["eval_every"]
-            metrics = {"epoch": st.epoch, "step": st.step}
-            if last or (ev and st.epoch % ev == 0):
-                metrics.update(self.evaluate())
-            st.history.append(metrics)
-            self.rec.on_epoch(st, metrics)
-            self.rec.checkpoint(self)
-            if stopped_early:
-                break
-
-    def _check_loss(self, total: dict) -> None:
-        """A step whose loss exploded is audited before it is applied: it is
-        redone with every result recomputed by the master (a wrong one rolls
-        training back); if they are all right the jump is real."""
-        if not self.worker_ranks or total["samples"] <= 0:
-            return
-        loss = total["loss_sum"] / total["samples"]
-        step = self.state.step
-        if not self.loss_watch.exploded(loss, audited=self._audit_step == step):
-            return
-        if self._audit_step == step:
-            raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss:.3g} although the "
-                                   "master's audit confirmed every result of the step; lower [optimizer] lr "
-                                   "or check the data")
-        raise RollBack(step, f"the loss jumped to {loss:.3g} at step {step}: every result of the step is "
-                             "audited before it is applied", audit_step=True)
-
-    def _roll_back(self, rb: RollBack) -> None:
-        """Go back to ``rb.to_step``: the start of the current step (its
-        results are dropped and computed again), or the newest kept
-        checkpoint at or before it (parameters, optimizer state and position
-        restored).  Open tasks are dropped, the parameter version moves on
-        (workers skip the tasks they still hold) and every live worker gets
-        the parameters to go on from."""
-        from .. import checkpoint as ckpt
-
-        now = self.clock()
-        was = self.state.step
-        path = None
-        if rb.to_step < was:
-            path = self.rec.checkpoint_at_or_before(rb.to_step)
-            if path is None:
-                raise RavenError(f"{rb.reason}; their unproven results reach back to step {rb.to_step}, and no "
-                                 f"checkpoint from before it is kept in {self.rec.dir}: the run stops (raise "
-                                 "[run] keep_checkpoints or restart it without those ranks)")
-            ck = ckpt.load_checkpoint(path)
-            self._writable_params()
-            self.model.params[:] = ck["params"]
-            self.opt.load_state_dict(ck["optimizer_state"])
-            self.state = TrainState(**ck["train_state"])
-        self.sched.rollback(self.state.step, now, reason=f"rolled back: {rb.reason}")
-        self._held.clear()
-        self._local.clear()
-        self._nonfinite.clear()
-        self.step_sum.reset()
-        self._audit_step = self.state.step if rb.audit_step else None
-        if path is not None:
-            self.loss_watch.reset()   # the loss is judged afresh from the restored point
-        self.version += 1
-        self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
-        self.rec.ledger(self.sched.drain_events(), self.hosts)
-        self.rec.rollback(was, self.state.step, rb.reason, rb.guilty, path, self.state.samples)
-        self._send_params()
-
-    def apply_update(self, samples: int) -> None:
-        if samples <= 0:
-            raise ProtocolError(f"step {self.state.step} finished with no samples")
-        self._writable_params()
-        nt = self.model.num_trainable
-        grad = self.step_gradient()
-        # the optimizer sees the trainable parameters; the rest of the vector
-        # is layer state (batch-norm running statistics), updated from the
-        # statistics the workers summed into the tail of their gradients
-        self.opt.step(self.model.params[:nt], grad[:nt], scale=1.0 / samples,
-                      lr=self.lr_schedule.lr_at(self.state.step))
-        if self.model.num_state:
-            self.model.update_state(self.model.params, grad[nt:], samples)
-        self.step_sum.release()
-        self.state.step += 1
-        self.state.step_in_epoch += 1
-        self.state.samples += samples
-        self._send_params()
-
-    def step_gradient(self) -> np.ndarray:
-        """The gradient sum of the tasks :meth:`run_tasks` just ran: the
-        float64 accumulator, or the one received buffer when only one result
-        was applied."""
-        return self.step_sum.gradient()
-
-    def evaluate(self) -> dict:
-        name = self.cfg["data"]["test_split"]
-        if not name:
-            return {}
-        split = self.splits[name]
-        groups = eval_tasks(split.num_snippets, self.cfg["train"]["eval_task_snippets"])
-        total = self.run_tasks(self._new_tasks(groups, "eval", name))
-        n = max(1, total["samples"])
-        return {"test_loss": total["loss_sum"] / n, "test_accuracy": total["correct"] / n,
-                "test_samples": total["samples"]}

@@ -1,0 +1,240 @@
+"""The training loop on rank 0: epochs, steps, the update, evaluation,
+checkpoints and rollbacks.
+
+:class:`Trainer` owns the optimizer, the learning-rate schedule and the
+training position; a :class:`~raven_hpc.protocol.master.Master` runs each
+step's tasks on the workers and leaves the step's gradient sum; the trainer
+applies it, sends the new parameter version out through the master, and
+hands the :class:`~raven_hpc.recorder.Recorder` values to record.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from ..errors import Interrupted, ProtocolError, RavenError
+from ..recorder import Snapshot
+from .plan import eval_tasks, make_plan
+from .state import RollBack, StopRequested, TrainingDiverged, TrainState
+from .step import LossWatch
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Trains ``master.model`` with ``optimizer`` from ``master.state`` to the end."""
+
+    def __init__(self, master, optimizer, ds):
+        self.master = master
+        self.cfg = master.cfg
+        self.model = master.model
+        self.opt = optimizer
+        self.ds = ds
+        self.splits = master.splits
+        self.rec = master.rec
+        self.state: TrainState = master.state
+        self.loss_watch = LossWatch()
+        # Where a step's time goes (seconds, summed over steps): waiting for the
+        # last result, the master's own update (mean + optimizer + sending), and
+        # the compute time the workers reported.
+        self.timing = {"steps": 0, "wait_s": 0.0, "update_s": 0.0, "worker_compute_s": 0.0,
+                       "worker_idle_s": 0.0}
+        train = self.splits[self.cfg["data"]["train_split"]]
+        self._snippet_size = int(ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
+
+    # -- what the recorder is handed ----------------------------------------------
+    def snapshot(self) -> Snapshot:
+        m = self.master
+        return Snapshot(params=self.model.params, param_info=self.model.param_info,
+                        optimizer_state=self.opt.state_dict(), train_state=asdict(self.state),
+                        model_spec=self.model.spec, vouched=m.sched.vouched_state(),
+                        trust_floor=m.sched.trust_floor())
+
+    def facts(self) -> dict:
+        """The run's counters for the summary."""
+        m = self.master
+        return {"workers": len(m.worker_ranks), "master_computes": m.master_computes, "num_params": m.n,
+                "hosts": m.hosts, "timing": self.timing, "stats": m.stats,
+                "workers_status": m.sched.worker_stats()}
+
+    # -- the loop ------------------------------------------------------------------
+    def train(self) -> TrainState:
+        cfg, m = self.cfg, self.master
+        tr = cfg["train"]
+        train = self.splits[cfg["data"]["train_split"]]
+        max_steps = tr["max_steps"]
+        from ..engine import make_schedule
+
+        steps_per_epoch = self._plan(0).num_steps
+        total_steps = tr["epochs"] * steps_per_epoch
+        if max_steps:
+            total_steps = min(total_steps, max_steps)
+        self.rec.begin(self.state, m.hosts, len(m.worker_ranks), m.n,
+                       {"train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
+                        "epochs": tr["epochs"], "max_steps": max_steps})
+        self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
+        # the state training starts from is kept as a checkpoint: the point a
+        # rollback returns to when every later result is in doubt
+        self.rec.checkpoint(self.snapshot(), keep_only=True)
+        while True:
+            try:
+                self._train_epochs()
+                return self.state
+            except RollBack as rb:
+                self._roll_back(rb)
+            except StopRequested as stop:
+                self._stop(stop.signum)
+
+    def _stop(self, signum: int) -> None:
+        """Told to stop by a signal: checkpoint the last applied step, then
+        raise :class:`Interrupted` (every rank exits resumable)."""
+        import signal
+
+        name = signal.Signals(signum).name
+        path = self.rec.checkpoint(self.snapshot())
+        self.master.resumable_stop = True
+        raise Interrupted(f"stopped by {name} at step {self.state.step} (epoch {self.state.epoch}); checkpoint "
+                          f"written to {path}; continue with --resume (or --resume auto)")
+
+    def _plan(self, epoch: int):
+        tr = self.cfg["train"]
+        return make_plan(self.splits[self.cfg["data"]["train_split"]].num_snippets, epoch, seed=tr["seed"],
+                         batch_size=tr["batch_size"], snippet_size=self._snippet_size,
+                         task_snippets=tr["task_snippets"])
+
+    def _train_epochs(self) -> None:
+        """Train from :attr:`state` to the end (raises :class:`RollBack`)."""
+        cfg, st, m = self.cfg, self.state, self.master
+        tr = cfg["train"]
+        train = self.splits[cfg["data"]["train_split"]]
+        max_steps = tr["max_steps"]
+        while st.epoch < tr["epochs"]:
+            plan = self._plan(st.epoch)
+            window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
+            while st.step_in_epoch < plan.num_steps:
+                if max_steps and st.step >= max_steps:
+                    break
+                m.begin_step(st.step)
+                tasks = m.new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
+                t0 = time.perf_counter()
+                total = m.run_tasks(tasks)
+                self._check_loss(total)
+                t1 = time.perf_counter()
+                self.apply_update(total["samples"])
+                self.rec.step_record(st, total)
+                tm = self.timing
+                tm["steps"] += 1
+                tm["wait_s"] += t1 - t0
+                tm["update_s"] += time.perf_counter() - t1
+                tm["worker_compute_s"] += total["compute_s"]
+                tm["worker_idle_s"] += total.get("idle_s", 0.0)
+                for k in window:
+                    window[k] += total[k]
+                if st.step % tr["log_every"] == 0 or st.step_in_epoch == plan.num_steps:
+                    self.rec.on_step(st, window, plan.num_steps,
+                                     {"lr": self.opt.last_lr, "grad_norm": self.opt.last_grad_norm})
+                    window = {"loss_sum": 0.0, "samples": 0, "correct": 0.0}
+                ck = cfg["run"]["checkpoint_every_steps"]
+                if ck and st.step % ck == 0 and st.step_in_epoch < plan.num_steps:
+                    self.rec.checkpoint(self.snapshot())
+            stopped_early = bool(max_steps and st.step >= max_steps and st.step_in_epoch < plan.num_steps)
+            if not stopped_early:
+                st.epoch += 1
+                st.step_in_epoch = 0
+            last = stopped_early or st.epoch >= tr["epochs"]
+            ev = tr["eval_every"]
+            metrics = {"epoch": st.epoch, "step": st.step}
+            if last or (ev and st.epoch % ev == 0):
+                metrics.update(self.evaluate())
+            st.history.append(metrics)
+            self.rec.on_epoch(st, metrics)
+            self.rec.checkpoint(self.snapshot())
+            if stopped_early:
+                break
+
+    def _check_loss(self, total: dict) -> None:
+        """A step whose loss exploded is audited before it is applied: it is
+        redone with every result recomputed by the master (a wrong one rolls
+        training back); if they are all right the jump is real."""
+        m = self.master
+        if not m.worker_ranks or total["samples"] <= 0:
+            return
+        loss = total["loss_sum"] / total["samples"]
+        step = self.state.step
+        if not self.loss_watch.exploded(loss, audited=m.audit_step == step):
+            return
+        if m.audit_step == step:
+            raise TrainingDiverged(f"training diverged at step {step}: the loss is {loss:.3g} although the "
+                                   "master's audit confirmed every result of the step; lower [optimizer] lr "
+                                   "or check the data")
+        raise RollBack(step, f"the loss jumped to {loss:.3g} at step {step}: every result of the step is "
+                             "audited before it is applied", audit_step=True)
+
+    def _roll_back(self, rb: RollBack) -> None:
+        """Go back to ``rb.to_step``: the start of the current step (its
+        results are dropped and computed again), or the newest kept
+        checkpoint at or before it (parameters, optimizer state and position
+        restored).  The master drops its open tasks, moves the parameter
+        version on (workers skip the tasks they still hold) and sends every
+        live worker the parameters to go on from."""
+        from .. import checkpoint as ckpt
+
+        m = self.master
+        was = self.state.step
+        path = None
+        if rb.to_step < was:
+            path = self.rec.checkpoint_at_or_before(rb.to_step)
+            if path is None:
+                raise RavenError(f"{rb.reason}; their unproven results reach back to step {rb.to_step}, and no "
+                                 f"checkpoint from before it is kept in {self.rec.dir}: the run stops (raise "
+                                 "[run] keep_checkpoints or restart it without those ranks)")
+            ck = ckpt.load_checkpoint(path)
+            m.writable_params()
+            self.model.params[:] = ck["params"]
+            self.opt.load_state_dict(ck["optimizer_state"])
+            self.state.restore(ck["train_state"])
+            self.loss_watch.reset()   # the loss is judged afresh from the restored point
+        m.roll_back(rb)
+        self.rec.rollback(was, self.state.step, rb.reason, rb.guilty, path, self.state.samples)
+        m.send_params()
+
+    def apply_update(self, samples: int) -> None:
+        """The optimizer step with the step's gradient sum; the new version goes out."""
+        if samples <= 0:
+            raise ProtocolError(f"step {self.state.step} finished with no samples")
+        m = self.master
+        m.writable_params()
+        nt = self.model.num_trainable
+        grad = self.step_gradient()
+        # the optimizer sees the trainable parameters; the rest of the vector
+        # is layer state (batch-norm running statistics), updated from the
+        # statistics the workers summed into the tail of their gradients
+        self.opt.step(self.model.params[:nt], grad[:nt], scale=1.0 / samples,
+                      lr=self.lr_schedule.lr_at(self.state.step))
+        if self.model.num_state:
+            self.model.update_state(self.model.params, grad[nt:], samples)
+        m.step_sum.release()
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        self.state.samples += samples
+        m.send_params()
+
+    def step_gradient(self) -> np.ndarray:
+        """The gradient sum of the step the master just ran: the float64
+        accumulator, or the one received buffer when only one result was
+        applied."""
+        return self.master.step_sum.gradient()
+
+    def evaluate(self) -> dict:
+        name = self.cfg["data"]["test_split"]
+        if not name:
+            return {}
+        split = self.splits[name]
+        groups = eval_tasks(split.num_snippets, self.cfg["train"]["eval_task_snippets"])
+        m = self.master
+        total = m.run_tasks(m.new_tasks(groups, "eval", name))
+        n = max(1, total["samples"])
+        return {"test_loss": total["loss_sum"] / n, "test_accuracy": total["correct"] / n,
+                "test_samples": total["samples"]}
