@@ -20,8 +20,8 @@ from .losses import LOSSES, bce_with_logits, huber_loss, mse_loss, resolve_loss
 from .model import Model, build_model, min_train_batch, validate_model_spec
 from .builder import ModelBuilder, Node
 from .optim import (OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, clip_scale, grad_norm, make_optimizer,
-                    register_optimizer, validate_optimizer_config)
-from .schedule import SCHEDULES, Schedule, make_schedule
+                    make_schedule, register_optimizer, validate_optimizer_config)
+from .schedule import SCHEDULES, Schedule
 
 __all__ = [
     # activations and losses (see activations.py, losses.py)

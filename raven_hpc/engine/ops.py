@@ -217,6 +217,16 @@ def _add_grad(g, node):
     )
 
 
+def _rmatmul(b: Tensor, a: ArrayLike) -> Tensor:
+    return matmul(a, b)
+
+
+# the Tensor operators are these ops (tensor.py imports no op module)
+Tensor.__add__ = Tensor.__radd__ = add
+Tensor.__matmul__ = matmul
+Tensor.__rmatmul__ = _rmatmul
+
+
 # -- reshape ------------------------------------------------------------------
 def reshape(a: ArrayLike, shape: Sequence[int]) -> Tensor:
     """A reshaped view of ``a`` (a copy only when numpy needs one)."""

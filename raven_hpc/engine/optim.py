@@ -67,7 +67,7 @@ import numpy as np
 
 from raven_hpc.errors import CheckpointError, ConfigError
 from .model import owner_with_state as _owner_with_state
-from .schedule import SCHEDULE_KEYS, validate_schedule_config
+from .schedule import SCHEDULE_KEYS, Schedule, validate_schedule_config
 from .workspace import CPU_BACKEND, CPU_KERNELS
 
 __all__ = [
@@ -80,6 +80,7 @@ __all__ = [
     "clip_scale",
     "grad_norm",
     "make_optimizer",
+    "make_schedule",
     "register_optimizer",
     "validate_optimizer_config",
 ]
@@ -194,6 +195,17 @@ def make_optimizer(cfg: Mapping[str, Any], num_params: Any) -> "Optimizer":
         backend = getattr(num_params, "backend", None)
         num_params = num_params.num_trainable
     return OPTIMIZERS[norm["name"]](norm, num_params, backend=backend)
+
+
+def make_schedule(opt_cfg: Mapping[str, Any], total_steps: Optional[int] = None) -> Schedule:
+    """Build the learning-rate schedule of an ``[optimizer]`` table.
+
+    ``opt_cfg`` is validated like at config load (the optimizer's default
+    ``lr`` applies when the table has none); see :meth:`Schedule.from_config`
+    for ``total_steps`` (required by ``cosine`` and ``linear``) and the
+    errors.
+    """
+    return Schedule.from_config(validate_optimizer_config(opt_cfg), total_steps)
 
 
 class Optimizer(abc.ABC):

@@ -5,8 +5,10 @@ rate.  It is pure and stateless: resuming from a checkpoint taken after
 ``s`` steps just asks for :meth:`Schedule.lr_at` ``(s)``; nothing about the
 schedule needs saving.  The master builds one with
 ``make_schedule(cfg["optimizer"], total_steps)`` (``total_steps`` = epochs x
-steps per epoch, or ``max_steps``) and passes
-``lr=schedule.lr_at(step)`` to every ``Optimizer.step``.
+steps per epoch, or ``max_steps``; :func:`raven_hpc.engine.optim.make_schedule`
+validates the whole ``[optimizer]`` table, then calls
+:meth:`Schedule.from_config`) and passes ``lr=schedule.lr_at(step)`` to every
+``Optimizer.step``.
 
 Keys (all optional; ``lr`` is the optimizer's learning rate)::
 
@@ -63,7 +65,6 @@ __all__ = [
     "SCHEDULES",
     "SCHEDULE_KEYS",
     "Schedule",
-    "make_schedule",
     "validate_schedule_config",
 ]
 
@@ -210,34 +211,31 @@ class Schedule:
             return self.lr + (self.min_lr - self.lr) * frac
         raise AssertionError(f"unhandled schedule {kind!r}")  # SCHEDULES and lr_at disagree
 
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], total_steps: Optional[int] = None) -> "Schedule":
+        """The schedule of a *validated* ``[optimizer]`` table (``lr`` and the
+        schedule keys filled in, as ``validate_optimizer_config`` returns it).
 
-def make_schedule(opt_cfg: Mapping[str, Any], total_steps: Optional[int] = None) -> Schedule:
-    """Build the schedule of an ``[optimizer]`` table.
-
-    ``opt_cfg`` is validated like at config load (the optimizer's default
-    ``lr`` applies when the table has none).  ``total_steps``, the number of
-    optimizer steps of the whole run, is required by ``cosine`` and
-    ``linear`` (which decay over ``total_steps - warmup_steps``) and ignored
-    by the others.  Raises :class:`~raven_hpc.errors.ConfigError` when it
-    is missing or leaves no step to decay over.
-    """
-    from .optim import validate_optimizer_config  # optim imports this module
-
-    cfg = validate_optimizer_config(opt_cfg)
-    kind = cfg["schedule"]
-    decay = None
-    if kind in _NEEDS_TOTAL:
-        if total_steps is None:
-            raise ConfigError(f"optimizer.schedule {kind!r} needs the run's total number of steps")
-        if not _is_int(total_steps) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-        decay = int(total_steps) - cfg["warmup_steps"]
-        if decay < 1:
-            raise ConfigError(
-                f"optimizer.warmup_steps = {cfg['warmup_steps']} leaves no step for schedule {kind!r} to "
-                f"decay over: the run has {int(total_steps)} steps; lower warmup_steps"
-            )
-    kw = {k: cfg[k] for k in SCHEDULES[kind] + _WARMUP_KEYS}
-    if "milestones" in kw:
-        kw["milestones"] = tuple(kw["milestones"])
-    return Schedule(kind=kind, lr=cfg["lr"], decay_steps=decay, **kw)
+        ``total_steps``, the number of optimizer steps of the whole run, is
+        required by ``cosine`` and ``linear`` (which decay over ``total_steps
+        - warmup_steps``) and ignored by the others.  Raises
+        :class:`~raven_hpc.errors.ConfigError` when it is missing or leaves no
+        step to decay over.
+        """
+        kind = cfg["schedule"]
+        decay = None
+        if kind in _NEEDS_TOTAL:
+            if total_steps is None:
+                raise ConfigError(f"optimizer.schedule {kind!r} needs the run's total number of steps")
+            if not _is_int(total_steps) or total_steps < 1:
+                raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+            decay = int(total_steps) - cfg["warmup_steps"]
+            if decay < 1:
+                raise ConfigError(
+                    f"optimizer.warmup_steps = {cfg['warmup_steps']} leaves no step for schedule {kind!r} to "
+                    f"decay over: the run has {int(total_steps)} steps; lower warmup_steps"
+                )
+        kw = {k: cfg[k] for k in SCHEDULES[kind] + _WARMUP_KEYS}
+        if "milestones" in kw:
+            kw["milestones"] = tuple(kw["milestones"])
+        return cls(kind=kind, lr=cfg["lr"], decay_steps=decay, **kw)

@@ -6,7 +6,9 @@ and the context the op saved for its gradient rule.  The graph is built as
 the ops run (define-by-run).  :meth:`Tensor.backward` orders the graph
 topologically with an explicit stack (no recursion, so deep graphs are fine)
 and walks it in reverse, calling the rule registered for each op name in
-:data:`GRADIENTS` (filled by :mod:`raven_hpc.engine.ops`).
+:data:`GRADIENTS` (filled by :mod:`raven_hpc.engine.ops` and the other op
+modules).  The operators ``+`` and ``@`` are ops too: :mod:`.ops` installs
+them on :class:`Tensor`, so this module imports no op.
 
 Gradient accumulation:
 
@@ -149,23 +151,6 @@ class Tensor:
         op = f", op={self.op}" if self.op else ""
         rg = ", requires_grad=True" if self.requires_grad else ""
         return f"Tensor(shape={self.data.shape}, dtype={self.data.dtype}{op}{rg})"
-
-    def __add__(self, other):
-        from .ops import add
-
-        return add(self, other)
-
-    __radd__ = __add__
-
-    def __matmul__(self, other):
-        from .ops import matmul
-
-        return matmul(self, other)
-
-    def __rmatmul__(self, other):
-        from .ops import matmul
-
-        return matmul(other, self)
 
     # -- autograd ----------------------------------------------------------
     def backward(self, grad: Optional[np.ndarray] = None) -> None:
