@@ -40,9 +40,9 @@ import numpy as np
 from raven_hpc.errors import ModelError
 from raven_hpc.kernels import ACTIVATIONS
 
-from .layers import _REQUIRED, Layer, register_layer
-from .ops import ACTIVATION_PARAMS, ActFn, ArrayLike, _rule, _t, apply_activation, relu, resolve_activation
-from .tensor import Tensor
+from .layers import REQUIRED, Layer, register_layer
+from .ops import ACTIVATION_PARAMS, ActFn, ArrayLike, apply_activation, relu, resolve_activation
+from .tensor import Tensor, as_tensor, gradient_rule
 from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
@@ -75,7 +75,7 @@ ACTIVATION_FNS = tuple(sorted([*ACTIVATIONS, *_AXIS_FNS]))
 # -- softmax / log_softmax ----------------------------------------------------------
 def _softmax_op(x: ArrayLike, log: bool, ws: Optional[Workspace]) -> Tensor:
     op = "log_softmax" if log else "softmax"
-    x = _t(x)
+    x = as_tensor(x)
     if x.ndim == 0:
         raise ValueError(f"{op} needs at least one axis, got a scalar")
     xs = np.ascontiguousarray(x.data)
@@ -83,7 +83,7 @@ def _softmax_op(x: ArrayLike, log: bool, ws: Optional[Workspace]) -> Tensor:
     rows = xs.size // c if c else 0
     y = buffer(ws, "y", xs.shape, xs.dtype)
     kernels_of(ws).softmax_forward(xs.reshape(rows, c), y.reshape(rows, c), log)
-    return Tensor._from_op(y, op, (x,), ws)
+    return Tensor.from_op(y, op, (x,), ws)
 
 
 def softmax(x: ArrayLike, *, ws: Optional[Workspace] = None) -> Tensor:
@@ -110,8 +110,8 @@ def _softmax_grad_rule(log: bool):
     return rule
 
 
-_rule("softmax")(_softmax_grad_rule(False))
-_rule("log_softmax")(_softmax_grad_rule(True))
+gradient_rule("softmax")(_softmax_grad_rule(False))
+gradient_rule("log_softmax")(_softmax_grad_rule(True))
 
 
 # -- elementwise, by name -----------------------------------------------------------
@@ -202,7 +202,7 @@ class Activation(Layer):
     """
 
     TYPE = "activation"
-    KEYS: Dict[str, Any] = {"fn": _REQUIRED, **{k: None for k in _PARAM_KEYS}}
+    KEYS: Dict[str, Any] = {"fn": REQUIRED, **{k: None for k in _PARAM_KEYS}}
 
     @classmethod
     def plan(cls, cfg, index, in_shape):

@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from raven_hpc.errors import ModelError
 
 from .layers import LAYERS
-from .model import INPUT, MODEL_KEYS, Model, _check_shape, _is_int, _plan_layers, build_model, validate_model_spec
+from .model import INPUT, MODEL_KEYS, Model, build_model, check_shape, plan_layers, validate_model_spec
+from .validation import is_int
 
 __all__ = ["ModelBuilder", "Node", "spec_to_toml"]
 
@@ -70,8 +71,8 @@ class ModelBuilder:
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, *,
                  loss: Any = MODEL_KEYS["loss"], init: str = MODEL_KEYS["init"], seed: int = MODEL_KEYS["seed"]):
-        self.input_shape = _check_shape(input_shape)
-        if not _is_int(num_classes) or num_classes < 2:
+        self.input_shape = check_shape(input_shape)
+        if not is_int(num_classes) or num_classes < 2:
             raise ModelError(f"number of classes must be an integer >= 2, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.loss = loss
@@ -121,7 +122,7 @@ class ModelBuilder:
         cfg["inputs"] = [node.name for node in inputs]
         cfg.update(zip(positional, values))
         cfg.update(keys)
-        plan, _, _ = _plan_layers(self._layers + [cfg], self.input_shape, check_unused=False)
+        plan, _, _ = plan_layers(self._layers + [cfg], self.input_shape, check_unused=False)
         p = plan[-1]
         self._layers.append(cfg)
         node = Node(self, p.name, index, p.out_shape)

@@ -54,9 +54,9 @@ from raven_hpc.errors import ModelError
 from raven_hpc.kernels.activations import LINEAR
 
 from . import ops
-from .layers import INITIALIZERS, Layer, _REQUIRED, _is_int, register_layer
-from .ops import _rule, _t
-from .tensor import Tensor, grad_target
+from .layers import INITIALIZERS, REQUIRED, Layer, register_layer
+from .tensor import Tensor, as_tensor, gradient_rule, grad_target
+from .validation import is_int
 from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
@@ -82,9 +82,9 @@ BLOCK_BYTES = 1 << 20
 # -- geometry -------------------------------------------------------------------
 def _pair(v: Any, what: str, minimum: int) -> Pair:
     """``v`` (int or two ints) as ``(h, w)``; ValueError naming ``what`` otherwise."""
-    if _is_int(v):
+    if is_int(v):
         p = (int(v), int(v))
-    elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_int(e) for e in v):
+    elif isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(e) for e in v):
         p = (int(v[0]), int(v[1]))
     else:
         raise ValueError(f"{what} must be an integer or a pair [h, w] of integers, got {v!r}")
@@ -191,7 +191,7 @@ def conv2d(
     """
     fn = activation if isinstance(activation, ops.ActFn) else ops.resolve_activation(activation, where="conv2d")
     act = fn.code
-    x, W = _t(x), _t(W)
+    x, W = as_tensor(x), as_tensor(W)
     _check_nchw(x, "conv2d")
     if W.ndim != 4 or W.shape[1] != x.shape[1]:
         raise ValueError(f"conv2d: W {W.shape} does not fit x {x.shape} (need (filters, {x.shape[1]}, kh, kw))")
@@ -205,7 +205,7 @@ def conv2d(
     W2 = _contig(W.data, dtype).reshape(F, C * kh * kw)
     parents: Tuple[Tensor, ...] = (x, W)
     if b is not None:
-        b = _t(b)
+        b = as_tensor(b)
         if b.shape != (F,):
             raise ValueError(f"conv2d: bias shape {b.shape} != ({F},)")
         bias = _contig(b.data, dtype)
@@ -234,10 +234,10 @@ def conv2d(
             if act != LINEAR:
                 act_forward(pre3[n0 : n0 + m].reshape(-1), y3[n0 : n0 + m].reshape(-1), act, fn.p0, fn.p1)
     saved = pre3 if fn.saves_input else None
-    return Tensor._from_op(y, "conv2d", parents, (xd, W2, geom, fn, saved, ws))
+    return Tensor.from_op(y, "conv2d", parents, (xd, W2, geom, fn, saved, ws))
 
 
-@_rule("conv2d")
+@gradient_rule("conv2d")
 def _conv2d_grad(g, node):
     x, W = node.parents[0], node.parents[1]
     b = node.parents[2] if len(node.parents) == 3 else None
@@ -319,16 +319,16 @@ def max_pool2d(
     wins the max.  Where a window holds several equal maxima the gradient
     goes to the first (row-major).
     """
-    x = _t(x)
+    x = as_tensor(x)
     shape, geom = _pool_setup(x, "max_pool2d", pool_size, stride, padding)
     xd = np.ascontiguousarray(x.data)
     y = buffer(ws, "y", shape, xd.dtype)
     idx = buffer(ws, "idx", shape, np.int32)
     kernels_of(ws).max_pool_forward(xd, *geom, y, idx)
-    return Tensor._from_op(y, "max_pool2d", (x,), (idx, ws))
+    return Tensor.from_op(y, "max_pool2d", (x,), (idx, ws))
 
 
-@_rule("max_pool2d")
+@gradient_rule("max_pool2d")
 def _max_pool2d_grad(g, node):
     idx, ws = node.ctx
     x = node.parents[0]
@@ -343,15 +343,15 @@ def avg_pool2d(
     """Window means of ``x`` (n, C, H, W); padded positions count as zeros
     (torch's ``count_include_pad=True``).  Arguments as :func:`max_pool2d`.
     """
-    x = _t(x)
+    x = as_tensor(x)
     shape, geom = _pool_setup(x, "avg_pool2d", pool_size, stride, padding)
     xd = np.ascontiguousarray(x.data)
     y = buffer(ws, "y", shape, xd.dtype)
     kernels_of(ws).avg_pool_forward(xd, *geom, y)
-    return Tensor._from_op(y, "avg_pool2d", (x,), (geom, ws))
+    return Tensor.from_op(y, "avg_pool2d", (x,), (geom, ws))
 
 
-@_rule("avg_pool2d")
+@gradient_rule("avg_pool2d")
 def _avg_pool2d_grad(g, node):
     geom, ws = node.ctx
     x = node.parents[0]
@@ -401,7 +401,7 @@ class Conv2D(Layer):
     """
 
     TYPE = "conv2d"
-    KEYS = {"filters": _REQUIRED, "kernel_size": _REQUIRED, "stride": 1, "padding": 0,
+    KEYS = {"filters": REQUIRED, "kernel_size": REQUIRED, "stride": 1, "padding": 0,
             "activation": "linear", "use_bias": True}
 
     @classmethod
@@ -409,7 +409,7 @@ class Conv2D(Layer):
         out = cls.normalise(cfg, index)
         C, H, W = _image_shape(cls, index, in_shape)
         filters = out["filters"]
-        if not _is_int(filters) or filters <= 0:
+        if not is_int(filters) or filters <= 0:
             raise ModelError(f"{cls.where(index)}: filters must be a positive integer, got {filters!r}")
         out["filters"] = int(filters)
         out["kernel_size"] = _layer_pair(cls, index, out, "kernel_size", 1)
@@ -457,7 +457,7 @@ class Conv2D(Layer):
 class _Pool(Layer):
     """Shared spec handling of the pooling layers."""
 
-    KEYS = {"pool_size": _REQUIRED, "stride": None, "padding": 0}
+    KEYS = {"pool_size": REQUIRED, "stride": None, "padding": 0}
 
     @classmethod
     def plan(cls, cfg, index, in_shape):
@@ -509,7 +509,7 @@ class Reshape(Layer):
     """
 
     TYPE = "reshape"
-    KEYS = {"shape": _REQUIRED}
+    KEYS = {"shape": REQUIRED}
     FLATTENS_INPUT = True
 
     @classmethod
@@ -517,7 +517,7 @@ class Reshape(Layer):
         out = cls.normalise(cfg, index)
         shape = out["shape"]
         if (not isinstance(shape, (list, tuple)) or not shape
-                or not all(_is_int(s) and (s > 0 or s == -1) for s in shape)
+                or not all(is_int(s) and (s > 0 or s == -1) for s in shape)
                 or sum(1 for s in shape if s == -1) > 1):
             raise ModelError(f"{cls.where(index)}: shape must be a non-empty list of positive integers "
                              f"with at most one -1, got {shape!r}")

@@ -39,6 +39,7 @@ from raven_hpc.errors import ModelError
 
 from . import ops
 from .tensor import Tensor
+from .validation import is_int
 from .workspace import Workspace
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Dense",
     "Flatten",
     "Layer",
+    "REQUIRED",
     "RunContext",
     "register_layer",
 ]
@@ -88,7 +90,7 @@ def register_layer(cls: Type["Layer"]) -> Type["Layer"]:
     return cls
 
 
-_REQUIRED = object()
+REQUIRED = object()
 
 #: spec keys every layer table may have; the model handles them (graph wiring)
 GRAPH_KEYS = ("name", "inputs")
@@ -152,10 +154,6 @@ class RunContext:
 
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 class Layer(abc.ABC):
     """Base class.  Subclasses set ``TYPE`` and ``KEYS`` and override hooks.
 
@@ -165,7 +163,7 @@ class Layer(abc.ABC):
     """
 
     TYPE = ""
-    #: spec key -> default (``_REQUIRED`` for keys without one); ``type`` implied
+    #: spec key -> default (``REQUIRED`` for keys without one); ``type`` implied
     KEYS: Dict[str, Any] = {}
     #: whether the layer accepts any input whose per-sample size matches
     #: (it flattens), rather than an exact shape
@@ -203,7 +201,7 @@ class Layer(abc.ABC):
         for key, default in cls.KEYS.items():
             if key in cfg:
                 out[key] = cfg[key]
-            elif default is _REQUIRED:
+            elif default is REQUIRED:
                 raise ModelError(f"{cls.where(index)}: missing required key {key!r}")
             else:
                 out[key] = default
@@ -302,14 +300,14 @@ class Dense(Layer):
     """
 
     TYPE = "dense"
-    KEYS = {"units": _REQUIRED, "activation": "linear"}
+    KEYS = {"units": REQUIRED, "activation": "linear"}
     FLATTENS_INPUT = True
 
     @classmethod
     def plan(cls, cfg, index, in_shape):
         out = cls.normalise(cfg, index)
         units = out["units"]
-        if not _is_int(units) or units <= 0:
+        if not is_int(units) or units <= 0:
             raise ModelError(f"{cls.where(index)}: units must be a positive integer, got {units!r}")
         out["units"] = int(units)
         act = out["activation"]

@@ -32,13 +32,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from raven_hpc.errors import ModelError
 
 from . import ops
-from .tensor import Tensor
+from .tensor import Tensor, gradient_rule
+from .validation import check_real
 from .workspace import Workspace
 
 __all__ = ["LOSSES", "LossSpec", "LossOption", "bce_with_logits", "huber_loss", "mse_loss", "resolve_loss"]
 
 def _check_delta(where: str, value: Any) -> float:
-    return ops.check_real(where, "delta", value, 0.0, low_open=True)
+    return check_real(where, "delta", value, 0.0, low_open=True)
 
 
 # -- ops ----------------------------------------------------------------------------
@@ -73,7 +74,7 @@ def huber_loss(output: ops.ArrayLike, labels: Any, *, delta: float = 1.0,
 
 
 for _op in ("mse", "bce_with_logits", "huber"):
-    ops._rule(_op)(ops.fused_loss_grad)
+    gradient_rule(_op)(ops.fused_loss_grad)
 del _op
 
 

@@ -17,15 +17,16 @@ import numpy as np
 from raven_hpc.errors import ModelError
 
 from .layers import Layer, register_layer
-from .ops import ArrayLike, _rule, _t
-from .tensor import Tensor
+from .ops import ArrayLike
+from .tensor import Tensor, as_tensor, gradient_rule
+from .validation import is_int
 from .workspace import Workspace, buffer
 
 __all__ = ["Add", "Concat", "MergeLayer", "Mul", "add_n", "concat", "mul_n"]
 
 
 def _operands(xs: Sequence[ArrayLike], what: str, same_shape: bool = True) -> List[Tensor]:
-    ts = [_t(x) for x in xs]
+    ts = [as_tensor(x) for x in xs]
     if len(ts) < 2:
         raise ValueError(f"{what} needs at least 2 inputs, got {len(ts)}")
     if same_shape and any(t.shape != ts[0].shape for t in ts):
@@ -42,10 +43,10 @@ def add_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     np.add(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
         np.add(y, t.data, out=y)
-    return Tensor._from_op(y, "add_n", tuple(ts))
+    return Tensor.from_op(y, "add_n", tuple(ts))
 
 
-@_rule("add_n")
+@gradient_rule("add_n")
 def _add_n_grad(g, node):
     # every input gets the incoming gradient itself (rules never modify it)
     return tuple(g if p.requires_grad else None for p in node.parents)
@@ -59,10 +60,10 @@ def mul_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     np.multiply(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
         np.multiply(y, t.data, out=y)
-    return Tensor._from_op(y, "mul_n", tuple(ts))
+    return Tensor.from_op(y, "mul_n", tuple(ts))
 
 
-@_rule("mul_n")
+@gradient_rule("mul_n")
 def _mul_n_grad(g, node):
     # d/dx_i = g * prod_{j != i} x_j, formed directly (no division: inputs may be 0)
     out = []
@@ -93,10 +94,10 @@ def concat(xs: Sequence[ArrayLike], axis: int = -1, *, ws: Optional[Workspace] =
     dtype = np.result_type(*(t.dtype for t in ts))
     y = buffer(ws, "y", tuple(shape), dtype)
     np.concatenate([t.data for t in ts], axis=ax, out=y)
-    return Tensor._from_op(y, "concat", tuple(ts), ax)
+    return Tensor.from_op(y, "concat", tuple(ts), ax)
 
 
-@_rule("concat")
+@gradient_rule("concat")
 def _concat_grad(g, node):
     ax = node.ctx
     bounds = np.cumsum([p.shape[ax] for p in node.parents])[:-1]
@@ -164,7 +165,7 @@ class Concat(MergeLayer):
     def output_shape(cls, cfg, index, shapes):
         axis = cfg["axis"]
         ndim = len(shapes[0])
-        if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)) or not -ndim <= axis < ndim:
+        if not is_int(axis) or not -ndim <= axis < ndim:
             raise ModelError(
                 f"{cls.where(index)}: axis must be an integer in [{-ndim}, {ndim - 1}] "
                 f"(a per-sample axis of {ndim}-d inputs), got {axis!r}"

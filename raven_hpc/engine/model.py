@@ -61,6 +61,7 @@ from . import ops
 from .layers import GRAPH_KEYS, INITIALIZERS, LAYERS, Layer, RunContext
 from .losses import resolve_loss
 from .tensor import Tensor, enable_grad, no_grad
+from .validation import is_int
 from .workspace import CPU_BACKEND, Workspace
 
 __all__ = ["Model", "build_model", "validate_model_spec", "min_train_batch", "owner_with_state", "MODEL_KEYS", "MAX_PARAMS", "INPUT"]
@@ -98,16 +99,12 @@ def owner_with_state(params: Any) -> Optional["Model"]:
     return m if m is not None and m._params is params else None
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_shape(input_shape: Any) -> Shape:
+def check_shape(input_shape: Any) -> Shape:
     try:
         shape = tuple(input_shape)
     except TypeError:
         raise ModelError(f"input shape must be a tuple of positive integers, got {input_shape!r}") from None
-    if not shape or not all(_is_int(s) and s > 0 for s in shape):
+    if not shape or not all(is_int(s) and s > 0 for s in shape):
         raise ModelError(f"input shape must be a tuple of positive integers, got {input_shape!r}")
     return tuple(int(s) for s in shape)
 
@@ -193,8 +190,8 @@ def _plan(spec: Mapping[str, Any], input_shape: Any, num_classes: Any):
     """Validate ``spec``; return (normalised spec, [_Planned], input shape, classes)."""
     if not isinstance(spec, Mapping):
         raise ModelError(f"model spec must be a table/dict, got {type(spec).__name__}")
-    in_shape = _check_shape(input_shape)
-    if not _is_int(num_classes) or num_classes < 2:
+    in_shape = check_shape(input_shape)
+    if not is_int(num_classes) or num_classes < 2:
         raise ModelError(f"number of classes must be an integer >= 2, got {num_classes!r}")
     num_classes = int(num_classes)
     for key in spec:
@@ -209,10 +206,10 @@ def _plan(spec: Mapping[str, Any], input_shape: Any, num_classes: Any):
     if init not in INITIALIZERS:
         raise ModelError(f"model.init: unknown initialiser {init!r}; known: {', '.join(sorted(INITIALIZERS))}")
     seed = spec.get("seed", MODEL_KEYS["seed"])
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ModelError(f"model.seed must be a non-negative integer, got {seed!r}")
 
-    plan, norm_layers, total = _plan_layers(layers, in_shape)
+    plan, norm_layers, total = plan_layers(layers, in_shape)
     shape = plan[-1].out_shape
     want = loss_spec.output_shape(num_classes)
     if shape != want:
@@ -232,7 +229,7 @@ def _plan(spec: Mapping[str, Any], input_shape: Any, num_classes: Any):
     return norm, plan, in_shape, num_classes
 
 
-def _plan_layers(layers: Sequence[Any], in_shape: Shape, check_unused: bool = True):
+def plan_layers(layers: Sequence[Any], in_shape: Shape, check_unused: bool = True):
     """Validate the layer list for ``in_shape``: ``([_Planned], normalised layers, total size)``.
 
     ``check_unused=False`` skips the "output never used" check (a builder
@@ -349,7 +346,7 @@ def _as_key(key: Any) -> Tuple[int, ...]:
         out = tuple(key)
     except TypeError:
         raise ValueError(f"key must be a sequence of non-negative integers, got {key!r}") from None
-    if not all(_is_int(k) and k >= 0 for k in out):
+    if not all(is_int(k) and k >= 0 for k in out):
         raise ValueError(f"key must be a sequence of non-negative integers, got {key!r}")
     return tuple(int(k) for k in out)
 
@@ -577,7 +574,7 @@ class Model:
         if g.ndim != 1 or g.size != self.num_params or g.dtype not in (np.float32, np.float64):
             raise ValueError(f"grad_sum must be a flat float32/float64 vector of {self.num_params} elements "
                              f"(the layout of model.grads), got {g.dtype} {g.shape}")
-        if not _is_int(samples) or samples < 1:
+        if not is_int(samples) or samples < 1:
             raise ValueError(f"samples must be a positive integer (the samples grad_sum sums over), got {samples!r}")
         optimizer.step(self._params[:nt], g[:nt], scale=1.0 / int(samples), lr=lr)
         if self.num_state:

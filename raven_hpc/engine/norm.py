@@ -39,9 +39,10 @@ import numpy as np
 
 from raven_hpc.errors import DatasetError, ModelError
 
-from .layers import _REQUIRED, Layer, RunContext, register_layer
-from .ops import ArrayLike, _rule, _t
-from .tensor import Tensor, grad_target
+from .layers import REQUIRED, Layer, RunContext, register_layer
+from .ops import ArrayLike
+from .tensor import Tensor, as_tensor, gradient_rule, grad_target
+from .validation import is_int
 from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
@@ -65,7 +66,7 @@ def _affine(gamma, beta, what: str, shape: Tuple[int, ...]):
         raise ValueError(f"{what}: give both gamma and beta or neither")
     if gamma is None:
         return None, None
-    gamma, beta = _t(gamma), _t(beta)
+    gamma, beta = as_tensor(gamma), as_tensor(beta)
     if gamma.shape != shape or beta.shape != shape:
         raise ValueError(f"{what}: gamma {gamma.shape} and beta {beta.shape} must have shape {shape}")
     return gamma, beta
@@ -79,7 +80,7 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
     (``rng.random(x.shape, dtype=np.float32)``), so a generator state fixes
     the mask.  ``rate == 0`` returns ``x`` and draws nothing.
     """
-    x = _t(x)
+    x = as_tensor(x)
     rate = float(rate)
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
@@ -94,10 +95,10 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
     y = buffer(ws, "y", xd.shape, xd.dtype)
     scale = 1.0 / (1.0 - rate)
     kernels_of(ws).dropout_forward(xd.reshape(-1), u.reshape(-1), rate, scale, y.reshape(-1))
-    return Tensor._from_op(y, "dropout", (x,), (u, rate, scale, ws))
+    return Tensor.from_op(y, "dropout", (x,), (u, rate, scale, ws))
 
 
-@_rule("dropout")
+@gradient_rule("dropout")
 def _dropout_grad(g, node):
     u, rate, scale, ws = node.ctx
     g = np.ascontiguousarray(g)
@@ -131,7 +132,7 @@ def batch_norm(
     channel (``running_mean`` defaults to 0) -- what a model's state
     gradient collects.  Nothing in ``running_*`` is modified.
     """
-    x = _t(x)
+    x = as_tensor(x)
     if x.ndim < 2:
         raise ValueError(f"batch_norm needs (n, C, ...) input, got {x.shape}")
     n, C = x.shape[0], x.shape[1]
@@ -164,10 +165,10 @@ def batch_norm(
     y = buffer(ws, "y", x.shape, dtype)
     k.batchnorm_apply(x3, mean.astype(dtype), (g64 * invstd).astype(dtype), b, y.reshape(n, C, L))
     parents = (x,) if gamma is None else (x, gamma, beta)
-    return Tensor._from_op(y, "batch_norm", parents, (x3, mean, invstd, bool(training), ws))
+    return Tensor.from_op(y, "batch_norm", parents, (x3, mean, invstd, bool(training), ws))
 
 
-@_rule("batch_norm")
+@gradient_rule("batch_norm")
 def _batch_norm_grad(g, node):
     x3, mean, invstd, training, ws = node.ctx
     x = node.parents[0]
@@ -207,7 +208,7 @@ def layer_norm(
     and biased variance; ``gamma``/``beta`` have the sample shape.  Same as
     ``torch.nn.functional.layer_norm(x, x.shape[1:], gamma, beta, eps)``.
     """
-    x = _t(x)
+    x = as_tensor(x)
     if x.ndim < 2:
         raise ValueError(f"layer_norm needs (n, ...) input, got {x.shape}")
     n = x.shape[0]
@@ -226,10 +227,10 @@ def layer_norm(
         b_arr = np.ascontiguousarray(beta.data, dtype=dtype).reshape(D)
     k.layernorm_forward(x2, g_arr, b_arr, gamma is not None, float(eps), y.reshape(n, D), mean, invstd)
     parents = (x,) if gamma is None else (x, gamma, beta)
-    return Tensor._from_op(y, "layer_norm", parents, (x2, mean, invstd, g_arr, ws))
+    return Tensor.from_op(y, "layer_norm", parents, (x2, mean, invstd, g_arr, ws))
 
 
-@_rule("layer_norm")
+@gradient_rule("layer_norm")
 def _layer_norm_grad(g, node):
     x2, mean, invstd, g_arr, ws = node.ctx
     x = node.parents[0]
@@ -269,7 +270,7 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
     scatter-add of the output gradient.
     """
     ids_arr = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
-    W = _t(W)
+    W = as_tensor(W)
     if W.ndim != 2:
         raise ValueError(f"embedding table must be (num_embeddings, dim), got {W.shape}")
     if ids_arr.ndim < 1:
@@ -291,10 +292,10 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
         )
     y = buffer(ws, "y", tuple(ids_arr.shape) + (dim,), W.dtype)
     np.take(W.data, idx, axis=0, out=y.reshape(-1, dim), mode="clip")
-    return Tensor._from_op(y, "embedding", (W,), (idx, ws))
+    return Tensor.from_op(y, "embedding", (W,), (idx, ws))
 
 
-@_rule("embedding")
+@gradient_rule("embedding")
 def _embedding_grad(g, node):
     idx, ws = node.ctx
     W = node.parents[0]
@@ -473,14 +474,14 @@ class Embedding(Layer):
     """
 
     TYPE = "embedding"
-    KEYS = {"num_embeddings": _REQUIRED, "dim": _REQUIRED}
+    KEYS = {"num_embeddings": REQUIRED, "dim": REQUIRED}
 
     @classmethod
     def plan(cls, cfg, index, in_shape):
         out = cls.normalise(cfg, index)
         for key in ("num_embeddings", "dim"):
             v = out[key]
-            if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v <= 0:
+            if not is_int(v) or v <= 0:
                 raise ModelError(f"{cls.where(index)}: {key} must be a positive integer, got {v!r}")
             out[key] = int(v)
         if out["num_embeddings"] > MAX_EMBEDDINGS:

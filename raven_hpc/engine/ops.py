@@ -1,7 +1,7 @@
 """Functional ops and their gradient rules.
 
 Each op is a forward function here plus **one row** in the gradient table
-(:data:`raven_hpc.engine.tensor.GRADIENTS`), registered with :func:`_rule`
+(:data:`raven_hpc.engine.tensor.GRADIENTS`), registered with :func:`~raven_hpc.engine.tensor.gradient_rule`
 next to it.  Adding an op means writing both, nothing else.
 
 Ops take :class:`Tensor` (or arrays, wrapped as constants) and return
@@ -25,7 +25,8 @@ from raven_hpc.errors import DatasetError, ModelError
 from raven_hpc.kernels import ACTIVATIONS
 from raven_hpc.kernels.activations import ACTIVATION_PARAMS, LINEAR, SAVES_INPUT
 
-from .tensor import GRADIENTS, Tensor, grad_target, is_grad_enabled
+from .tensor import Tensor, as_tensor, gradient_rule, grad_target, is_grad_enabled
+from .validation import check_real
 from .workspace import Workspace, buffer, kernels_of
 
 __all__ = [
@@ -48,46 +49,6 @@ __all__ = [
 ]
 
 ArrayLike = Union[Tensor, np.ndarray, float]
-
-def _rule(op: str):
-    def deco(fn):
-        if op in GRADIENTS:  # pragma: no cover
-            raise ValueError(f"gradient rule for {op!r} registered twice")
-        GRADIENTS[op] = fn
-        return fn
-
-    return deco
-
-
-def _t(x: ArrayLike) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def check_real(where: str, key: str, value: Any, low: float = -math.inf, high: float = math.inf,
-               low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a float if it is a finite real number in the given range.
-
-    Otherwise :class:`~raven_hpc.errors.ModelError`
-    ``"{where}: {key} must be a number in [low, high), got ..."``.
-    """
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    v = float(value) if ok else math.nan
-    if ok and math.isfinite(v):
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    else:
-        ok = False
-    if not ok:
-        if math.isfinite(low) and math.isfinite(high):
-            rng = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif math.isfinite(low):
-            rng = f"{'>' if low_open else '>='} {low:g}"
-        elif math.isfinite(high):
-            rng = f"{'<' if high_open else '<='} {high:g}"
-        else:
-            rng = "(finite)"
-        raise ModelError(f"{where}: {key} must be a number {rng}, got {value!r}")
-    return v
-
 
 # -- activations: names, parameters, kernel codes ---------------------------------
 class ActFn(NamedTuple):
@@ -186,13 +147,13 @@ def _unbroadcast(g: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
 # -- matmul -------------------------------------------------------------------
 def matmul(a: ArrayLike, b: ArrayLike) -> Tensor:
     """``a @ b`` for 2-D operands."""
-    a, b = _t(a), _t(b)
+    a, b = as_tensor(a), as_tensor(b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"matmul needs 2-D operands, got {a.shape} and {b.shape}")
-    return Tensor._from_op(kernels_of(None).gemm(a.data, b.data), "matmul", (a, b))
+    return Tensor.from_op(kernels_of(None).gemm(a.data, b.data), "matmul", (a, b))
 
 
-@_rule("matmul")
+@gradient_rule("matmul")
 def _matmul_grad(g, node):
     a, b = node.parents
     gemm = kernels_of(None).gemm
@@ -204,11 +165,11 @@ def _matmul_grad(g, node):
 # -- add ----------------------------------------------------------------------
 def add(a: ArrayLike, b: ArrayLike) -> Tensor:
     """``a + b`` with numpy broadcasting."""
-    a, b = _t(a), _t(b)
-    return Tensor._from_op(a.data + b.data, "add", (a, b))
+    a, b = as_tensor(a), as_tensor(b)
+    return Tensor.from_op(a.data + b.data, "add", (a, b))
 
 
-@_rule("add")
+@gradient_rule("add")
 def _add_grad(g, node):
     a, b = node.parents
     return (
@@ -230,11 +191,11 @@ Tensor.__rmatmul__ = _rmatmul
 # -- reshape ------------------------------------------------------------------
 def reshape(a: ArrayLike, shape: Sequence[int]) -> Tensor:
     """A reshaped view of ``a`` (a copy only when numpy needs one)."""
-    a = _t(a)
-    return Tensor._from_op(a.data.reshape(tuple(shape)), "reshape", (a,))
+    a = as_tensor(a)
+    return Tensor.from_op(a.data.reshape(tuple(shape)), "reshape", (a,))
 
 
-@_rule("reshape")
+@gradient_rule("reshape")
 def _reshape_grad(g, node):
     return (g.reshape(node.parents[0].shape),)
 
@@ -248,13 +209,13 @@ def apply_activation(x: ArrayLike, fn: ActFn, *, ws: Optional[Workspace] = None)
     references (no copy when ``x`` is contiguous).  With ``ws`` the output
     and the input gradient live in its buffers ``"y"`` and ``"gx"``.
     """
-    x = _t(x)
+    x = as_tensor(x)
     if fn.code == LINEAR:
         return x
     xs = np.ascontiguousarray(x.data)
     y = buffer(ws, "y", xs.shape, xs.dtype)
     kernels_of(ws).act_forward(xs.reshape(-1), y.reshape(-1), fn.code, fn.p0, fn.p1)
-    return Tensor._from_op(y, fn.name, (x,), (fn, xs if fn.saves_input else None, ws))
+    return Tensor.from_op(y, fn.name, (x,), (fn, xs if fn.saves_input else None, ws))
 
 
 def _activation_grad(g, node):
@@ -268,7 +229,7 @@ def _activation_grad(g, node):
 
 # one rule serves every elementwise activation; its nodes are named after it
 for _name in sorted(set(_ALIASES.get(n, n) for n in ACTIVATIONS) - {"linear"}):
-    _rule(_name)(_activation_grad)
+    gradient_rule(_name)(_activation_grad)
 del _name
 
 
@@ -301,13 +262,13 @@ def dense(
     """
     fn = activation if isinstance(activation, ActFn) else resolve_activation(activation, where="dense")
     act = fn.code
-    x, W = _t(x), _t(W)
+    x, W = as_tensor(x), as_tensor(W)
     if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0]:
         raise ValueError(f"dense: x {x.shape} and W {W.shape} do not fit (need (n, k) and (k, m))")
     n, m = x.shape[0], W.shape[1]
     dtype = np.result_type(x.dtype, W.dtype)
     if b is not None:
-        b = _t(b)
+        b = as_tensor(b)
         if b.shape != (m,):
             raise ValueError(f"dense: bias shape {b.shape} != ({m},)")
         parents = (x, W, b)
@@ -331,10 +292,10 @@ def dense(
         elif act != LINEAR:
             flat = y.reshape(-1)
             k.act_forward(flat, flat, act, fn.p0, fn.p1)
-    return Tensor._from_op(y, "dense", parents, (fn, pre, ws))
+    return Tensor.from_op(y, "dense", parents, (fn, pre, ws))
 
 
-@_rule("dense")
+@gradient_rule("dense")
 def _dense_grad(g, node):
     x, W = node.parents[0], node.parents[1]
     b = node.parents[2] if len(node.parents) == 3 else None
@@ -401,7 +362,7 @@ def fused_loss(op: str, kernel_op: str, output: ArrayLike, labels: Any, *args: A
     :func:`fused_loss_grad`.  Labels outside ``[0, c)`` raise
     :class:`~raven_hpc.errors.DatasetError`.
     """
-    output = _t(output)
+    output = as_tensor(output)
     if output.ndim != 2:
         raise ValueError(f"{op} needs (n, classes) outputs, got {output.shape}")
     n, c = output.shape
@@ -418,7 +379,7 @@ def fused_loss(op: str, kernel_op: str, output: ArrayLike, labels: Any, *args: A
             f"label {int(labels[bad])} at batch row {int(bad)} is outside [0, {c}) "
             f"for a model with {c} classes"
         )
-    loss = Tensor._from_op(np.array(total, dtype=z.dtype), op, (output,), grad)
+    loss = Tensor.from_op(np.array(total, dtype=z.dtype), op, (output,), grad)
     return loss, int(correct)
 
 
@@ -452,4 +413,4 @@ def softmax_cross_entropy(
     return fused_loss("softmax_cross_entropy", "softmax_xent", logits, labels, eps, ws=ws)
 
 
-_rule("softmax_cross_entropy")(fused_loss_grad)
+gradient_rule("softmax_cross_entropy")(fused_loss_grad)

@@ -66,7 +66,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union
 import numpy as np
 
 from raven_hpc.errors import CheckpointError, ConfigError
-from .model import owner_with_state as _owner_with_state
+from .model import owner_with_state
 from .schedule import SCHEDULE_KEYS, Schedule, validate_schedule_config
 from .workspace import CPU_BACKEND, CPU_KERNELS
 
@@ -293,7 +293,7 @@ class Optimizer(abc.ABC):
     # -- the update ----------------------------------------------------------
 
     def _check(self, params: np.ndarray, grad: np.ndarray) -> None:
-        owner = _owner_with_state(params)
+        owner = owner_with_state(params)
         if owner is not None:
             raise ValueError(
                 f"params is a whole Model.params vector: {owner.num_trainable} trainable parameters "

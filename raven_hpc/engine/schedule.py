@@ -61,6 +61,8 @@ import numpy as np
 
 from raven_hpc.errors import ConfigError
 
+from .validation import is_int
+
 __all__ = [
     "SCHEDULES",
     "SCHEDULE_KEYS",
@@ -89,18 +91,14 @@ _DEFAULTS: Dict[str, Any] = {
     "warmup_steps": 0,
     "warmup_start_factor": 1.0 / 3.0,  # torch.optim.lr_scheduler.LinearLR's default
 }
-_REQUIRED = {("step", "step_size"), ("multistep", "milestones"), ("exponential", "gamma")}
+REQUIRED = {("step", "step_size"), ("multistep", "milestones"), ("exponential", "gamma")}
 
 # Schedules that decay over the run and so need its total number of steps.
 _NEEDS_TOTAL = ("cosine", "linear")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
 def _int(key: str, v: Any, lo: int) -> int:
-    if not _is_int(v):
+    if not is_int(v):
         raise ConfigError(f"optimizer.{key} must be an integer, got {v!r}")
     if v < lo:
         raise ConfigError(f"optimizer.{key} must be >= {lo}, got {v!r}")
@@ -142,7 +140,7 @@ def validate_schedule_config(cfg: Mapping[str, Any], lr: float) -> Dict[str, Any
     for key in used:
         if key in cfg:
             v = cfg[key]
-        elif (kind, key) in _REQUIRED:
+        elif (kind, key) in REQUIRED:
             raise ConfigError(f"optimizer.{key} is required by schedule {kind!r}")
         else:
             v = _DEFAULTS[key]
@@ -157,7 +155,7 @@ def validate_schedule_config(cfg: Mapping[str, Any], lr: float) -> Dict[str, Any
         elif key == "warmup_start_factor":
             out[key] = _float(key, v, 0.0, 1.0)
         elif key == "milestones":
-            if not isinstance(v, (list, tuple)) or not v or not all(_is_int(m) for m in v):
+            if not isinstance(v, (list, tuple)) or not v or not all(is_int(m) for m in v):
                 raise ConfigError(f"optimizer.milestones must be a non-empty list of integers, got {v!r}")
             ms = [int(m) for m in v]
             if ms[0] < 1 or any(b <= a for a, b in zip(ms, ms[1:])):
@@ -187,7 +185,7 @@ class Schedule:
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0 for the first)."""
-        if not _is_int(step) or step < 0:
+        if not is_int(step) or step < 0:
             raise ValueError(f"step must be a non-negative integer, got {step!r}")
         t = int(step)
         w = self.warmup_steps
@@ -227,7 +225,7 @@ class Schedule:
         if kind in _NEEDS_TOTAL:
             if total_steps is None:
                 raise ConfigError(f"optimizer.schedule {kind!r} needs the run's total number of steps")
-            if not _is_int(total_steps) or total_steps < 1:
+            if not is_int(total_steps) or total_steps < 1:
                 raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
             decay = int(total_steps) - cfg["warmup_steps"]
             if decay < 1:

@@ -30,13 +30,25 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "grad_target", "GRADIENTS"]
+__all__ = ["Tensor", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled", "grad_target", "gradient_rule",
+           "GRADIENTS"]
 
 #: op name -> rule(grad_out, node) -> tuple of gradients, one per parent
 #: (``None`` where the parent needs none).
 GRADIENTS: Dict[str, Callable[[np.ndarray, "Tensor"], Tuple[Optional[np.ndarray], ...]]] = {}
 
 _state = threading.local()
+
+
+def gradient_rule(op: str):
+    """Decorator: register ``fn(grad_out, node)`` as the gradient rule of ``op``."""
+    def deco(fn):
+        if op in GRADIENTS:  # pragma: no cover
+            raise ValueError(f"gradient rule for {op!r} registered twice")
+        GRADIENTS[op] = fn
+        return fn
+
+    return deco
 
 
 def is_grad_enabled() -> bool:
@@ -98,7 +110,7 @@ class Tensor:
 
     # -- construction by ops --------------------------------------------
     @classmethod
-    def _from_op(cls, data: np.ndarray, op: str, parents: Tuple["Tensor", ...], ctx: Any = None) -> "Tensor":
+    def from_op(cls, data: np.ndarray, op: str, parents: Tuple["Tensor", ...], ctx: Any = None) -> "Tensor":
         """Result of op ``op``; records the graph only when a parent needs it."""
         t = cls.__new__(cls)
         t.data = data
@@ -204,6 +216,11 @@ def _toposort(root: Tensor) -> List[Tensor]:
             if p.requires_grad and id(p) not in seen:
                 stack.append((p, False))
     return order
+
+
+def as_tensor(x: Any) -> Tensor:
+    """``x`` itself if it is a :class:`Tensor`, else a constant tensor of it."""
+    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 def grad_target(t: Tensor) -> Optional[np.ndarray]:
