@@ -17,7 +17,8 @@ from . import activations  # noqa: F401  (activation ops and the "activation" la
 from .activations import (ACTIVATION_FNS, Activation, activation, elu, gelu, hardtanh, leaky_relu, log_softmax,
                           selu, sigmoid, silu, softmax, softplus, softsign, swish, tanh)
 from .losses import LOSSES, bce_with_logits, huber_loss, mse_loss, resolve_loss
-from .model import Model, build_model, min_train_batch, validate_model_spec
+from .model import Model, build_model
+from .spec import min_train_batch, validate_model_spec
 from .builder import ModelBuilder, Node
 from .optim import (OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, clip_scale, grad_norm, make_optimizer,
                     make_schedule, register_optimizer, validate_optimizer_config)

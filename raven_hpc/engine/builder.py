@@ -36,7 +36,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from raven_hpc.errors import ModelError
 
 from .layers import LAYERS
-from .model import INPUT, MODEL_KEYS, Model, build_model, check_shape, plan_layers, validate_model_spec
+from .model import Model, build_model
+from .spec import INPUT, MODEL_KEYS, check_shape, plan_layers, validate_model_spec
 from .validation import is_int
 
 __all__ = ["ModelBuilder", "Node", "spec_to_toml"]
