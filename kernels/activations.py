@@ -28,9 +28,9 @@ ELU via ``expm1``), so float32 results agree with torch to round-off.
 Speed: each activation has its own loop (:func:`forward_loop`,
 :func:`backward_loop`).  The piecewise-linear ones (relu, leaky_relu,
 hardtanh, softsign) vectorise and beat torch on one core; the transcendental
-ones are bound by scalar libm calls (``exp``/``erf``/``tanh``, ~5-20 ns per
-element: numba vectorises those only with Intel SVML), several times slower
-than torch's SIMD versions -- still small next to the GEMMs of a dense layer.
+ones are bound by scalar libm calls (``exp``/``erf``/``tanh``: numba
+vectorises those only with Intel SVML) and slower than torch's SIMD
+versions -- still small next to the GEMMs of a dense layer.
 
 ``softmax_forward`` / ``softmax_backward`` (last axis, optionally log) live
 here too; they are not elementwise, hence not codes.

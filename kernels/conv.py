@@ -20,27 +20,16 @@ block is sized so ``col`` stays in cache: the patch matrix is never
 materialised for the whole batch (a worker's memory does not grow with it),
 and the backward pass rebuilds a block's patches instead of keeping them.
 
-Direct convolution vs im2col + GEMM, measured in one run (LeNet-5's layers,
-batch 128, float32, one thread, AMD EPYC; forward / backward incl. bias and
-ReLU, ms, median of 20; im2col over the whole batch, before blocking):
-
-=====================================  ============  ===============
-layer                                  direct        im2col + GEMM
-=====================================  ============  ===============
-conv 1->6, 5x5, pad 2, 28x28 (no dx)   2.9 / 16.7    4.5 / 4.5
-conv 6->16, 5x5, 14x14                 10.6 / 35.0   4.3 / 6.4
-=====================================  ============  ===============
-
-"direct" is a straightforward loop nest (padded input, vectorised inner loop
-over ``ow``); its weight gradient is a reduction that does not vectorise
-without ``fastmath``, and it reuses nothing across filters.  im2col + GEMM
-wins everywhere except the forward of a single-channel first layer, and
-only there by 1.6 ms, so it is the one kept.  The blocked version as
-shipped is faster still (numbers in :mod:`raven_hpc.engine.conv`).
+Why im2col + GEMM rather than a direct convolution (a loop nest over the
+padded input): the direct weight gradient is a reduction that does not
+vectorise without ``fastmath``, and a loop nest reuses nothing across
+filters, while the GEMMs run at BLAS speed.  A direct loop nest is faster
+only in the forward pass of a single-channel first layer, and not by
+enough to keep a second code path.
 
 All index arithmetic in the inner loops is done in ``uint64``: with signed
 indices Numba inserts a negative-index wrap-around test on every access, which
-blocks vectorisation -- unsigned indexing made im2col 2.5-4x faster.
+blocks vectorisation.
 
 All kernels work for float32 and float64 (the gradient checks run float64).
 """
@@ -186,7 +175,7 @@ def conv_grad_in(g, gz, db, n0, nb):
     a block of ``nb`` samples with ``n0 = 0``), ``gz`` 1-D in the layout
     (F, nb, P); ``db`` (F,) is *added to* (empty: no bias).  Row sums are
     taken in float64 with four independent accumulators (a single one makes
-    the pass latency-bound: 2.7x slower).
+    the pass latency-bound).
     """
     N, F, P = g.shape
     gf = g.reshape(-1)

@@ -19,9 +19,7 @@ The 2x2 window without padding (stride any) -- most CNNs' pooling -- has an
 unrolled path: with runtime window sizes the two-iteration window loops and
 the clipping cost more than the comparisons.  Comparisons are selects, not
 branches (on real data the winner of a window is unpredictable), and NaNs
-are handled on a separate, rarely taken branch.  Max pooling of a
-128x6x28x28 float32 batch, one thread: 3.5 ms with branches, 1.6 ms
-generic with selects, 0.34 ms unrolled.
+are handled on a separate, rarely taken branch.
 """
 from __future__ import annotations
 

@@ -1,9 +1,17 @@
-"""CUDA backend (``numba.cuda``) -- kernels arrive in a later issue.
+"""CUDA backend (``numba.cuda``): the package its kernels belong in; none exist yet.
 
-Nothing is registered yet.  :func:`get_kernel` raises
+No CUDA kernel is registered.  :func:`get_kernel` raises
 :class:`~raven_hpc.kernels.BackendUnavailableError` with the reason, never an
 ImportError; :func:`is_available` is ``False`` until kernels exist *and* a
 GPU is visible.  ``numba.cuda`` is imported lazily, only to probe the device.
+
+The shape a CUDA backend takes: one module per op family mirroring the CPU
+ones (``cuda/dense.py``, ``cuda/conv.py``, ...), each registering its
+kernels under ``(op, "cuda")``, and :class:`CudaBackend` offering what
+:class:`~raven_hpc.kernels.CpuBackend` does (``kernel``, ``empty``,
+``zeros``, ``gemm``, ``to_device``, ``to_host``).  The engine takes every
+kernel, GEMM and scratch array from the model's backend, so nothing in the
+engine changes for it.
 """
 from __future__ import annotations
 

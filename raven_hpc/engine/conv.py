@@ -28,21 +28,11 @@ kernels and codes (:func:`raven_hpc.engine.ops.resolve_activation`), so
 every activation the engine knows works in ``conv2d``, with parameters when
 given an :class:`~raven_hpc.engine.ops.ActFn`.
 
-Measured (LeNet-5's two convolutions with ReLU, batch 128, float32, one
-thread, forward / backward in ms, CPU time, best of 5 on a loaded 2-core
-AMD EPYC):
-
-====================================  ==============  ==============
-layer                                 blocked, 1 MiB  whole batch
-====================================  ==============  ==============
-conv 1->6, 5x5, pad 2, 28x28 (no dx)  2.9 / 4.3       5.6 / 5.2
-conv 6->16, 5x5, 14x14                2.3 / 5.2       3.1 / 7.6
-====================================  ==============  ==============
-
-Block sizes from 512 KiB to 2 MiB measured the same within noise (L2 is
-512 KiB per core here, L3 32 MiB); below 256 KiB the per-block overhead
-(eight kernel and BLAS calls) shows.  ``bench/bench_engine.py`` compares the
-whole LeNet-5 with torch.
+:data:`BLOCK_BYTES` is a cache-sized target, not a tuned constant: the
+blocked passes are faster than working on the whole batch at once, block
+sizes around a core's L2 behave alike, and much smaller blocks pay the
+per-block overhead (eight kernel and BLAS calls).  ``bench/bench_engine.py``
+compares the whole LeNet-5 with torch.
 """
 from __future__ import annotations
 

@@ -342,7 +342,7 @@ def test_load_state_dict_errors():
 
 
 def test_sgd_state_without_name_still_loads():
-    """Checkpoints written before states carried the optimizer's name."""
+    """An optimizer state without a ``name`` entry loads: the name is optional."""
     a = make_optimizer({"name": "sgd", "momentum": 0.9}, 5)
     state = a.state_dict()
     del state["name"]
