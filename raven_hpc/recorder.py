@@ -26,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import CheckpointError
+from .ledger_schema import (CHECKPOINT, DRAIN, END, EV, EXCLUDE, LEDGER_NAME, LOST, READMIT, ROLLBACK, RUN, STEP,
+                            STRIKE, UNDRAIN)
 
 __all__ = ["Recorder", "Snapshot", "EventFn", "LEDGER", "KEPT_DIR", "cut_back", "kept_checkpoints", "keep_copy",
            "prune_kept", "remove_stale_temporaries", "per_step"]
@@ -104,7 +106,7 @@ class Recorder:
             if torn:   # a killed run left half a line: start ours on a fresh one
                 self._ledger.write("\n")
             self._ledger.write(json.dumps({
-                "ev": "run", "unix_time": time.time(), "start_step": state.step,
+                EV: RUN, "unix_time": time.time(), "start_step": state.step,
                 "resumed": state.step > 0, "ranks": self.ranks,
                 "hosts": {str(k): v for k, v in sorted(hosts.items())}, "poc": self.cfg["poc"],
                 "faults": self.cfg["faults"]["rules"], **(run_info or {})}) + "\n")
@@ -117,7 +119,7 @@ class Recorder:
         if self._ledger is None:
             return
         self._ledger.write(json.dumps({
-            "ev": "step", "step": st.step - 1, "epoch": st.epoch, "step_in_epoch": st.step_in_epoch,
+            EV: STEP, "step": st.step - 1, "epoch": st.epoch, "step_in_epoch": st.step_in_epoch,
             "tasks": total.get("accepted_copies", 0), "snippets": total.get("snippets", 0),
             "samples": total["samples"], "t": round(time.monotonic() - self.t0, 4)}) + "\n")
 
@@ -126,7 +128,7 @@ class Recorder:
         applied at that point): the records of steps >= ``to_step`` written
         before this one are void."""
         self._last = (time.monotonic(), samples)
-        rec = {"ev": "rollback", "step": from_step, "to_step": to_step, "guilty": sorted(guilty),
+        rec = {EV: ROLLBACK, "step": from_step, "to_step": to_step, "guilty": sorted(guilty),
                "reason": reason, "checkpoint": None if path is None else str(path),
                "t": round(time.monotonic() - self.t0, 4)}
         if self._ledger is not None:
@@ -141,14 +143,14 @@ class Recorder:
         self.on_event("notice", {"text": text})
 
     #: scheduler events an operator sees as they happen (all go to the ledger)
-    NOTICES = {"strike": "strike {strikes}", "exclude": "excluded", "readmit": "readmitted", "lost": "lost",
-               "drain": "drained", "undrain": "undrained"}
+    NOTICES = {STRIKE: "strike {strikes}", EXCLUDE: "excluded", READMIT: "readmitted", LOST: "lost",
+               DRAIN: "drained", UNDRAIN: "undrained"}
 
     def ledger(self, events: list[dict], hosts: dict) -> None:
         """Append scheduler events to ledger.jsonl (times relative to the run start)
         and show membership changes as notices."""
         for e in events:
-            what = self.NOTICES.get(e.get("ev"))
+            what = self.NOTICES.get(e.get(EV))
             if what:
                 r = e.get("rank")
                 who = "master" if r == 0 else f"rank {r} ({hosts.get(r, '?')})"
@@ -169,7 +171,7 @@ class Recorder:
 
     def close_ledger(self, status: str, step: int) -> None:
         if self._ledger is not None:
-            self._ledger.write(json.dumps({"ev": "end", "step": step, "t": round(time.monotonic() - self.t0, 3),
+            self._ledger.write(json.dumps({EV: END, "step": step, "t": round(time.monotonic() - self.t0, 3),
                                            "status": status}) + "\n")
             self._sync()
             self._ledger.close()
@@ -224,7 +226,7 @@ class Recorder:
                             config=_jsonable(self.cfg), model_spec=snap.model_spec, extra=extra)
         if not keep_only:
             keep_copy(p, kept)
-            self._write_ledger({"ev": "checkpoint", "step": step, "path": str(p)})
+            self._write_ledger({EV: CHECKPOINT, "step": step, "path": str(p)})
             self.on_event("checkpoint", {"path": str(p), "step": step})
         floor = snap.trust_floor
         prune_kept(self.dir / KEPT_DIR, self.cfg["run"]["keep_checkpoints"], step if floor is None else floor)
@@ -317,7 +319,7 @@ def _jsonable(cfg: dict) -> dict:
     return json.loads(json.dumps(cfg, default=str))
 
 
-LEDGER = "ledger.jsonl"
+LEDGER = LEDGER_NAME
 KEPT_DIR = "checkpoints"
 _KEPT = re.compile(r"step-(\d+)\.h5$")
 _TMP = re.compile(r"^\..+\.tmp-(\d+)$")

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, ProtocolError
+from ..ledger_schema import ACCEPTED, COPY, EV, GRAD
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from ..report.drain import parse_drain
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
@@ -261,7 +262,7 @@ class Master:
             results = self._poll()
             if not results and self._local:
                 task = self._local.pop(0)
-                buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == "grad" else 0))
+                buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == GRAD else 0))
                 self.runner.run(task.message(), buf)
                 results = [(0, buf)]
             for rank, buf in results:
@@ -275,10 +276,10 @@ class Master:
         while self._audit_next():
             pass
         self.step_sum.undo.clear()
-        if tasks and tasks[0].kind == "grad":
+        if tasks and tasks[0].kind == GRAD:
             self.sched.record_applied((t.task_id for t in tasks), self.state.step)
         self.sched.forget(t.task_id for t in tasks)
-        if self.audit_rate > 0.0 and tasks and tasks[0].kind == "grad":
+        if self.audit_rate > 0.0 and tasks and tasks[0].kind == GRAD:
             doubt = self.sched.distrusted_since()
             if doubt is not None:
                 step, ranks = doubt
@@ -286,9 +287,9 @@ class Master:
                                      f"excluded: the results only they vouched for since step {step} are undone",
                                guilty=ranks)
         events = self.sched.drain_events()
-        if tasks and tasks[0].kind == "grad":
+        if tasks and tasks[0].kind == GRAD:
             step = self.state.step
-            mine = [e for e in events if e.get("ev") == "copy" and e["state"] == "accepted" and e["step"] == step]
+            mine = [e for e in events if e.get(EV) == COPY and e["state"] == ACCEPTED and e["step"] == step]
             total["accepted_copies"] = len(mine)
             total["snippets"] = sum(len(e["snippets"]) for e in mine)
         self.rec.ledger(events, self.hosts)
@@ -369,7 +370,7 @@ class Master:
 
     def _arbitrate(self, task: Task, open_ids: set, total: dict) -> None:
         """No quorum can form for ``task``: the master computes it itself."""
-        if task.kind != "grad" or task.version != self.version:
+        if task.kind != GRAD or task.version != self.version:
             return   # its parameters are gone: the dispute stays on record
         buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
@@ -528,7 +529,7 @@ class Master:
         if not (len(ranks) >= 2 or (live and live <= ranks)):
             return
         task = self.sched.task(tid)
-        if task is not None and task.kind == "grad":
+        if task is not None and task.kind == GRAD:
             if self.sched.is_open(task):
                 self._arbitrate(task, open_ids, total)
             if self.sched.is_done(task):

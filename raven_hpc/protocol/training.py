@@ -15,6 +15,7 @@ from dataclasses import asdict
 import numpy as np
 
 from ..errors import Interrupted, ProtocolError, RavenError
+from ..ledger_schema import EVAL, GRAD
 from ..recorder import Snapshot
 from .plan import eval_tasks, make_plan
 from .state import RollBack, StopRequested, TrainingDiverged, TrainState
@@ -117,7 +118,7 @@ class Trainer:
                 if max_steps and st.step >= max_steps:
                     break
                 m.begin_step(st.step)
-                tasks = m.new_tasks(plan.step_tasks(st.step_in_epoch), "grad", train.name)
+                tasks = m.new_tasks(plan.step_tasks(st.step_in_epoch), GRAD, train.name)
                 t0 = time.perf_counter()
                 total = m.run_tasks(tasks)
                 self._check_loss(total)
@@ -234,7 +235,7 @@ class Trainer:
         split = self.splits[name]
         groups = eval_tasks(split.num_snippets, self.cfg["train"]["eval_task_snippets"])
         m = self.master
-        total = m.run_tasks(m.new_tasks(groups, "eval", name))
+        total = m.run_tasks(m.new_tasks(groups, EVAL, name))
         n = max(1, total["samples"])
         return {"test_loss": total["loss_sum"] / n, "test_accuracy": total["correct"] / n,
                 "test_samples": total["samples"]}
