@@ -165,7 +165,11 @@ def cmd_train(args) -> int:
             # The master already has this error (with rank and host); wait for its stop.
             from .protocol.worker import await_stop
 
-            if not await_stop(comm):
+            collector = getattr(exc, "collector", None)
+            stopped = await_stop(comm, parent=getattr(exc, "parent", 0))
+            if collector is not None:   # its group waits for its stop in turn
+                stopped = collector.close({"type": "stop"}) and stopped
+            if not stopped:
                 from .protocol.transport import abort
 
                 abort(comm, 3)

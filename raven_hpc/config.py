@@ -131,6 +131,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "poll_max_us": Key((float,), 1000.0, "longest sleep of an idle rank, microseconds", minimum=1.0),
         "master_computes": Key((str,), "auto", "master computes tasks itself: auto (only when alone), yes, no",
                                choices=("auto", "yes", "no")),
+        "collectors": Key((str, int), "auto", "gradient collectors: \"auto\" (a star up to fan_in workers, else "
+                                              "one group per node), 0 (a star), or the number of worker groups; "
+                                              "a group's first rank sums its group's results and passes one sum "
+                                              "up", minimum=0),
+        "fan_in": Key((int,), 16, "most ranks one master or collector leads; above it \"auto\" adds collectors "
+                                  "and levels", minimum=2),
     },
     "poc": {
         "redundancy": Key((int,), 1, "copies of each task on distinct workers; the first acceptable one is used, "
@@ -296,6 +302,9 @@ def load_config(
     if cfg["cluster"]["backend"] == "cuda":
         raise ConfigError(f"{origin}: [cluster] backend = \"cuda\" is not available yet in this version; "
                           "use backend = \"cpu\"")
+    if isinstance(cfg["cluster"]["collectors"], str) and cfg["cluster"]["collectors"] != "auto":
+        raise ConfigError(f"{origin}: [cluster] collectors = {cfg['cluster']['collectors']!r} must be \"auto\", 0 "
+                          "(a flat star) or the number of worker groups")
     if cfg["cluster"]["poll_max_us"] < cfg["cluster"]["poll_min_us"]:
         raise ConfigError(f"{origin}: [cluster] poll_max_us must be >= poll_min_us")
     if not cfg["model"]["layers"]:

@@ -92,24 +92,42 @@ class ReportedElsewhere(RavenError):
     """Raised on ranks != 0 when rank 0 already reported the error."""
 
 
+def job_tree(comm, cfg: dict):
+    """Who leads whom (:mod:`raven_hpc.protocol.topology`); the same on every
+    rank.  Collective when ``collectors = "auto"`` needs to know the nodes."""
+    from .protocol.topology import build_tree, node_keys
+
+    cl, size = cfg["cluster"], comm.Get_size()
+    keys = node_keys(comm) if cl["collectors"] == "auto" and size - 1 > cl["fan_in"] else None
+    return build_tree(size, cl["collectors"], cl["fan_in"], keys)
+
+
 def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | None:
-    """Rank 0 runs the master and returns the summary; other ranks work and return None."""
-    if comm.Get_rank() != 0:
-        from .protocol.worker import run_worker
+    """Rank 0 runs the master and returns the summary; collectors lead their
+    groups and workers compute (both return None)."""
+    tree = job_tree(comm, cfg)
+    rank = comm.Get_rank()
+    if rank != 0:
+        if tree.children_of(rank):
+            from .protocol.collector import run_collector
 
-        run_worker(comm, cfg)
+            run_collector(comm, cfg, tree.parent[rank], tree.children_of(rank))
+        else:
+            from .protocol.worker import run_worker
+
+            run_worker(comm, cfg, tree.parent[rank])
         return None
-    return _master_main(comm, cfg, on_event)
+    return _master_main(comm, cfg, on_event, tree)
 
 
-def _master_main(comm, cfg: dict, on_event: EventFn | None) -> dict:
+def _master_main(comm, cfg: dict, on_event: EventFn | None, tree) -> dict:
     try:
-        trainer = _make_trainer(comm, cfg, on_event)
+        trainer = _make_trainer(comm, cfg, on_event, tree)
     except BaseException as exc:
         # The workers are up (or starting): release them before reporting.
         from .protocol.pump import stop_ranks
 
-        if not stop_ranks(comm, range(1, comm.Get_size()), RELEASE_TIMEOUT_S, RELEASE_QUIET_S):
+        if not stop_ranks(comm, tree.children_of(0), RELEASE_TIMEOUT_S, RELEASE_QUIET_S):
             exc.abort_job = True
         raise
     return _run(trainer)
@@ -122,7 +140,7 @@ RELEASE_TIMEOUT_S = 120.0
 RELEASE_QUIET_S = 0.05
 
 
-def _make_trainer(comm, cfg: dict, on_event: EventFn | None):
+def _make_trainer(comm, cfg: dict, on_event: EventFn | None, tree):
     from .engine import build_model, make_optimizer
     from .protocol.master import Master
     from .protocol.state import TrainState
@@ -150,7 +168,7 @@ def _make_trainer(comm, cfg: dict, on_event: EventFn | None):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     rec = Recorder(run_dir, cfg, on_event, comm.Get_size(), resume_extra=extra)
-    master = Master(comm, cfg, model, splits, rec, state)
+    master = Master(comm, cfg, model, splits, rec, state, tree=tree)
     if extra:
         master.sched.load_vouched_state(extra.get("vouched", []))
     return Trainer(master, opt, ds)

@@ -32,6 +32,7 @@ from ..report.drain import parse_drain
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
 from .pump import Pump
 from .scheduler import Scheduler, Task
+from .topology import Tree, build_tree
 from .state import RollBack, StopRequested, TrainingDiverged, TrainState
 from .step import NormScreen, StepSum
 from .transport import Backoff, hostname, raise_remote
@@ -53,7 +54,7 @@ class Master:
     """
 
     def __init__(self, comm, cfg: dict, model, splits: dict, recorder, state: TrainState,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, tree: Tree | None = None):
         self.comm = comm
         self.cfg = cfg
         self.model = model
@@ -63,7 +64,9 @@ class Master:
         self.clock = clock
         cl = cfg["cluster"]
         self.size = comm.Get_size()
-        self.worker_ranks = list(range(1, self.size))
+        # the ranks this master leads: every worker, or the top of a collector tree
+        self.tree = tree if tree is not None else build_tree(self.size, 0)
+        self.worker_ranks = self.tree.children_of(0)
         mode = cl["master_computes"]
         self.master_computes = mode == "yes" or (mode == "auto" and self.size == 1)
         ranks = self.worker_ranks + ([0] if self.master_computes else [])
@@ -75,6 +78,12 @@ class Master:
         if beyond:
             raise ConfigError(f"[poc] trusted names rank{'s' if len(beyond) > 1 else ''} "
                               f"{', '.join(map(str, beyond))}, but the job has {self.size} ranks (0..{self.size - 1})")
+        below = [r for r in poc.get("trusted", ()) if r < self.size and r not in self.worker_ranks]
+        if below:
+            raise ConfigError(f"[poc] trusted names rank{'s' if len(below) > 1 else ''} "
+                              f"{', '.join(map(str, below))}, which rank 0 does not lead with collectors on "
+                              f"({self.tree.describe()}): name ranks among {self.worker_ranks}, or set "
+                              "[cluster] collectors = 0")
         if not self.worker_ranks:
             # alone: nobody to compare with, the master trusts itself
             poc = dict(poc, redundancy=1, quorum=1, verify=0.0)
@@ -82,7 +91,7 @@ class Master:
                                rtol=poc["rtol"], max_strikes=poc["max_strikes"],
                                probation_steps=poc["probation_steps"], backup_factor=poc["backup_factor"],
                                prefetch=cl["prefetch"], seed=cfg["train"]["seed"],
-                               max_chunk=cl["max_chunk"] if model.sample_independent else 1,
+                               max_chunk=self._max_chunk(cl["max_chunk"], model.sample_independent),
                                trusted=poc.get("trusted", ()))
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
@@ -121,6 +130,16 @@ class Master:
         self._nonfinite: dict[int, set] = {}
         self.stats = self.pump.stats     # messages and bytes; audits, arbitrations, rollbacks are added
         warm_up()
+
+    def _max_chunk(self, max_chunk: int, sample_independent: bool) -> int:
+        """Most tasks merged for one child: a collector stands for its whole
+        group, so it may take that many times more."""
+        if not sample_independent:
+            return 1
+        if max_chunk == 1 or self.tree.flat:
+            return max_chunk
+        group = max(len(self.tree.subtree(r)) - 1 for r in self.worker_ranks)
+        return max_chunk * max(1, group)
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
@@ -166,6 +185,7 @@ class Master:
     def _on_dead(self, rank: int) -> None:
         if rank == 0:
             raise ProtocolError("MPI reports the master itself as failed")
+        # a rank below a collector is its collector's to handle
         self.sched.mark_dead(rank, self.clock(), "process failed (reported dead by MPI)")
 
     def writable_params(self) -> None:
@@ -221,6 +241,8 @@ class Master:
         elif kind == "ready":
             self.hosts[src] = obj["host"]
             self.sched.set_host(src, obj["host"])
+            for r, h in obj.get("members", {}).items():   # a collector's group
+                self.hosts.setdefault(int(r), h)
             if obj["num_params"] != self.n:
                 raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
                                     f"the master has {self.n}")

@@ -1,9 +1,11 @@
 """Worker ranks: receive the model spec once and parameter versions as they
 come, compute the tasks they are given, send back gradient sums.
 
-The loop reads the master's messages in the order they were sent (one
-``Improbe`` on any tag from rank 0), so a parameter version always arrives
-before the tasks that need it.
+A worker talks to its *parent*: rank 0, or the gradient collector of its
+group (:mod:`raven_hpc.protocol.topology`), which looks the same to it.
+The loop reads the parent's messages in the order they were sent (one
+``Improbe`` on any tag from the parent), so a parameter version always
+arrives before the tasks that need it.
 """
 from __future__ import annotations
 
@@ -84,16 +86,17 @@ def open_splits(cfg: dict):
     return ds, splits
 
 
-def run_worker(comm, cfg: dict) -> None:
+def run_worker(comm, cfg: dict, parent: int = 0) -> None:
     """The worker's whole life.  Exceptions are sent to the master, then re-raised."""
     try:
-        _worker_loop(comm, cfg)
+        _worker_loop(comm, cfg, parent)
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
         send_error(comm, exc)
+        exc.parent = parent   # the rank whose stop it then waits for
         raise
 
 
-def _worker_loop(comm, cfg: dict) -> None:
+def _worker_loop(comm, cfg: dict, parent: int) -> None:
     from mpi4py import MPI
 
     # SIGUSR1 / SIGTERM (Slurm's warning before a time limit, scancel) are the
@@ -123,12 +126,12 @@ def _worker_loop(comm, cfg: dict) -> None:
     status = MPI.Status()
 
     outbox.add(comm.isend({"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(),
-                           "num_params": model.num_params}, dest=0, tag=TAG_CTRL))
+                           "num_params": model.num_params}, dest=parent, tag=TAG_CTRL))
     while True:
         # 1. Read everything the master sent, in order.
         progressed = False
         while True:
-            msg = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
+            msg = comm.improbe(source=parent, tag=MPI.ANY_TAG, status=status)
             if msg is None:
                 break
             progressed = True
@@ -158,7 +161,7 @@ def _worker_loop(comm, cfg: dict) -> None:
             task = queue.popleft()
             if task["version"] < version:
                 # Its parameters are gone: the master closed that version.
-                outbox.add(comm.isend({"type": "skipped", "task": task["task"]}, dest=0, tag=TAG_CTRL))
+                outbox.add(comm.isend({"type": "skipped", "task": task["task"]}, dest=parent, tag=TAG_CTRL))
                 continue
             pool = eval_bufs if task["kind"] == "eval" else grad_bufs
             buf = next((b for b in pool if not outbox.holds(b)), None)
@@ -176,7 +179,7 @@ def _worker_loop(comm, cfg: dict) -> None:
             else:
                 runner.run(task, buf)
             buf.set(recv_wait_s=t_start - t_sent if t_sent else 0.0)
-            outbox.add(comm.Isend([buf.raw, MPI.BYTE], dest=0, tag=TAG_RESULT), buf)
+            outbox.add(comm.Isend([buf.raw, MPI.BYTE], dest=parent, tag=TAG_RESULT), buf)
             t_sent = time.perf_counter()
             backoff.busy()
             backoff.cap_for(buf.get("compute_s"))
@@ -188,8 +191,8 @@ def _worker_loop(comm, cfg: dict) -> None:
             backoff.idle()
 
 
-def await_stop(comm, timeout_s: float = 60.0) -> bool:
-    """After a worker failed: discard the master's messages until it says stop.
+def await_stop(comm, timeout_s: float = 60.0, parent: int = 0) -> bool:
+    """After a worker failed: discard its parent's messages until it says stop.
 
     Keeps the failed rank alive (and polite to MPI) while the master reports
     the error and stops the others; True if the stop came in time.
@@ -200,7 +203,7 @@ def await_stop(comm, timeout_s: float = 60.0) -> bool:
     status = MPI.Status()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        msg = comm.improbe(source=0, tag=MPI.ANY_TAG, status=status)
+        msg = comm.improbe(source=parent, tag=MPI.ANY_TAG, status=status)
         if msg is None:
             backoff.idle()
             continue

@@ -1,0 +1,414 @@
+"""A gradient collector: a worker to its parent, a master to its group.
+
+To its parent (rank 0 or a collector one level up) a collector is a worker:
+it says hello, takes parameter versions and tasks, and returns one result
+per task.  To its group it is a master: it cuts each task it is given into
+sub-tasks of ``train.task_snippets`` snippets, runs its own
+:class:`~raven_hpc.protocol.scheduler.Scheduler` over its children (earliest
+finish by measured speed, chunks, backups for stragglers, hung workers,
+strikes for non-finite results, failed processes), checks every result
+(finite, the expected size) and sums the accepted ones in float64.  When
+every sub-task of a task is accepted, one float32 sum goes up -- so a
+parent receives one message per task from the whole group, however large
+the group is.  Parameters go down the same way: received once, sent on
+from the same buffer to every child.
+
+Which results count is still decided once, at the top: a task is accepted
+exactly once in the group's scheduler, and the group's sum is a result the
+parent's scheduler accepts, compares (copies of a voted task go to distinct
+groups, which sit on distinct nodes) or audits like any worker's.  Per
+sub-task the collector keeps which child computed it: the parent can name
+a wrong worker, not only its group.
+
+The reported compute time of a task is its children's compute time divided
+by the number of children, so the parent learns the group's throughput.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ..kernels.reduce import accumulate
+from ..ledger_schema import EV, GRAD
+from . import signals
+from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
+from .pump import Pump
+from .scheduler import Scheduler, Task
+from .transport import Backoff, hostname, send_error
+
+__all__ = ["Collector", "run_collector", "collector_ledger_name"]
+
+STARTUP_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 30.0
+STOP_QUIET_S = 0.05
+HOUSEKEEPING_S = 0.001
+
+
+def collector_ledger_name(rank: int) -> str:
+    """The ledger file of the collector ``rank`` (in the run directory)."""
+    return f"ledger.collector-{rank}.jsonl"
+
+
+@dataclass
+class _Open:
+    """A task from the parent whose sub-tasks are being computed."""
+
+    msg: dict
+    subs: set                               # sub-task ids not yet accepted
+    acc: np.ndarray | None                  # float64 gradient sum (None: evaluation)
+    samples: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    compute_s: float = 0.0
+    finite: bool = True
+    by: dict = field(default_factory=dict)  # sub-task id -> rank whose result was accepted
+
+
+class Collector:
+    """Leads ``children`` for ``parent`` (see the module docstring)."""
+
+    def __init__(self, comm, cfg: dict, parent: int, children: list[int], num_params: int,
+                 sample_independent: bool, snippet_counts: dict, clock=time.monotonic):
+        self.comm = comm
+        self.cfg = cfg
+        self.rank = comm.Get_rank()
+        self.parent = parent
+        self.children = list(children)
+        self.n = int(num_params)
+        self.counts = snippet_counts          # split name -> samples per snippet
+        self.clock = clock
+        cl, poc = cfg["cluster"], cfg["poc"]
+        # Within a group every sub-task is computed once; comparing copies,
+        # sampled verification and audits happen at the top, across groups.
+        self.sched = Scheduler(self.children, redundancy=1, quorum=1, verify=0.0, rtol=poc["rtol"],
+                               max_strikes=poc["max_strikes"], probation_steps=poc["probation_steps"],
+                               backup_factor=poc["backup_factor"], prefetch=cl["prefetch"],
+                               seed=cfg["train"]["seed"] + self.rank, max_chunk=1)
+        # the group's scheduler never merges sub-tasks (a merge could join
+        # sub-tasks of two parent tasks, whose sums must stay apart); the
+        # collector cuts a parent task into pieces of several tasks instead
+        self.max_piece = cl["max_chunk"] if sample_independent else 1
+        self.backups_on = bool(poc["backup"])
+        self.worker_timeout_s = poc["worker_timeout_s"]
+        self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
+        self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
+        self.hosts = {self.rank: hostname()}
+        self.sched.set_host(self.rank, self.hosts[self.rank])
+        self.version = -1
+        self.step = -1
+        self.open: dict[int, _Open] = {}       # parent task id -> its sums
+        self.sub_of: dict[int, int] = {}       # sub-task id -> parent task id
+        self._next_sub = 1
+        self._up: list[ResultBuffer] = []      # result buffers going up
+        self._next_check = 0.0
+        self._next_backup_check = 0.0
+        self.parent_dead = False
+        self.stop_message: dict | None = None
+        self._ledger = None
+        if poc["ledger"]:
+            run_dir = Path(cfg["run"]["dir"])
+            self._ledger = open(run_dir / collector_ledger_name(self.rank), "a", buffering=1 << 16)
+
+    # -- plumbing ---------------------------------------------------------------
+    def _held_buffers(self):
+        return ()
+
+    def _on_dead(self, rank: int) -> None:
+        if rank == self.parent:
+            self.parent_dead = True
+        elif self.sched.is_worker(rank):
+            self.sched.mark_dead(rank, self.clock(), "process failed (reported dead by MPI)")
+
+    def _up_buffer(self, nbytes: int) -> ResultBuffer:
+        for b in self._up:
+            if b.raw.nbytes == nbytes and not self.pump.outbox.holds(b):
+                return b
+        b = ResultBuffer.for_nbytes(nbytes)
+        self._up.append(b)
+        return b
+
+    def _to_parent(self, obj: dict) -> None:
+        self.pump.send_ctrl(self.parent, obj)
+
+    # -- life ---------------------------------------------------------------------
+    def run(self) -> dict:
+        """Serve the parent until it says stop; returns the stop message."""
+        self._hello()
+        while self.stop_message is None:
+            now = self.clock()
+            self._send_tasks(self.sched.assign(now))
+            got = self._poll()
+            self._housekeeping()
+            if self.parent_dead:
+                raise ProtocolError(f"collector {self.rank}: its parent, rank {self.parent}, failed")
+            if got:
+                self.backoff.busy()
+            else:
+                self.pump.idle(self.sched.next_expected(), self.clock())
+        self._write_events()
+        return self.stop_message
+
+    def close(self, message: dict) -> bool:
+        """Pass the stop on to the children and wait until they took it."""
+        ok = self.pump.stop(self.children, message, STOP_TIMEOUT_S, STOP_QUIET_S, self.clock)
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+        return ok
+
+    def _hello(self) -> None:
+        """Wait for every child's hello, then say hello to the parent for the group."""
+        waiting = set(self.children)
+        t0 = self.clock()
+        while waiting:
+            got = self._poll(hello=waiting)
+            if self.stop_message is not None:
+                return
+            if not got:
+                if self.clock() - t0 > STARTUP_TIMEOUT_S:
+                    raise ProtocolError(f"collector {self.rank}: ranks {sorted(waiting)} did not start within "
+                                        f"{STARTUP_TIMEOUT_S:.0f} s")
+                self.backoff.idle()
+            else:
+                self.backoff.busy()
+        self._to_parent({"type": "ready", "rank": self.rank, "host": self.hosts[self.rank], "num_params": self.n,
+                         "members": {str(r): h for r, h in self.hosts.items()}})
+
+    # -- messages -------------------------------------------------------------------
+    def _poll(self, hello: set | None = None) -> bool:
+        got = False
+        for msg, src, tag, nbytes in self.pump.arrivals():
+            got = True
+            if src == self.parent:
+                self._from_parent(msg, tag)
+                if self.stop_message is not None:
+                    return True
+            elif tag == TAG_RESULT:
+                if hello is None and self.sched.is_lost(src):
+                    self._readmit(src, "answered again after it was given up on")
+                self.pump.receive_result(msg, src, nbytes)
+            elif tag == TAG_CTRL:
+                self._control(src, msg.recv(), hello)
+            else:
+                raise ProtocolError(f"collector {self.rank}: unexpected message tag {tag} from rank {src}")
+        for p in self.pump.completed():
+            got = True
+            if p.buf is not None:
+                self._take(p.rank, p.buf)
+        return got
+
+    def _from_parent(self, msg, tag: int) -> None:
+        MPI = self.pump.MPI
+        if tag == TAG_PARAMS:
+            if self.pump.writable_params():
+                pass   # the previous version is still being sent: the next goes to another buffer
+            buf = self.pump.params_buf
+            msg.Recv([buf.raw, MPI.BYTE])
+            version = int(buf.header[0])
+            if version > self.version and self.version >= 0:
+                self._drop_older(version)
+            self.version = version
+            self.pump.send_params(self.sched.live_workers(), version)
+        elif tag == TAG_CTRL:
+            obj = msg.recv()
+            kind = obj.get("type")
+            if kind == "task":
+                self._submit(obj)
+            elif kind == "stop":
+                self.stop_message = obj
+            else:
+                raise ProtocolError(f"collector {self.rank}: unknown control message {kind!r} from its parent")
+        else:
+            raise ProtocolError(f"collector {self.rank}: unexpected message tag {tag} from its parent")
+
+    def _control(self, src: int, obj: dict, hello: set | None) -> None:
+        kind = obj.get("type")
+        if kind == "ready":
+            self.hosts[src] = obj["host"]
+            self.sched.set_host(src, obj["host"])
+            for r, h in obj.get("members", {}).items():
+                self.hosts[int(r)] = h
+            if obj["num_params"] != self.n:
+                raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
+                                    f"collector {self.rank} has {self.n}")
+            if hello is not None:
+                hello.discard(src)
+        elif kind == "skipped":
+            if self.sched.task(obj["task"]) is not None:
+                self.sched.skipped(src, obj["task"], self.clock())
+        elif kind == "error":
+            # errors go to rank 0 directly; one reaching a collector is passed on
+            self.pump.send_ctrl(0, obj)
+        else:
+            raise ProtocolError(f"collector {self.rank}: unknown control message {kind!r} from rank {src}")
+
+    # -- tasks ------------------------------------------------------------------------
+    def _submit(self, msg: dict) -> None:
+        """A task from the parent: cut into sub-tasks for the group."""
+        step = int(msg["step"])
+        if step > self.step:
+            self.step = step
+            for r in self.sched.begin_step(step, self.clock()):
+                self.pump.send_params([r], self.version)
+        tr = self.cfg["train"]
+        per = tr["task_snippets"] if msg["kind"] == GRAD else tr["eval_task_snippets"]
+        snippets = list(msg["snippets"])
+        # pieces of whole tasks, about two per child, at most max_chunk tasks
+        tasks = -(-len(snippets) // per)
+        children = max(1, len(self.sched.live_workers()))
+        per *= max(1, min(self.max_piece, -(-tasks // (2 * children))))
+        counts = self.counts[msg["split"]]
+        acc = np.zeros(self.n, np.float64) if msg["kind"] == GRAD else None
+        entry = _Open(msg, set(), acc)
+        subs = []
+        for i in range(0, max(len(snippets), 1), per):
+            part = tuple(snippets[i:i + per])
+            sid = self._next_sub
+            self._next_sub += 1
+            subs.append(Task(sid, step, part, kind=msg["kind"], split=msg["split"], version=int(msg["version"]),
+                             samples=int(counts[list(part)].sum()) if part else 0))
+            entry.subs.add(sid)
+            self.sub_of[sid] = int(msg["task"])
+        self.open[int(msg["task"])] = entry
+        self.sched.submit(subs)
+
+    def _send_tasks(self, assignments) -> None:
+        for rank, task in assignments:
+            msg = task.message()
+            msg["type"] = "task"
+            self.pump.send_ctrl(rank, msg)
+
+    def _take(self, rank: int, buf: ResultBuffer) -> None:
+        sid = int(buf.get("task"))
+        task = self.sched.task(sid)
+        if task is None:
+            return   # a late copy of a sub-task already settled
+        is_grad = int(buf.get("kind")) != KIND_EVAL
+        finite = bool(buf.get("finite")) and np.isfinite(buf.get("loss_sum"))
+        if is_grad:
+            if buf.grad.shape[0] != self.n:
+                raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
+            finite = finite and np.isfinite(np.dot(buf.grad, buf.grad))
+        verdict = self.sched.complete(rank, sid, self.clock(), ok=finite,
+                                      reason="" if finite else "non-finite result", compute_s=buf.get("compute_s"))
+        if not verdict.accept:
+            return
+        parent_id = self.sub_of.get(sid)
+        entry = self.open.get(parent_id)
+        if entry is None:
+            return
+        entry.subs.discard(sid)
+        entry.by[sid] = rank
+        if is_grad:
+            accumulate(entry.acc, buf.grad)
+        entry.samples += int(buf.get("samples"))
+        entry.loss_sum += buf.get("loss_sum")
+        entry.correct += buf.get("correct")
+        entry.compute_s += buf.get("compute_s")
+        if not entry.subs:
+            self._finish(parent_id, entry)
+
+    def _finish(self, parent_id: int, entry: _Open) -> None:
+        """Every sub-task of a parent task is accepted: send the sum up."""
+        msg = entry.msg
+        is_grad = msg["kind"] == GRAD
+        out = self._up_buffer(ResultBuffer.nbytes_for(self.n if is_grad else 0))
+        if is_grad:
+            np.copyto(out.grad, entry.acc, casting="same_kind")
+        workers = max(1, len(self.sched.live_workers()))
+        out.set(kind=KIND_GRAD if is_grad else KIND_EVAL, step=msg["step"], task=parent_id, version=msg["version"],
+                samples=entry.samples, loss_sum=entry.loss_sum, correct=entry.correct,
+                compute_s=entry.compute_s / workers, finite=1.0, recv_wait_s=0.0)
+        try:
+            self.pump.outbox.add(self.comm.Isend([out.raw, self.pump.MPI.BYTE], dest=self.parent, tag=TAG_RESULT),
+                                 out)
+        except self.pump.MPI.Exception as exc:
+            self.pump.process_failed(exc)
+        self.pump.stats["bytes_out"] += out.raw.nbytes
+        subs = [s for s, p in self.sub_of.items() if p == parent_id]
+        for s in subs:
+            del self.sub_of[s]
+        self.sched.forget(subs)
+        del self.open[parent_id]
+        self._write_events()
+
+    def _drop_older(self, version: int) -> None:
+        """A new parameter version after a rollback: the parent dropped every
+        task of older versions (the children skip those they hold)."""
+        gone = [pid for pid, e in self.open.items() if int(e.msg["version"]) < version]
+        for pid in gone:
+            subs = [s for s, p in self.sub_of.items() if p == pid]
+            for s in subs:
+                del self.sub_of[s]
+            self.sched.close(subs, self.clock())
+            self.sched.forget(subs)
+            del self.open[pid]
+
+    # -- membership ------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        if now < self._next_backup_check:
+            return
+        self._next_backup_check = now + HOUSEKEEPING_S
+        if self.backups_on:
+            self._send_tasks(self.sched.backups(now))
+        if now < self._next_check:
+            return
+        self._next_check = now + 0.25
+        for r in self.sched.hung(now, self.worker_timeout_s):
+            self.sched.remove_worker(r, now, f"no result for {self.worker_timeout_s:g} s (hung)")
+        self._write_events()
+
+    def _readmit(self, rank: int, reason: str) -> None:
+        self.sched.add_worker(rank, self.clock(), reason)
+        self.pump.send_params([rank], self.version)
+
+    def _write_events(self) -> None:
+        events = self.sched.drain_events()
+        if self._ledger is None or not events:
+            return
+        out = []
+        for e in events:
+            e["host"] = self.hosts.get(e.get("rank"), "?")
+            e["collector"] = self.rank
+            out.append(json.dumps(e))
+        self._ledger.write("\n".join(out) + "\n")
+        if any(e.get(EV) != "copy" for e in events):
+            self._ledger.flush()
+
+
+def run_collector(comm, cfg: dict, parent: int, children: list[int]) -> None:
+    """A collector rank's whole life (exceptions reach rank 0, then are re-raised)."""
+    coll = None
+    try:
+        from ..engine import build_model
+        from .worker import open_splits
+
+        cfg_c = json.loads(json.dumps(cfg))
+        cfg_c["data"]["cache"] = False      # a collector reads only the snippet tables
+        ds, splits = open_splits(cfg_c)
+        try:
+            model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
+            counts = {name: np.asarray(s.snippets["count"]) for name, s in splits.items()}
+        finally:
+            ds.close()
+        coll = Collector(comm, cfg, parent, children, model.num_params, model.sample_independent, counts)
+        stop = coll.run()
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
+        send_error(comm, exc)
+        exc.parent = parent
+        if coll is not None:
+            exc.collector = coll
+        raise
+    coll.close(stop)
+    coll.pump.outbox.flush(coll.backoff, timeout_s=STOP_TIMEOUT_S)
+    signals.stop_received(bool(stop.get("interrupted")))
+    if stop.get("peer_failed"):
+        from . import transport
+
+        transport.peer_failed = True
