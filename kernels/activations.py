@@ -37,7 +37,7 @@ here too; they are not elementwise, hence not codes.
 
 Adding an activation: a code and name below, its scalar rule and slope, one
 branch in :func:`forward_loop` and :func:`backward_loop`, a reference in
-``tests/unit/_naive.py`` and an ``OpCase`` row in ``tests/unit/cases_act.py``.
+``tests/unit/_naive.py`` and an ``OpCase`` row in ``tests/unit/engine/cases_act.py``.
 """
 from __future__ import annotations
 

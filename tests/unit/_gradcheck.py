@@ -10,7 +10,7 @@ torch, how to draw inputs for a random shape.  Then
   compares outputs and gradients with ``atol``/``rtol``.
 
 Adding an op to the tests is one more ``OpCase`` row in ``OP_CASES``
-(``test_engine_ops.py``).
+(``engine/test_ops.py``).
 """
 from __future__ import annotations
 

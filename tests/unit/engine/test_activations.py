@@ -1,7 +1,8 @@
-"""Activations: kernels with parameters, what backward keeps, fused == unfused,
-the ``activation`` layer (spec, errors, models vs torch).
+"""Activations: fused == unfused, what backward keeps, op errors, the
+``activation`` layer (spec, errors, models vs torch).
 
-Op-level gradients (finite differences and torch) are rows in cases_act.py.
+Kernel checks are in ``tests/unit/kernels/test_activations.py``; op-level
+gradients (finite differences and torch) are rows in ``cases_act.py``.
 """
 from __future__ import annotations
 
@@ -25,23 +26,13 @@ from raven_hpc.engine import (
 )
 from raven_hpc.engine.ops import resolve_activation
 from raven_hpc.errors import ModelError
-from raven_hpc.kernels import ACTIVATIONS, get_kernel
+from raven_hpc.kernels import ACTIVATIONS
 from raven_hpc.kernels.activations import ACTIVATION_PARAMS, SAVES_INPUT
 
-from . import _naive
 
 DTYPES = [np.float32, np.float64]
+
 ELEMENTWISE = sorted(n for n in ACTIVATIONS if n not in ("linear",))
-#: non-default parameters for every parameterised activation
-PARAMS = {"leaky_relu": {"negative_slope": 0.3}, "elu": {"alpha": 0.4},
-          "hardtanh": {"min_val": -0.25, "max_val": 2.0}, "softplus": {"beta": 3.0, "threshold": 2.0}}
-
-
-def _tol(dtype):
-    return dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-# -- kernels --------------------------------------------------------------------------
 
 
 def test_tables_are_consistent():
@@ -51,71 +42,6 @@ def test_tables_are_consistent():
     assert all(len(p) <= 2 for p in ACTIVATION_PARAMS.values())
     assert SAVES_INPUT == {ACTIVATIONS[n] for n in ("gelu", "silu", "softplus")}
     assert len(ELEMENTWISE) >= 12 and {"softmax", "log_softmax"} <= set(ACTIVATION_FNS)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", sorted(PARAMS))
-def test_kernels_take_parameters(name, dtype):
-    act = ACTIVATIONS[name]
-    p = list(PARAMS[name].values()) + [math.nan]
-    rng = np.random.default_rng(act)
-    x = (rng.standard_normal(500) * 3).astype(dtype)
-    y = np.empty_like(x)
-    get_kernel("act_forward")(x, y, act, p[0], p[1])
-    np.testing.assert_array_equal(y, _naive.act_forward(x, act, p[0], p[1]))
-    default = np.empty_like(x)
-    get_kernel("act_forward")(x, default, act)
-    assert not np.array_equal(default, y), "the parameters made no difference"
-    saved = x if act in SAVES_INPUT else y
-    gy = rng.standard_normal(500).astype(dtype)
-    g = np.empty_like(x)
-    get_kernel("act_backward")(gy, saved, g, act, p[0], p[1])
-    np.testing.assert_array_equal(g, _naive.act_backward(gy, saved, act, p[0], p[1]))
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("name", ELEMENTWISE)
-def test_bias_act_forward_keep_and_backward_from_pre_activation(name, dtype):
-    act = ACTIVATIONS[name]
-    rng = np.random.default_rng(act)
-    z = rng.standard_normal((33, 17)).astype(dtype)
-    b = rng.standard_normal(17).astype(dtype)
-    pre, y = z.copy(), np.empty_like(z)
-    get_kernel("bias_act_forward_keep")(pre, b, y, act)
-    np.testing.assert_array_equal(pre, z + b)
-    np.testing.assert_allclose(y, _naive.bias_act_forward(z, b, act), **_tol(dtype))
-    inplace = z.copy()
-    get_kernel("bias_act_forward")(inplace, b, act)
-    np.testing.assert_array_equal(inplace, y)  # both fused forms agree bit for bit
-
-    saved = pre if act in SAVES_INPUT else y
-    gy = rng.standard_normal(z.shape).astype(dtype)
-    gz, db = np.empty_like(gy), np.full(17, np.nan, dtype)
-    get_kernel("bias_act_backward")(gy, saved, act, gz, db)
-    ref_gz, ref_db = _naive.bias_act_backward(gy, saved, act)
-    np.testing.assert_allclose(gz, ref_gz, **_tol(dtype))
-    np.testing.assert_allclose(db, ref_db, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("log", [False, True])
-def test_softmax_kernels(dtype, log):
-    rng = np.random.default_rng(int(log))
-    x = (rng.standard_normal((40, 13)) * 10).astype(dtype)
-    x[0] += 1e4  # a row far from zero: stable only from x - max
-    y = np.empty_like(x)
-    get_kernel("softmax_forward")(x, y, log)
-    ref = _naive.softmax(x, log)
-    np.testing.assert_allclose(y, ref, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-6)
-    gy = rng.standard_normal(x.shape).astype(dtype)
-    gx = np.empty_like(x)
-    get_kernel("softmax_backward")(gy, y, gx, log)
-    g64, p = gy.astype(np.float64), _naive.softmax(x)
-    ref_g = g64 - p * g64.sum(1, keepdims=True) if log else p * (g64 - (g64 * p).sum(1, keepdims=True))
-    np.testing.assert_allclose(gx, ref_g, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
-
-
-# -- ops ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ELEMENTWISE)
@@ -227,9 +153,6 @@ def test_unknown_activation_in_dense_lists_the_known_ones():
     with pytest.raises(ModelError, match=r"model.layers\[0\] \(dense\): unknown activation 'gelus'; "
                                          r"known activations: .*gelu.*softplus"):
         validate_model_spec(spec, (5,), 3)
-
-
-# -- the layer -------------------------------------------------------------------------
 
 
 def _spec(*layers, loss="softmax_cross_entropy"):

@@ -1,4 +1,4 @@
-"""OpCase rows for the act op family (see _gradcheck.py); gathered by test_engine_ops.py.
+"""OpCase rows for the act op family (see _gradcheck.py); gathered by test_ops.py.
 
 Every elementwise activation standalone (default and non-default
 parameters) and fused in ``dense`` (with and without bias, as an input
@@ -25,7 +25,7 @@ from raven_hpc.engine import (
     softmax_cross_entropy,
 )
 
-from ._gradcheck import OpCase
+from .._gradcheck import OpCase
 
 
 def _dims(rng, lo=1, hi=9, k=3):

@@ -1,10 +1,10 @@
-"""OpCase rows for the norm op family (see _gradcheck.py); gathered by test_engine_ops.py.
+"""OpCase rows for the norm op family (see _gradcheck.py); gathered by test_ops.py.
 
 Covers normalisation (batch norm, layer norm), dropout, embedding and the
 merge ops (add_n, mul_n, concat).  Dropout's mask is random, so its rows fix
 the generator seed and compare with torch's formula on the *same* mask
 (``F.dropout`` draws its own); its statistics are tested in
-test_engine_norm.py.
+test_norm.py.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from raven_hpc.engine import add_n, batch_norm, concat, dropout, embedding, layer_norm, mul_n
 
-from ._gradcheck import OpCase
+from .._gradcheck import OpCase
 
 
 def _dims(rng, lo=1, hi=6, k=3):

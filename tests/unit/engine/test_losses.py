@@ -1,8 +1,8 @@
-"""Losses: kernels vs NumPy references, sums and accuracy, label checks,
-option validation (``resolve_loss``), the ``model.loss`` config key, models
-vs torch.
+"""Losses: sums and accuracy, label checks, option validation
+(``resolve_loss``), the ``model.loss`` config key, models vs torch.
 
-Op-level gradients (finite differences and torch) are rows in cases_act.py.
+Kernel checks are in ``tests/unit/kernels/test_losses.py``; op-level
+gradients (finite differences and torch) are rows in ``cases_act.py``.
 """
 from __future__ import annotations
 
@@ -23,17 +23,13 @@ from raven_hpc.engine import (
     softmax_cross_entropy,
 )
 from raven_hpc.errors import ConfigError, DatasetError, ModelError
-from raven_hpc.kernels import get_kernel
-
-from . import _naive
 
 try:
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
 
-DTYPES = [np.float32, np.float64]
-#: loss name -> (op with options bound, kernel name, kernel extra args, NumPy reference)
+#: loss name -> its op
 OPS = {
     "softmax_cross_entropy": softmax_cross_entropy,
     "mse": mse_loss,
@@ -45,48 +41,6 @@ OPS = {
 def _batch(n=37, c=7, seed=0, scale=3.0, dtype=np.float64):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((n, c)) * scale).astype(dtype), rng.integers(0, c, n).astype(np.int64)
-
-
-def _tol(dtype):
-    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-# -- kernels -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("eps", [0.0, 0.1, 0.6])
-def test_softmax_xent_kernel_with_smoothing(dtype, eps):
-    z, y = _batch(dtype=dtype)
-    grad = np.empty_like(z)
-    loss, correct, bad = get_kernel("softmax_xent")(z, y, grad, True, eps)
-    ref_loss, ref_correct, ref_grad = _naive.softmax_xent(z, y, eps)
-    assert bad == -1 and correct == ref_correct
-    np.testing.assert_allclose(loss, ref_loss, **_tol(dtype))
-    np.testing.assert_allclose(grad, ref_grad, **_tol(dtype))
-    np.testing.assert_allclose(grad.sum(1), 0.0, atol=1e-5)  # targets sum to one
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind, kernel, args", [
-    ("mse", "mse_onehot", ()),
-    ("bce_with_logits", "bce_logits_onehot", ()),
-    ("huber", "huber_onehot", (1.0,)),
-    ("huber", "huber_onehot", (0.25,)),
-])
-def test_onehot_loss_kernels(dtype, kind, kernel, args):
-    z, y = _batch(scale=1.5, dtype=dtype)
-    grad = np.empty_like(z)
-    loss, correct, bad = get_kernel(kernel)(z, y, grad, True, *args)
-    ref_loss, ref_correct, ref_grad = _naive.onehot_loss(z, y, kind, *args)
-    assert bad == -1 and correct == ref_correct
-    np.testing.assert_allclose(loss, ref_loss, **_tol(dtype))
-    np.testing.assert_allclose(grad, ref_grad, **_tol(dtype))
-    loss2, correct2, _ = get_kernel(kernel)(z, y, np.empty((0, 0), dtype), False, *args)
-    assert loss2 == loss and correct2 == correct
-
-
-# -- ops -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -167,9 +121,6 @@ def test_op_option_errors():
             huber_loss(z, y, delta=bad)
 
 
-# -- resolve_loss / config ------------------------------------------------------------
-
-
 def test_resolve_loss_options():
     assert set(LOSSES) == {"softmax_cross_entropy", "mse", "bce_with_logits", "huber"}
     norm, spec, opts = resolve_loss({"name": "softmax_cross_entropy", "label_smoothing": 0.1})
@@ -240,9 +191,6 @@ def test_config_bad_loss_option_names_loss_and_option(tmp_path):
         validate(cfg, (5,), 4)
     with pytest.raises(ConfigError, match=r"\[model\] loss must be str or dict"):
         _config(tmp_path, "3")
-
-
-# -- models ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("loss", [

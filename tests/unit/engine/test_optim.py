@@ -5,8 +5,8 @@ float32 while the kernels compute in float64 and round once per stored
 value, so trajectories agree to float32 round-off accumulated over the
 steps: ``rtol = atol = 1e-5`` on parameters and state after 20 steps (a
 wrong formula -- a missing bias correction, coupled instead of decoupled
-decay, a dropped ``scale`` -- moves them by 1e-3 or more).  Float64 kernel
-runs are compared with NumPy references in float64 to ``rtol = 1e-12``.
+decay, a dropped ``scale`` -- moves them by 1e-3 or more).  The kernels'
+float64 runs are checked in ``tests/unit/kernels/test_optim.py``.
 """
 from __future__ import annotations
 
@@ -16,12 +16,24 @@ import numpy as np
 import pytest
 
 from raven_hpc.checkpoint import load_checkpoint, save_checkpoint
-from raven_hpc.engine import (OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, clip_scale, grad_norm,
-                              make_optimizer, validate_optimizer_config)
+from raven_hpc.engine import (
+    OPTIMIZERS,
+    SGD,
+    Adam,
+    AdamW,
+    Optimizer,
+    RMSprop,
+    clip_scale,
+    grad_norm,
+    make_optimizer,
+    validate_optimizer_config,
+)
 from raven_hpc.errors import CheckpointError, ConfigError
-from raven_hpc.kernels import get_kernel, kernel_ops
+from raven_hpc.kernels import get_kernel
+
 
 RTOL = ATOL = 1e-5
+
 STEPS = 20
 
 CONFIGS = [
@@ -44,7 +56,9 @@ CONFIGS = [
     {"name": "rmsprop", "lr": 1e-3, "centered": True},
     {"name": "rmsprop", "lr": 1e-3, "centered": True, "momentum": 0.5, "weight_decay": 1e-3, "eps": 1e-6},
 ]
+
 TORCH_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+
 # our state array -> torch's state key
 TORCH_STATE = {"momentum_buffer": "momentum_buffer", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                "max_exp_avg_sq": "max_exp_avg_sq", "square_avg": "square_avg", "grad_avg": "grad_avg"}
@@ -127,8 +141,6 @@ def test_lr_override_is_one_step_only(name):
     assert b.steps == 3
 
 
-# -- clipping ---------------------------------------------------------------
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [0, 1, 7, 4096])
 def test_grad_norm_matches_numpy(dtype, n):
@@ -201,79 +213,6 @@ def test_clipping_off_by_default():
     opt.step(np.zeros(4, np.float32), np.full(4, 1e6))
     assert opt.last_grad_norm is None
 
-
-# -- kernels in float64 against NumPy references ------------------------------
-
-def naive_adam(p, g, m, v, vmax, lr, b1, b2, eps, wd, decoupled, amsgrad, step, scale):
-    d = g * scale
-    if decoupled:
-        p = p * (1 - lr * wd)
-    else:
-        d = d + wd * p
-    m = b1 * m + (1 - b1) * d
-    v = b2 * v + (1 - b2) * d * d
-    if amsgrad:
-        vmax = np.maximum(vmax, v)
-    denom = np.sqrt(vmax if amsgrad else v) / math.sqrt(1 - b2 ** step) + eps
-    return p - lr / (1 - b1 ** step) * m / denom, m, v, vmax
-
-
-def naive_rmsprop(p, g, s, a, buf, lr, alpha, eps, wd, momentum, centered, scale):
-    d = g * scale + wd * p
-    s = alpha * s + (1 - alpha) * d * d
-    if centered:
-        a = alpha * a + (1 - alpha) * d
-        r = np.sqrt(s - a * a) + eps
-    else:
-        r = np.sqrt(s) + eps
-    if momentum > 0:
-        buf = momentum * buf + d / r
-        return p - lr * buf, s, a, buf
-    return p - lr * d / r, s, a, buf
-
-
-@pytest.mark.parametrize("decoupled,amsgrad", [(False, False), (True, False), (False, True), (True, True)])
-def test_adam_kernel_float64(decoupled, amsgrad):
-    rng = np.random.default_rng(6)
-    n = 37
-    p = rng.standard_normal(n)
-    m, v, vmax = np.zeros(n), np.zeros(n), np.zeros(n if amsgrad else 0)
-    ref = (p.copy(), m.copy(), v.copy(), vmax.copy())
-    kern = get_kernel("adam_step")
-    for step in range(1, 6):
-        g = rng.standard_normal(n) * 3.0
-        args = (1e-2, 0.9, 0.99, 1e-8, 0.05, decoupled, amsgrad, step, 1.0 / 3)
-        kern(p, g, m, v, vmax, *args)
-        ref = naive_adam(ref[0], g, ref[1], ref[2], ref[3], *args)
-        for got, want in zip((p, m, v, vmax), ref):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
-
-
-@pytest.mark.parametrize("centered", [False, True])
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_rmsprop_kernel_float64(centered, momentum):
-    rng = np.random.default_rng(7)
-    n = 37
-    p = rng.standard_normal(n)
-    s = np.zeros(n)
-    a = np.zeros(n if centered else 0)
-    buf = np.zeros(n if momentum else 0)
-    ref = (p.copy(), s.copy(), a.copy(), buf.copy())
-    kern = get_kernel("rmsprop_step")
-    for _ in range(5):
-        g = rng.standard_normal(n) * 2.0
-        args = (1e-2, 0.9, 1e-8, 1e-3, momentum, centered, 0.5)
-        kern(p, g, s, a, buf, *args)
-        ref = naive_rmsprop(ref[0], g, ref[1], ref[2], ref[3], *args)
-        for got, want in zip((p, s, a, buf), ref):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
-
-
-def test_kernels_registered():
-    assert {"sgd_step", "adam_step", "rmsprop_step", "sum_squares"} <= set(kernel_ops("cpu"))
-
-
-# -- checkpoints ----------------------------------------------------------------
 
 ROUND_TRIP = [
     {"name": "sgd", "lr": 0.1},  # no momentum: an empty buffer
@@ -349,8 +288,6 @@ def test_sgd_state_without_name_still_loads():
     make_optimizer({"name": "sgd", "momentum": 0.9}, 5).load_state_dict(state)
 
 
-# -- SGD specifics ---------------------------------------------------------------
-
 def test_first_step_uses_gradient_as_buffer_with_dampening():
     # torch semantics: buf = g on the first step, dampened only later
     opt = make_optimizer({"lr": 1.0, "momentum": 0.5, "dampening": 0.5}, 1)
@@ -389,8 +326,6 @@ def test_step_from_a_float64_sum_with_scale_equals_step_from_the_mean(name):
         b.step(pb, total, scale=1.0 / 64.0)
         np.testing.assert_allclose(pb, pa, rtol=1e-6, atol=1e-7)
 
-
-# -- configuration -----------------------------------------------------------------
 
 def test_defaults_and_lr_setter():
     common = {"clip_norm": 0.0, "schedule": "constant", "warmup_steps": 0, "warmup_start_factor": 1.0 / 3.0}
@@ -469,8 +404,6 @@ def test_bad_optimizer_config(cfg, message):
     with pytest.raises(ConfigError, match=message):
         make_optimizer(cfg, 10)
 
-
-# -------------------------------------------------- models with state (batch norm)
 
 BN_SPEC = {"layers": [{"type": "dense", "units": 8}, {"type": "batchnorm"},
                       {"type": "activation", "fn": "relu"}, {"type": "dense", "units": 3}], "seed": 2}

@@ -1,4 +1,4 @@
-"""OpCase rows for the conv op family (see _gradcheck.py); gathered by test_engine_ops.py.
+"""OpCase rows for the conv op family (see _gradcheck.py); gathered by test_ops.py.
 
 Convolution with and without bias, strides 1/2 (also per axis), padding
 0/1/per-axis/"same"/"valid", fused activations, an input layer (no dx), a
@@ -11,7 +11,7 @@ import warnings
 
 from raven_hpc.engine.conv import avg_pool2d, conv2d, conv_geometry, max_pool2d
 
-from ._gradcheck import OpCase
+from .._gradcheck import OpCase
 
 
 def _conv_inputs(k=(3, 3), bias=True, n=(1, 4), hw=(5, 9), c=(1, 3)):

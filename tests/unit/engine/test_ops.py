@@ -1,28 +1,21 @@
-"""Every op's forward and backward vs finite differences and torch.
+"""Every op's forward and backward vs finite differences and torch; the ops of ``ops.py``.
 
-One row per op in ``OP_CASES``; each row runs through the same helper
-(``_gradcheck.py``) for several seeds, i.e. several random shapes.
+One row per op in ``OP_CASES`` -- this module's and each op family's
+(``cases_*.py``) -- and each row runs through the same helper
+(``_gradcheck.py``) for several seeds, i.e. several random shapes.  The
+autograd core itself is tested in ``test_tensor.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from raven_hpc.engine import (
-    GRADIENTS,
-    Tensor,
-    add,
-    dense,
-    matmul,
-    no_grad,
-    relu,
-    reshape,
-    softmax_cross_entropy,
-)
+from raven_hpc.engine import GRADIENTS, Tensor, add, dense, matmul, relu, reshape, softmax_cross_entropy
 from raven_hpc.errors import DatasetError, ModelError
 
 from . import cases_act, cases_conv, cases_norm
-from ._gradcheck import OpCase, check_against_torch, check_finite_differences
+from .._gradcheck import OpCase, check_against_torch, check_finite_differences
+
 
 SEEDS = [0, 1, 2]
 
@@ -102,10 +95,12 @@ OP_CASES = [
     OpCase("softmax_cross_entropy_large_logits", _xent, _torch_xent, _xent_inputs(offset=500.0),
            fd_eps=1e-5, fd_rtol=1e-4, fd_atol=1e-6, torch_atol=1e-3),
 ]
+
 CORE_RULES = {"matmul", "add", "relu", "reshape", "dense", "softmax_cross_entropy"}
 
-# each op family keeps its rows in its own table (tests/unit/cases_*.py)
+# each op family keeps its rows in its own table (tests/unit/engine/cases_*.py)
 _FAMILIES = (cases_act, cases_conv, cases_norm)
+
 OP_CASES = OP_CASES + [c for fam in _FAMILIES for c in fam.OP_CASES]
 
 
@@ -125,57 +120,6 @@ def test_every_rule_has_a_case():
     """A new gradient rule needs a row in OP_CASES."""
     tested = set(CORE_RULES).union(*(fam.RULES for fam in _FAMILIES))
     assert set(GRADIENTS) <= tested, f"untested gradient rules: {set(GRADIENTS) - tested}"
-
-
-# -- autograd core ----------------------------------------------------------------
-
-
-def test_shared_node_accumulates_and_order_is_topological():
-    # y = (a + a) @ w, with a used twice and through two paths.
-    rng = np.random.default_rng(0)
-    a = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
-    w = Tensor(rng.standard_normal((4, 2)), requires_grad=True)
-    h = add(a, a)
-    y = add(matmul(h, w), matmul(a, w))
-    y.backward(np.ones((3, 2)))
-    expect = 3 * np.ones((3, 2)) @ w.data.T
-    np.testing.assert_allclose(a.grad, expect, rtol=1e-12)
-    np.testing.assert_allclose(w.grad, (3 * a.data).T @ np.ones((3, 2)), rtol=1e-12)
-
-
-def test_backward_twice_accumulates():
-    a = Tensor(np.array([[1.0, -2.0]]), requires_grad=True)
-    y = relu(a)
-    y.backward(np.ones((1, 2)))
-    y.backward(np.ones((1, 2)))
-    np.testing.assert_array_equal(a.grad, [[2.0, 0.0]])
-
-
-def test_deep_graph_no_recursion_limit():
-    a = Tensor(np.ones((2, 2)), requires_grad=True)
-    h = a
-    for _ in range(5000):
-        h = add(h, 1.0)
-    h.backward(np.ones((2, 2)))
-    np.testing.assert_array_equal(a.grad, np.ones((2, 2)))
-
-
-def test_no_grad_records_nothing():
-    a = Tensor(np.ones((2, 3)), requires_grad=True)
-    w = Tensor(np.ones((3, 2)), requires_grad=True)
-    with no_grad():
-        y = dense(a, w, None, "relu")
-    assert not y.requires_grad and y.parents == () and y.ctx is None
-    with pytest.raises(RuntimeError):
-        y.backward(np.ones((2, 2)))
-    y = dense(a, w)
-    assert y.requires_grad and y.op == "dense"
-
-
-def test_backward_needs_grad_for_non_scalar():
-    a = Tensor(np.ones((2, 2)), requires_grad=True)
-    with pytest.raises(RuntimeError, match="one-element"):
-        relu(a).backward()
 
 
 def test_input_layer_skips_dx():

@@ -1,4 +1,6 @@
-"""Models: spec validation, flat parameter layout, gradients vs torch, sums."""
+"""Models: flat parameter layout, gradients vs torch, sums, graphs of layers,
+summaries, external buffers, the backend.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +10,9 @@ import pytest
 
 from raven_hpc.engine import Model, Tensor, build_model, validate_model_spec
 from raven_hpc.errors import DatasetError, ModelError
+
+from .graphs import builder_residual, graph_data, residual
+
 
 MLP = {"layers": [{"type": "dense", "units": 256, "activation": "relu"},
                   {"type": "dense", "units": 128, "activation": "relu"},
@@ -43,9 +48,6 @@ def _torch_flat_grads(torch, net):
         if isinstance(m, torch.nn.Linear):
             out += [m.weight.grad.numpy().T.reshape(-1), m.bias.grad.numpy().reshape(-1)]
     return np.concatenate(out)
-
-
-# -- gradients ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("accumulate", [True, False])
@@ -167,9 +169,6 @@ def test_failed_overwrite_call_leaves_no_stale_flags():
     np.testing.assert_allclose(m.grads, 2 * g, rtol=1e-6)
 
 
-# -- parameters and layout ------------------------------------------------------------
-
-
 def test_flat_layout(mlp):
     assert mlp.params.dtype == np.float32 and mlp.params.flags.c_contiguous
     assert mlp.grads.shape == mlp.params.shape == (mlp.num_params,)
@@ -244,58 +243,6 @@ def test_summary(mlp):
     assert mlp.num_trainable == mlp.num_params and mlp.num_state == 0 and mlp.state_info == []
 
 
-# -- spec validation ---------------------------------------------------------------------
-
-D = {"type": "dense", "units": 10}
-BAD_SPECS = [
-    ({"layers": []}, "non-empty list"),
-    ({"layers": "dense"}, "non-empty list"),
-    ({"layers": [D], "optimizer": "sgd"}, "model: unknown key 'optimizer'"),
-    ({"layers": [{"type": "conv9", "units": 3}, D]}, r"model.layers\[0\]: unknown layer type 'conv9'; known types: .*dense, .*flatten"),
-    ({"layers": [{"units": 3}, D]}, r"model.layers\[0\]: missing key 'type'"),
-    ({"layers": [7, D]}, r"model.layers\[0\]: must be a table"),
-    ({"layers": [{"type": "dense", "units": 64, "activation": "tanhh"}, D]},
-     r"model.layers\[0\] \(dense\): unknown activation 'tanhh'"),
-    ({"layers": [{"type": "dense", "units": 64}, {"type": "dense", "unit": 10}]},
-     r"model.layers\[1\] \(dense\): unknown key 'unit'; valid keys: activation, inputs, name, type, units"),
-    ({"layers": [{"type": "dense"}]}, r"model.layers\[0\] \(dense\): missing required key 'units'"),
-    ({"layers": [{"type": "dense", "units": 0}, D]}, r"model.layers\[0\] \(dense\): units must be a positive integer, got 0"),
-    ({"layers": [{"type": "dense", "units": -3}, D]}, r"units must be a positive integer, got -3"),
-    ({"layers": [{"type": "dense", "units": 2.5}, D]}, r"units must be a positive integer, got 2.5"),
-    ({"layers": [{"type": "dense", "units": True}, D]}, r"units must be a positive integer, got True"),
-    ({"layers": [{"type": "dense", "units": "64"}, D]}, r"units must be a positive integer, got '64'"),
-    ({"layers": [{"type": "dense", "units": 64}, {"type": "dense", "units": 5}]},
-     r"model.layers\[1\] \(dense\): the last layer outputs shape \(5,\) .* for 10 classes; set units = 10"),
-    ({"layers": [D, {"type": "flatten"}, {"type": "dense", "units": 10, "kernel": 3}]},
-     r"model.layers\[2\] \(dense\): unknown key 'kernel'"),
-    ({"layers": [D], "loss": "hinge"}, r"model.loss: unknown loss 'hinge'; known losses: bce_with_logits, huber, "
-                                       r"mse, softmax_cross_entropy"),
-    ({"layers": [D], "init": "orthogonal"}, r"model.init: unknown initialiser 'orthogonal'"),
-    ({"layers": [D], "seed": -1}, r"model.seed must be a non-negative integer"),
-    ({"layers": [D], "seed": 1.5}, r"model.seed must be a non-negative integer"),
-    # validated before allocation: a huge first layer must not be allocated
-    ({"layers": [{"type": "dense", "units": 10**9}, {"type": "dense", "units": 10, "activation": "x"}]},
-     r"model.layers\[1\] \(dense\): unknown activation 'x'"),
-    ({"layers": [{"type": "dense", "units": 10**7}, D]}, r"more than 2147483647"),
-]
-
-
-@pytest.mark.parametrize("spec,message", BAD_SPECS, ids=[m[:40] for _, m in BAD_SPECS])
-def test_bad_spec_messages(spec, message):
-    with pytest.raises(ModelError, match=message):
-        validate_model_spec(spec, (28, 28), 10)
-    with pytest.raises(ModelError, match=message):
-        build_model(spec, (28, 28), 10)
-
-
-@pytest.mark.parametrize("shape,classes,message", [
-    ((), 10, "input shape"), ((28, 0), 10, "input shape"), ((28, 28), 1, "classes"), ((28, 28), 2.0, "classes"),
-])
-def test_bad_shape_or_classes(shape, classes, message):
-    with pytest.raises(ModelError, match=message):
-        validate_model_spec({"layers": [D]}, shape, classes)
-
-
 def test_model_is_constructible_directly():
     assert isinstance(build_model(MLP, [28, 28], np.int64(10)), Model)
 
@@ -347,3 +294,105 @@ def test_build_model_resolves_the_backend_once(monkeypatch):
     fake = CpuBackend()
     m2 = _build(spec, (3,), 2, backend=fake)
     assert m2.backend is fake and calls == ["cpu"]
+
+
+def _t(torch, m, name):
+    return (torch.tensor(m.param(f"{name}.W").copy(), requires_grad=True),
+            torch.tensor(m.param(f"{name}.b").copy(), requires_grad=True))
+
+
+def _xent(torch, out, y):
+    return torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction="sum")
+
+
+def test_residual_block_matches_torch(torch):
+    m = residual()
+    assert [n for n, _, _ in m.param_info] == ["h.W", "h.b", "r.W", "r.b", "dense_3.W", "dense_3.b"]
+    assert m.inputs == [["input"], ["input"], ["h", "r"], ["add_2"]]
+    x, y = graph_data(20)
+    Wh, bh = _t(torch, m, "h")
+    Wr, br = _t(torch, m, "r")
+    Wo, bo = _t(torch, m, "dense_3")
+    xt = torch.from_numpy(x)
+    out = (torch.relu(xt @ Wh + bh) + (xt @ Wr + br)) @ Wo + bo
+    loss_t = _xent(torch, out, y)
+    loss_t.backward()
+    m.grads[:] = np.nan
+    loss, correct = m.loss_and_grad(x, y, accumulate=False)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+    ref = np.concatenate([t.grad.numpy().reshape(-1) for t in (Wh, bh, Wr, br, Wo, bo)])
+    np.testing.assert_allclose(m.grads, ref, rtol=1e-4, atol=1e-5)
+    assert correct == int((out.argmax(1).numpy() == y).sum())
+    assert m.evaluate(x, y) == pytest.approx((loss, correct), rel=1e-6)
+    np.testing.assert_array_equal(m.predict(x), out.argmax(1).numpy())
+
+
+def test_gated_concat_graph_matches_torch(torch):
+    spec = {"layers": [
+        {"type": "dense", "units": 8, "activation": "relu", "name": "a"},
+        {"type": "dense", "units": 8, "name": "gate", "inputs": ["input"]},
+        {"type": "mul", "inputs": ["a", "gate"], "name": "gated"},
+        {"type": "concat", "inputs": ["gated", "a", "input"]},
+        {"type": "layernorm"},
+        {"type": "dense", "units": 3},
+    ]}
+    m = build_model(spec, (6,), 3)
+    assert m.layers[3].out_shape == (22,)
+    x, y = graph_data(10, (6,), 3, seed=1)
+    Wa, ba = _t(torch, m, "a")
+    Wg, bg = _t(torch, m, "gate")
+    Wo, bo = _t(torch, m, "dense_5")
+    xt = torch.from_numpy(x)
+    a = torch.relu(xt @ Wa + ba)
+    h = torch.cat([a * (xt @ Wg + bg), a, xt], -1)
+    h = torch.nn.functional.layer_norm(h, (22,))
+    loss_t = _xent(torch, h @ Wo + bo, y)
+    loss_t.backward()
+    loss, _ = m.loss_and_grad(x, y, accumulate=False)
+    np.testing.assert_allclose(loss, loss_t.item(), rtol=1e-5)
+    got = {n: m.grads[o:o + int(np.prod(s))] for n, s, o in m.param_info}
+    for name, t in [("a.W", Wa), ("a.b", ba), ("gate.W", Wg), ("gate.b", bg), ("dense_5.W", Wo), ("dense_5.b", bo)]:
+        np.testing.assert_allclose(got[name], t.grad.numpy().reshape(-1), rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_input_read_by_several_flattening_layers():
+    spec = {"layers": [{"type": "dense", "units": 8, "name": "a"},
+                       {"type": "dense", "units": 8, "inputs": ["input"], "name": "b"},
+                       {"type": "add", "inputs": ["a", "b"]}, {"type": "dense", "units": 4}]}
+    m = build_model(spec, (3, 4), 4)
+    x, y = graph_data(5, (3, 4))
+    assert m.evaluate(x.reshape(5, 12), y) == m.evaluate(x, y)
+    spec["layers"][1] = {"type": "layernorm", "inputs": ["input"], "name": "b"}  # does not flatten
+    spec["layers"][0]["units"] = 12
+    spec["layers"].insert(2, {"type": "flatten", "inputs": ["b"], "name": "bf"})
+    spec["layers"][3]["inputs"] = ["a", "bf"]
+    m = build_model(spec, (3, 4), 4)
+    with pytest.raises(ModelError, match=r"input samples have shape \(12,\)"):
+        m.evaluate(x.reshape(5, 12), y)
+
+
+def test_graph_summary():
+    m = builder_residual().build()
+    rows = m.summary()
+    assert rows[2] == {"name": "add_2", "type": "add", "inputs": ["h", "r"], "output_shape": (16,), "params": 0,
+                       "state": 0}
+    text = m.format_summary()
+    lines = text.splitlines()
+    assert lines[0].split() == ["layer", "type", "inputs", "output", "shape", "params"]
+    add_line = next(l for l in lines if l.startswith("add_2"))
+    assert "h, r" in add_line
+    assert next(l for l in lines if l.startswith("h ")).split()[1:3] == ["dense", "(relu)"]
+    assert f"total parameters: {m.num_params:,}" in text
+    assert "graph" in repr(m)
+
+
+def test_stateful_summary_shows_trainable_and_state():
+    m = build_model({"layers": [{"type": "batchnorm"}, {"type": "dropout", "rate": 0.25},
+                                {"type": "dense", "units": 4}]}, (12,), 4)
+    text = m.format_summary()
+    assert text.splitlines()[0].split()[-1] == "state"
+    assert "dropout (0.25)" in text
+    assert f"trainable parameters: {m.num_trainable:,}" in text
+    assert f"state (non-trainable): {m.num_state:,}" in text
+    assert f"total: {m.num_params:,}" in text and "MiB" in text
+    assert m.summary()[0]["state"] == 24 and m.summary()[0]["params"] == 24
