@@ -13,12 +13,17 @@ parent receives one message per task from the whole group, however large
 the group is.  Parameters go down the same way: received once, sent on
 from the same buffer to every child.
 
-Which results count is still decided once, at the top: a task is accepted
-exactly once in the group's scheduler, and the group's sum is a result the
-parent's scheduler accepts, compares (copies of a voted task go to distinct
-groups, which sit on distinct nodes) or audits like any worker's.  Per
-sub-task the collector keeps which child computed it: the parent can name
-a wrong worker, not only its group.
+Which results count is decided at the top: a task is accepted exactly once
+in the group's scheduler, and the group's sum is a result the parent's
+scheduler accepts, compares (copies of a voted task go to distinct groups,
+which sit on distinct nodes) or audits like any worker's.  For every
+sub-task the collector keeps which child computed it and that result's
+fingerprint.  When the parent rejects a group's result ("wrong"), the
+collector recomputes the task's sub-tasks itself -- it is trusted like the
+master, and still holds the parameters they were computed on -- excludes
+every child whose fingerprint differs from its own ("proven wrong") and
+tells the parent whom it convicted, so the wrong worker is named and only
+it leaves, not its group.
 
 The reported compute time of a task is its children's compute time divided
 by the number of children, so the parent learns the group's throughput.
@@ -33,13 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ProtocolError
-from ..kernels.reduce import accumulate
-from ..ledger_schema import EV, GRAD
+from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
+from ..ledger_schema import COPY, EV, GRAD
 from . import signals
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
 from .pump import Pump
-from .scheduler import Scheduler, Task
+from .scheduler import Scheduler, Task, agree
+from .step import fp_seed
 from .transport import Backoff, hostname, send_error
+from .worker import TaskRunner
 
 __all__ = ["Collector", "run_collector", "collector_ledger_name"]
 
@@ -66,21 +73,26 @@ class _Open:
     correct: float = 0.0
     compute_s: float = 0.0
     finite: bool = True
-    by: dict = field(default_factory=dict)  # sub-task id -> rank whose result was accepted
+    by: dict = field(default_factory=dict)  # sub-task id -> (snippets, rank, fingerprint) of the accepted result
 
 
 class Collector:
     """Leads ``children`` for ``parent`` (see the module docstring)."""
 
-    def __init__(self, comm, cfg: dict, parent: int, children: list[int], num_params: int,
-                 sample_independent: bool, snippet_counts: dict, clock=time.monotonic):
+    def __init__(self, comm, cfg: dict, parent: int, children: list[int], model, splits: dict,
+                 clock=time.monotonic):
         self.comm = comm
         self.cfg = cfg
         self.rank = comm.Get_rank()
         self.parent = parent
         self.children = list(children)
-        self.n = int(num_params)
-        self.counts = snippet_counts          # split name -> samples per snippet
+        self.model = model
+        self.n = int(model.num_params)
+        self.splits = splits
+        self.counts = {name: np.asarray(sp.snippets["count"]) for name, sp in splits.items()}
+        self.runner = TaskRunner(model, splits)     # recomputes sub-tasks of a rejected result
+        self._fp = np.zeros(FP_SIZE, np.float64)
+        self.rtol = cfg["poc"]["rtol"]
         self.clock = clock
         cl, poc = cfg["cluster"], cfg["poc"]
         # Within a group every sub-task is computed once; comparing copies,
@@ -92,7 +104,7 @@ class Collector:
         # the group's scheduler never merges sub-tasks (a merge could join
         # sub-tasks of two parent tasks, whose sums must stay apart); the
         # collector cuts a parent task into pieces of several tasks instead
-        self.max_piece = cl["max_chunk"] if sample_independent else 1
+        self.max_piece = cl["max_chunk"] if model.sample_independent else 1
         self.backups_on = bool(poc["backup"])
         self.worker_timeout_s = poc["worker_timeout_s"]
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
@@ -102,6 +114,7 @@ class Collector:
         self.version = -1
         self.step = -1
         self.open: dict[int, _Open] = {}       # parent task id -> its sums
+        self.done: dict[int, _Open] = {}       # this step's parent tasks sent up (for a "wrong" verdict)
         self.sub_of: dict[int, int] = {}       # sub-task id -> parent task id
         self._next_sub = 1
         self._up: list[ResultBuffer] = []      # result buffers going up
@@ -213,12 +226,15 @@ class Collector:
             if version > self.version and self.version >= 0:
                 self._drop_older(version)
             self.version = version
+            self.model.bind_params(buf.params)
             self.pump.send_params(self.sched.live_workers(), version)
         elif tag == TAG_CTRL:
             obj = msg.recv()
             kind = obj.get("type")
             if kind == "task":
                 self._submit(obj)
+            elif kind == "wrong":
+                self._check_wrong(obj)
             elif kind == "stop":
                 self.stop_message = obj
             else:
@@ -253,6 +269,7 @@ class Collector:
         step = int(msg["step"])
         if step > self.step:
             self.step = step
+            self.done.clear()
             for r in self.sched.begin_step(step, self.clock()):
                 self.pump.send_params([r], self.version)
         tr = self.cfg["train"]
@@ -290,10 +307,14 @@ class Collector:
             return   # a late copy of a sub-task already settled
         is_grad = int(buf.get("kind")) != KIND_EVAL
         finite = bool(buf.get("finite")) and np.isfinite(buf.get("loss_sum"))
+        fp = None
         if is_grad:
             if buf.grad.shape[0] != self.n:
                 raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
-            finite = finite and np.isfinite(np.dot(buf.grad, buf.grad))
+            # the fingerprint (one pass, which also finds NaN/inf) names the
+            # child if the parent later rejects the group's sum
+            finite = finite and fingerprint(buf.grad, fp_seed(self.cfg["train"]["seed"], task.step), self._fp)
+            fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
         verdict = self.sched.complete(rank, sid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result", compute_s=buf.get("compute_s"))
         if not verdict.accept:
@@ -303,7 +324,7 @@ class Collector:
         if entry is None:
             return
         entry.subs.discard(sid)
-        entry.by[sid] = rank
+        entry.by[sid] = (task.snippets, rank, fp)
         if is_grad:
             accumulate(entry.acc, buf.grad)
         entry.samples += int(buf.get("samples"))
@@ -331,11 +352,13 @@ class Collector:
             self.pump.process_failed(exc)
         self.pump.stats["bytes_out"] += out.raw.nbytes
         subs = [s for s, p in self.sub_of.items() if p == parent_id]
+        self._write_events()
         for s in subs:
             del self.sub_of[s]
         self.sched.forget(subs)
         del self.open[parent_id]
-        self._write_events()
+        entry.acc = None
+        self.done[parent_id] = entry
 
     def _drop_older(self, version: int) -> None:
         """A new parameter version after a rollback: the parent dropped every
@@ -348,6 +371,34 @@ class Collector:
             self.sched.close(subs, self.clock())
             self.sched.forget(subs)
             del self.open[pid]
+
+    def _check_wrong(self, obj: dict) -> None:
+        """The parent rejected the group's result for ``obj["task"]``:
+        recompute its sub-tasks, convict the children whose results differ,
+        and tell the parent whom (none: the parts were right)."""
+        pid = int(obj["task"])
+        entry = self.done.get(pid)
+        guilty: list[int] = []
+        checked = False
+        if entry is not None and int(entry.msg["version"]) == self.version and entry.msg["kind"] == GRAD:
+            checked = True
+            now = self.clock()
+            out = ResultBuffer(self.n)
+            seed = fp_seed(self.cfg["train"]["seed"], int(entry.msg["step"]))
+            for snippets, rank, fp in entry.by.values():
+                if rank in guilty:
+                    continue
+                self.runner.run({"task": pid, "step": entry.msg["step"], "kind": GRAD, "split": entry.msg["split"],
+                                 "version": self.version, "snippets": list(snippets)}, out)
+                fingerprint(out.grad, seed, self._fp)
+                mine = (*self._fp, out.get("loss_sum"), out.get("correct"))
+                if fp is None or not agree(fp, mine, self.rtol)[0]:
+                    guilty.append(rank)
+                    self.sched.convict(rank, now, f"its result for snippets {list(snippets)} of step "
+                                                  f"{entry.msg['step']} differs from collector {self.rank}'s "
+                                                  f"recomputation (the parent rejected the group's task {pid})")
+            self._write_events()
+        self._to_parent({"type": "convicted", "task": pid, "ranks": guilty, "checked": checked})
 
     # -- membership ------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -378,7 +429,7 @@ class Collector:
             e["collector"] = self.rank
             out.append(json.dumps(e))
         self._ledger.write("\n".join(out) + "\n")
-        if any(e.get(EV) != "copy" for e in events):
+        if any(e.get(EV) != COPY for e in events):
             self._ledger.flush()
 
 
@@ -392,12 +443,10 @@ def run_collector(comm, cfg: dict, parent: int, children: list[int]) -> None:
         cfg_c = json.loads(json.dumps(cfg))
         cfg_c["data"]["cache"] = False      # a collector reads only the snippet tables
         ds, splits = open_splits(cfg_c)
-        try:
-            model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes))
-            counts = {name: np.asarray(s.snippets["count"]) for name, s in splits.items()}
-        finally:
-            ds.close()
-        coll = Collector(comm, cfg, parent, children, model.num_params, model.sample_independent, counts)
+        model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
+                            backend=cfg["cluster"]["backend"])
+        coll = Collector(comm, cfg, parent, children, model, splits)
+        coll.ds = ds
         stop = coll.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
         send_error(comm, exc)
@@ -407,6 +456,7 @@ def run_collector(comm, cfg: dict, parent: int, children: list[int]) -> None:
         raise
     coll.close(stop)
     coll.pump.outbox.flush(coll.backoff, timeout_s=STOP_TIMEOUT_S)
+    coll.ds.close()
     signals.stop_received(bool(stop.get("interrupted")))
     if stop.get("peer_failed"):
         from . import transport

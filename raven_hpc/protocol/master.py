@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, ProtocolError
-from ..ledger_schema import ACCEPTED, COPY, EV, GRAD
+from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from ..report.drain import parse_drain
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
@@ -34,7 +34,7 @@ from .pump import Pump
 from .scheduler import Scheduler, Task
 from .topology import Tree, build_tree
 from .state import RollBack, StopRequested, TrainingDiverged, TrainState
-from .step import NormScreen, StepSum
+from .step import NormScreen, StepSum, fp_seed
 from .transport import Backoff, hostname, raise_remote
 from .worker import TaskRunner
 
@@ -67,6 +67,7 @@ class Master:
         # the ranks this master leads: every worker, or the top of a collector tree
         self.tree = tree if tree is not None else build_tree(self.size, 0)
         self.worker_ranks = self.tree.children_of(0)
+        self.collectors = {r for r in self.worker_ranks if self.tree.children_of(r)}
         mode = cl["master_computes"]
         self.master_computes = mode == "yes" or (mode == "auto" and self.size == 1)
         ranks = self.worker_ranks + ([0] if self.master_computes else [])
@@ -251,6 +252,15 @@ class Master:
         elif kind == "skipped":
             if self.sched.task(obj["task"]) is not None:
                 self.sched.skipped(src, obj["task"], self.clock())
+        elif kind == "convicted":
+            # a collector's answer to "wrong": the workers of its group it proved wrong
+            ranks = obj.get("ranks") or []
+            if ranks:
+                self.sched.pardon(src, self.clock(), f"collector {src} proved rank{'s' if len(ranks) > 1 else ''} "
+                                                     f"{', '.join(map(str, ranks))} of its group wrong (task "
+                                                     f"{obj['task']}) and excluded {'them' if len(ranks) > 1 else 'it'}")
+                self.rec.notice(f"collector {src} excluded rank{'s' if len(ranks) > 1 else ''} "
+                                f"{', '.join(map(str, ranks))}: proven wrong by its recomputation")
         else:
             raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
 
@@ -309,6 +319,7 @@ class Master:
                                      f"excluded: the results only they vouched for since step {step} are undone",
                                guilty=ranks)
         events = self.sched.drain_events()
+        self._tell_collectors(events)
         if tasks and tasks[0].kind == GRAD:
             step = self.state.step
             mine = [e for e in events if e.get(EV) == COPY and e["state"] == ACCEPTED and e["step"] == step]
@@ -329,7 +340,22 @@ class Master:
         self.audit_step = self.state.step if rb.audit_step else None
         self.version += 1
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
-        self.rec.ledger(self.sched.drain_events(), self.hosts)
+        events = self.sched.drain_events()
+        self._tell_collectors(events)
+        self.rec.ledger(events, self.hosts)
+
+    def _tell_collectors(self, events: list[dict], guilty=(), task_id: int | None = None) -> None:
+        """A collector's result was rejected (outvoted, arbitrated, failed an
+        audit): it finds and names the wrong worker of its group (while it
+        still holds the parameters: this goes out before the next version)."""
+        if not self.collectors:
+            return
+        wrong = {(e["rank"], e["task"]) for e in events
+                 if e.get(EV) == COPY and e.get("state") == REJECTED and e.get("kind") == GRAD
+                 and e.get("rank") in self.collectors}
+        wrong.update((r, task_id) for r in guilty if r in self.collectors)
+        for rank, tid in sorted(wrong):
+            self.pump.send_ctrl(rank, {"type": "wrong", "task": tid})
 
     def _send_tasks(self, assignments) -> None:
         for rank, task in assignments:
@@ -388,12 +414,12 @@ class Master:
         self._drained = ranks
 
     def _fp_seed(self, task: Task) -> int:
-        return (self.cfg["train"]["seed"] * 1_000_003 + task.step * 7919 + 17) % 2**63
+        return fp_seed(self.cfg["train"]["seed"], task.step)
 
     def _arbitrate(self, task: Task, open_ids: set, total: dict) -> None:
         """No quorum can form for ``task``: the master computes it itself."""
-        if task.kind != GRAD or task.version != self.version:
-            return   # its parameters are gone: the dispute stays on record
+        if task.kind != GRAD or task.version != self.version or task.step != self.state.step:
+            return   # its parameters are gone (a later step, a rollback): the dispute stays on record
         buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n))
         self.runner.run(task.message(), buf)
         if not fingerprint(buf.grad, self._fp_seed(task), self._fp):
@@ -461,6 +487,7 @@ class Master:
         if v.ok:
             return
         self.stats["audits_failed"] = self.stats.get("audits_failed", 0) + 1
+        self._tell_collectors([], guilty=v.guilty, task_id=v.task_id)
         to = self.state.step if v.rollback_to is None else min(v.rollback_to, self.state.step)
         raise RollBack(to, f"an audit of task {v.task_id} proved rank{'s' if len(v.guilty) > 1 else ''} "
                            f"{', '.join(map(str, v.guilty))} wrong at step {self.state.step}", guilty=v.guilty)

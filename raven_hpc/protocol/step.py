@@ -9,6 +9,7 @@ files, so it is unit-tested in one process.
   later copy may still dispute kept aside so a wrong one can be taken out.
 * :class:`NormScreen` -- is a gradient's norm per sample an outlier?
 * :class:`LossWatch` -- has a step's loss exploded?
+* :func:`fp_seed` -- the seed of a step's gradient fingerprints.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from ..errors import ProtocolError
 from ..kernels.reduce import accumulate, assign
 
-__all__ = ["StepSum", "NormScreen", "LossWatch", "UNDO_BYTES", "LOSS_EXPLOSION"]
+__all__ = ["StepSum", "NormScreen", "LossWatch", "UNDO_BYTES", "LOSS_EXPLOSION", "fp_seed"]
 
 #: accepted results kept per step in case a later copy disputes them
 UNDO_BYTES = 256 * 2**20
@@ -27,6 +28,13 @@ UNDO_BYTES = 256 * 2**20
 #: a step whose mean loss is this many times the lowest smoothed loss of the
 #: run so far is a suspect: its results are audited before it is applied
 LOSS_EXPLOSION = 10.0
+
+
+def fp_seed(train_seed: int, step: int) -> int:
+    """The seed of the fingerprint projections of ``step``'s gradients: the
+    same on the master and on every collector, different every step (a
+    wrong worker cannot tune its result to one fixed projection)."""
+    return (int(train_seed) * 1_000_003 + int(step) * 7919 + 17) % 2**63
 
 
 class StepSum:

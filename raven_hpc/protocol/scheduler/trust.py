@@ -156,6 +156,32 @@ class Trust:
         if w.status != EXCLUDED:
             self._exclude(w, now, f"proven wrong by a trusted audit: {why}", f"proven wrong: {why}")
 
+    def convict(self, rank: int, now: float, why: str) -> None:
+        """``rank`` was proven wrong by a trusted recomputation (a collector
+        checking its group's part of a result its parent rejected):
+        excluded at once, like a failed audit."""
+        self._convict(rank, now, why)
+
+    def pardon(self, rank: int, now: float, why: str) -> None:
+        """Clear ``rank``'s last strike: the fault was found in a rank below
+        it (a collector whose group's wrong worker was named).  An exclusion
+        that strike caused is undone."""
+        w = self.workers.get(rank)
+        if w is None or not w.strikes:
+            return
+        w.strikes -= 1
+        if w.strike_log:
+            w.strike_log.pop()
+        self._event(schema.EXONERATE, rank, f"1 strike cleared: {why}", strikes=w.strikes, cleared=1)
+        if w.status == EXCLUDED and w.strikes < self.max_strikes:
+            w.excluded_at = None
+            w.probation_left = 0
+            w.live = True
+            w.accepting = True
+            w.status = ACTIVE
+            w.last_heard = now
+            self._event(schema.READMIT, rank, f"pardoned: {why}")
+
     def _exonerate(self, now: float, why: str) -> list[int]:
         """Clear the strikes of non-guilty workers that votes won by guilty
         ranks alone gave them; readmit the excluded ones that fall below
