@@ -108,14 +108,15 @@ def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | Non
     tree = job_tree(comm, cfg)
     rank = comm.Get_rank()
     if rank != 0:
+        ancestors = tree.ancestors(rank)
         if tree.children_of(rank):
             from .protocol.collector import run_collector
 
-            run_collector(comm, cfg, tree.parent[rank], tree.children_of(rank))
+            run_collector(comm, cfg, ancestors, tree.children_of(rank))
         else:
             from .protocol.worker import run_worker
 
-            run_worker(comm, cfg, tree.parent[rank])
+            run_worker(comm, cfg, ancestors)
         return None
     return _master_main(comm, cfg, on_event, tree)
 

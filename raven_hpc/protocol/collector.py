@@ -41,6 +41,7 @@ from ..errors import ProtocolError
 from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
 from ..ledger_schema import COPY, EV, GRAD
 from . import signals
+from .faults import FaultInjector
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
 from .pump import Pump
 from .scheduler import Scheduler, Task, agree
@@ -79,12 +80,13 @@ class _Open:
 class Collector:
     """Leads ``children`` for ``parent`` (see the module docstring)."""
 
-    def __init__(self, comm, cfg: dict, parent: int, children: list[int], model, splits: dict,
+    def __init__(self, comm, cfg: dict, ancestors, children: list[int], model, splits: dict,
                  clock=time.monotonic):
         self.comm = comm
         self.cfg = cfg
         self.rank = comm.Get_rank()
-        self.parent = parent
+        self.ancestors = list(ancestors)     # parent first, up to rank 0
+        self.parent = self.ancestors[0]
         self.children = list(children)
         self.model = model
         self.n = int(model.num_params)
@@ -122,6 +124,8 @@ class Collector:
         self._next_backup_check = 0.0
         self.parent_dead = False
         self.stop_message: dict | None = None
+        # [faults] rules naming a collector: crash, hang or sleep when a task arrives
+        self.faults = FaultInjector(cfg["faults"]["rules"], self.rank)
         self._ledger = None
         if poc["ledger"]:
             run_dir = Path(cfg["run"]["dir"])
@@ -132,7 +136,7 @@ class Collector:
         return ()
 
     def _on_dead(self, rank: int) -> None:
-        if rank == self.parent:
+        if rank in self.ancestors:
             self.parent_dead = True
         elif self.sched.is_worker(rank):
             self.sched.mark_dead(rank, self.clock(), "process failed (reported dead by MPI)")
@@ -158,13 +162,33 @@ class Collector:
             got = self._poll()
             self._housekeeping()
             if self.parent_dead:
-                raise ProtocolError(f"collector {self.rank}: its parent, rank {self.parent}, failed")
+                self._reattach()
             if got:
                 self.backoff.busy()
             else:
                 self.pump.idle(self.sched.next_expected(), self.clock())
         self._write_events()
         return self.stop_message
+
+    def _reattach(self) -> None:
+        """The parent's process failed: attach, with the whole group, to the
+        nearest live ancestor.  The parent's tasks are gone with it."""
+        self.parent_dead = False
+        while self.ancestors and self.ancestors[0] in self.pump.dead:
+            if self.ancestors[0] == 0:
+                raise ProtocolError(f"collector {self.rank}: the master (rank 0) failed")
+            self.ancestors.pop(0)
+        self.parent = self.ancestors[0]
+        for pid in list(self.open):
+            self._drop(pid)
+        self._to_parent(self._hello_message(reattach=True))
+
+    def _hello_message(self, reattach: bool = False) -> dict:
+        msg = {"type": "ready", "rank": self.rank, "host": self.hosts[self.rank], "num_params": self.n,
+               "members": {str(r): h for r, h in self.hosts.items()}}
+        if reattach:
+            msg["reattach"] = True
+        return msg
 
     def close(self, message: dict) -> bool:
         """Pass the stop on to the children and wait until they took it."""
@@ -189,8 +213,7 @@ class Collector:
                 self.backoff.idle()
             else:
                 self.backoff.busy()
-        self._to_parent({"type": "ready", "rank": self.rank, "host": self.hosts[self.rank], "num_params": self.n,
-                         "members": {str(r): h for r, h in self.hosts.items()}})
+        self._to_parent(self._hello_message())
 
     # -- messages -------------------------------------------------------------------
     def _poll(self, hello: set | None = None) -> bool:
@@ -254,6 +277,12 @@ class Collector:
                                     f"collector {self.rank} has {self.n}")
             if hello is not None:
                 hello.discard(src)
+            elif obj.get("reattach"):
+                # a rank whose own collector failed joins this group
+                if src not in self.children:
+                    self.children.append(src)
+                self.sched.add_worker(src, self.clock(), "re-attached: its collector failed")
+                self.pump.send_params([src], self.version)
         elif kind == "skipped":
             if self.sched.task(obj["task"]) is not None:
                 self.sched.skipped(src, obj["task"], self.clock())
@@ -267,6 +296,8 @@ class Collector:
     def _submit(self, msg: dict) -> None:
         """A task from the parent: cut into sub-tasks for the group."""
         step = int(msg["step"])
+        if self.faults.active and msg["kind"] == GRAD:
+            self.faults.before(step, int(msg["task"]))
         if step > self.step:
             self.step = step
             self.done.clear()
@@ -363,14 +394,17 @@ class Collector:
     def _drop_older(self, version: int) -> None:
         """A new parameter version after a rollback: the parent dropped every
         task of older versions (the children skip those they hold)."""
-        gone = [pid for pid, e in self.open.items() if int(e.msg["version"]) < version]
-        for pid in gone:
-            subs = [s for s, p in self.sub_of.items() if p == pid]
-            for s in subs:
-                del self.sub_of[s]
-            self.sched.close(subs, self.clock())
-            self.sched.forget(subs)
-            del self.open[pid]
+        for pid in [pid for pid, e in self.open.items() if int(e.msg["version"]) < version]:
+            self._drop(pid)
+
+    def _drop(self, pid: int) -> None:
+        """Forget an open parent task and its sub-tasks."""
+        subs = [s for s, p in self.sub_of.items() if p == pid]
+        for s in subs:
+            del self.sub_of[s]
+        self.sched.close(subs, self.clock())
+        self.sched.forget(subs)
+        del self.open[pid]
 
     def _check_wrong(self, obj: dict) -> None:
         """The parent rejected the group's result for ``obj["task"]``:
@@ -433,7 +467,7 @@ class Collector:
             self._ledger.flush()
 
 
-def run_collector(comm, cfg: dict, parent: int, children: list[int]) -> None:
+def run_collector(comm, cfg: dict, ancestors, children: list[int]) -> None:
     """A collector rank's whole life (exceptions reach rank 0, then are re-raised)."""
     coll = None
     try:
@@ -445,12 +479,12 @@ def run_collector(comm, cfg: dict, parent: int, children: list[int]) -> None:
         ds, splits = open_splits(cfg_c)
         model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
                             backend=cfg["cluster"]["backend"])
-        coll = Collector(comm, cfg, parent, children, model, splits)
+        coll = Collector(comm, cfg, ancestors, children, model, splits)
         coll.ds = ds
         stop = coll.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
         send_error(comm, exc)
-        exc.parent = parent
+        exc.parent = coll.parent if coll is not None else ancestors[0]
         if coll is not None:
             exc.collector = coll
         raise

@@ -249,6 +249,8 @@ class Master:
                                     f"the master has {self.n}")
             if hello is not None:
                 hello.discard(src)
+            elif obj.get("reattach"):
+                self._adopt(src, obj)
         elif kind == "skipped":
             if self.sched.task(obj["task"]) is not None:
                 self.sched.skipped(src, obj["task"], self.clock())
@@ -383,6 +385,16 @@ class Master:
         for r in self.sched.hung(now, timeout):
             self._remove(r, f"no result for {timeout:g} s (hung)")
         self._poll_drain_file(now)
+
+    def _adopt(self, rank: int, obj: dict) -> None:
+        """A rank whose collector failed attaches to this master."""
+        if rank not in self.worker_ranks:
+            self.worker_ranks.append(rank)
+        if obj.get("members") and len(obj["members"]) > 1:
+            self.collectors.add(rank)
+        self.sched.add_worker(rank, self.clock(), "re-attached: its collector failed")
+        self.rec.notice(f"rank {rank} ({obj['host']}) re-attached to the master: its collector failed")
+        self.send_params(only=rank)
 
     def _remove(self, rank: int, reason: str) -> None:
         self.sched.remove_worker(rank, self.clock(), reason)

@@ -22,10 +22,31 @@ from . import transport
 from .messages import TAG_CTRL, TAG_PARAMS, ParamsBuffer, ResultBuffer
 from .transport import Backoff, Outbox
 
-__all__ = ["Pending", "Pump", "stop_ranks"]
+__all__ = ["Pending", "Pump", "stop_ranks", "failed_ranks"]
 
 #: drive a parameter send's progress this long after posting it, then just poll
 TRANSFER_FRESH_S = 0.005
+
+
+def failed_ranks(comm, exc) -> list[int] | None:
+    """The ranks a fault-tolerant MPI (Open MPI ``--with-ft ulfm``) reports
+    failed, acknowledged so later calls go on; None when ``exc`` is not a
+    process failure (then it is the caller's to re-raise)."""
+    from mpi4py import MPI
+
+    try:
+        cls = exc.Get_error_class()
+    except AttributeError:
+        return None
+    if cls not in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING):
+        return None
+    comm.Ack_failed()
+    group = comm.Get_failed()
+    world = comm.Get_group()
+    failed = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+    group.Free()
+    world.Free()
+    return [r for r in failed if r != MPI.UNDEFINED]
 
 
 @dataclass
@@ -187,22 +208,12 @@ class Pump:
         """An MPI call failed: if a process died (fault-tolerant MPI: Open MPI
         ``--with-ft ulfm``), record it and tell the owner; any other MPI
         error is re-raised."""
-        MPI = self.MPI
-        try:
-            cls = exc.Get_error_class()
-        except AttributeError:
-            raise exc from None
-        if cls not in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING):
+        failed = failed_ranks(self.comm, exc)
+        if failed is None:
             raise exc
-        self.comm.Ack_failed()
-        group = self.comm.Get_failed()
-        world = self.comm.Get_group()
-        failed = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
-        group.Free()
-        world.Free()
         me = self.comm.Get_rank()
         for r in failed:
-            if r in self.dead or r == MPI.UNDEFINED:
+            if r in self.dead:
                 continue
             if r == me:
                 raise ProtocolError("MPI reports this rank itself as failed")

@@ -46,6 +46,15 @@ class Tree:
     def children_of(self, rank: int) -> list[int]:
         return list(self.children.get(rank, ()))
 
+    def ancestors(self, rank: int) -> list[int]:
+        """``rank``'s parent, its parent's parent ... up to rank 0."""
+        out = []
+        r = self.parent[rank]
+        while r >= 0:
+            out.append(r)
+            r = self.parent[r]
+        return out
+
     def subtree(self, rank: int) -> list[int]:
         """``rank`` and every rank below it."""
         out, todo = [], [rank]

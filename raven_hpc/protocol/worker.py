@@ -69,6 +69,21 @@ class TaskRunner:
                 samples=len(y), loss_sum=loss_sum, correct=correct,
                 compute_s=time.perf_counter() - t0, finite=float(np.isfinite(loss_sum)))
 
+    def emulate(self, task: dict, out: ResultBuffer, faults) -> bool:
+        """Fill ``out`` with the fault injector's emulated result of gradient
+        task ``task`` (an ``emulate`` rule, for benchmarks) instead of
+        computing it; False when no such rule fires."""
+        split = self.splits.get(task["split"])
+        if not faults.emulating or split is None:
+            return False
+        ids = [int(s) for s in task["snippets"]]
+        counts = split.snippets["count"][ids] if ids else []
+        got = faults.emulate(task["step"], task["task"], ids, counts, out.grad)
+        if got is None:
+            return False
+        out.set(kind=KIND_GRAD, step=task["step"], task=task["task"], version=task["version"], finite=1.0, **got)
+        return True
+
 
 def open_splits(cfg: dict):
     """Open the dataset and the splits this run uses (cached if configured)."""
@@ -86,17 +101,42 @@ def open_splits(cfg: dict):
     return ds, splits
 
 
-def run_worker(comm, cfg: dict, parent: int = 0) -> None:
-    """The worker's whole life.  Exceptions are sent to the master, then re-raised."""
+def run_worker(comm, cfg: dict, ancestors=(0,)) -> None:
+    """The worker's whole life.  Exceptions are sent to the master, then re-raised.
+
+    ``ancestors``: its parent first, then the parent's parent ... up to rank
+    0.  When the parent's process fails (fault-tolerant MPI), the worker
+    attaches to the nearest live ancestor and goes on."""
+    ancestors = list(ancestors)
     try:
-        _worker_loop(comm, cfg, parent)
+        _worker_loop(comm, cfg, ancestors)
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
         send_error(comm, exc)
-        exc.parent = parent   # the rank whose stop it then waits for
+        exc.parent = ancestors[0]   # the rank whose stop it then waits for
         raise
 
 
-def _worker_loop(comm, cfg: dict, parent: int) -> None:
+def _reattach(comm, exc, ancestors: list, dead: set) -> bool:
+    """An MPI call failed: if the parent's process died, make the nearest
+    live ancestor the parent (``ancestors`` is changed in place).  False when
+    this is not a parent failure (the caller re-raises)."""
+    from .pump import failed_ranks
+
+    failed = failed_ranks(comm, exc)
+    if failed is None:
+        return False
+    dead.update(failed)
+    from . import transport
+
+    transport.peer_failed = True
+    while ancestors and ancestors[0] in dead:
+        if ancestors[0] == 0:
+            raise ProtocolError("the master (rank 0) failed")
+        ancestors.pop(0)
+    return True
+
+
+def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
     from mpi4py import MPI
 
     # SIGUSR1 / SIGTERM (Slurm's warning before a time limit, scancel) are the
@@ -124,14 +164,27 @@ def _worker_loop(comm, cfg: dict, parent: int) -> None:
     version = -1
     queue: deque = deque()
     status = MPI.Status()
-
-    outbox.add(comm.isend({"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(),
-                           "num_params": model.num_params}, dest=parent, tag=TAG_CTRL))
+    dead: set = set()
+    hello = {"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(), "num_params": model.num_params}
+    parent = ancestors[0]
+    outbox.add(comm.isend(hello, dest=parent, tag=TAG_CTRL))
     while True:
-        # 1. Read everything the master sent, in order.
+        # 1. Read everything the parent sent, in order.
         progressed = False
         while True:
-            msg = comm.improbe(source=parent, tag=MPI.ANY_TAG, status=status)
+            try:
+                msg = comm.improbe(source=parent, tag=MPI.ANY_TAG, status=status)
+            except MPI.Exception as exc:
+                if not _reattach(comm, exc, ancestors, dead):
+                    raise
+                if ancestors[0] != parent:
+                    # its collector failed: the tasks it gave are gone; the
+                    # new parent sends parameters, then tasks
+                    parent = ancestors[0]
+                    queue.clear()
+                    version = -1
+                    outbox.add(comm.isend(dict(hello, reattach=True), dest=parent, tag=TAG_CTRL))
+                continue
             if msg is None:
                 break
             progressed = True
@@ -172,7 +225,8 @@ def _worker_loop(comm, cfg: dict, parent: int) -> None:
             t_start = time.perf_counter()
             if faults.active and task["kind"] == "grad":
                 faults.before(task["step"], task["task"])
-                runner.run(task, buf)
+                if not runner.emulate(task, buf, faults):
+                    runner.run(task, buf)
                 extra = faults.after(task["step"], task["task"], buf.get("compute_s"))
                 buf.set(compute_s=buf.get("compute_s") + extra)
                 faults.corrupt(task["step"], task["task"], buf.grad)
