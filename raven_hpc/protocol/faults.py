@@ -8,6 +8,7 @@ every *gradient* task (evaluation tasks are never faulted)::
 
     injector.before(step, task)                      # sleep / hang / crash
     ... compute the gradient into grad, measure compute_s ...
+        (or: fields = injector.emulate(step, task, snippets, counts, grad))
     compute_s += injector.after(step, task, compute_s)   # slow
     injector.corrupt(step, task, grad)               # scale / bitflip / nan
 
@@ -87,7 +88,29 @@ mode         keys (default)                        effect
                                                    random elements
 ``nan``      ``count`` (1)                         set ``count`` random
                                                    elements to NaN
+``emulate``  ``seconds`` (0.0),                    do not run the model: sleep
+             ``seconds_per_sample`` (0.0)          ``seconds +
+                                                   seconds_per_sample x
+                                                   samples`` and return a
+                                                   synthetic gradient (below);
+                                                   the reported compute time
+                                                   is that emulated time
 ===========  ====================================  ===========================
+
+``emulate`` is for benchmarks of the protocol at scale: a rank that only
+sleeps costs no CPU, so many ranks fit on a few cores while the master,
+the collectors and the messages do their real work.  The synthetic result
+is finite, cheap to produce and additive over snippets: with ``p`` a fixed
+pattern of the gradient's size (entries ``((i * 40503) mod 2001 - 1000) x
+1e-6``) and ``w(step, s) = 1 + ((step x 1000003 + s x 7919) mod 97) / 970``,
+the gradient is ``p x sum_s count_s x w(step, s)`` over the task's snippets
+``s`` (``count_s`` samples each), the loss sum ``sum_s count_s x ln 10 x
+w(step, s)`` and the correct count ``sum_s count_s // 10``.  Any partition
+of a step into tasks, chunks or a collector's sub-tasks therefore sums to
+the same values, so copies computed anywhere agree.  The master's own
+computations (audits, arbitration) run the real model and disagree with
+emulated results: benchmark with ``poc.audit = 0``.  The ``slow`` and
+corruption modes still apply to an emulated result.
 
 Randomness
 ----------
@@ -126,6 +149,8 @@ __all__ = [
     "FaultInjector",
     "validate_faults",
     "describe_rule",
+    "emulated_pattern",
+    "emulated_weight",
 ]
 
 _REQUIRED = object()
@@ -150,12 +175,14 @@ MODES: dict[str, dict[str, Any]] = {
     "scale": {"factor": _REQUIRED},
     "bitflip": {"count": 1, "bit": 30},
     "nan": {"count": 1},
+    "emulate": {"seconds": 0.0, "seconds_per_sample": 0.0},
 }
 
 CRASH_HOWS = ("kill", "exit", "raise")
 
 # Which injector hook applies each mode.
 _BEFORE = ("sleep", "hang", "crash")
+_EMULATE = ("emulate",)
 _AFTER = ("slow",)
 _CORRUPT = ("scale", "bitflip", "nan")
 
@@ -218,6 +245,11 @@ def _check_mode_key(mode: str, key: str, value: Any) -> Any:
         if v == 1.0:
             raise _RuleError("factor = 1.0 leaves the gradient unchanged; use another factor "
                              "(e.g. -1.0 or 10.0), or mode \"nan\" for non-finite values")
+        return v
+    if mode == "emulate":                                # seconds, seconds_per_sample
+        v = _as_float(key, value)
+        if v < 0.0:
+            raise _RuleError(f"{key} = {v} must be >= 0")
         return v
     if key == "seconds":                                 # sleep, hang
         v = _as_float(key, value)
@@ -350,6 +382,8 @@ def describe_rule(rule: dict, rank: int | None = None) -> str:
     elif mode == "bitflip":
         n = rule["count"]
         what = f"bitflip bit {rule['bit']} of {n} element{'s' if n > 1 else ''}"
+    elif mode == "emulate":
+        what = f"emulate compute {_fmt(rule['seconds'])} s + {_fmt(rule['seconds_per_sample'])} s/sample"
     else:
         n = rule["count"]
         what = f"nan in {n} element{'s' if n > 1 else ''}"
@@ -365,6 +399,17 @@ def describe_rule(rule: dict, rank: int | None = None) -> str:
 
 
 # --------------------------------------------------------------------------- injection
+
+def emulated_pattern(size: int) -> np.ndarray:
+    """The fixed float32 direction of every emulated gradient of ``size`` values."""
+    i = np.arange(size, dtype=np.int64)
+    return (((i * 40503) % 2001 - 1000) * 1e-6).astype(np.float32)
+
+
+def emulated_weight(step: int, snippet: int) -> float:
+    """Per-sample weight of snippet ``snippet`` in an emulated result of ``step``."""
+    return 1.0 + ((step * 1000003 + snippet * 7919) % 97) / 970.0
+
 
 def _kill_self() -> None:
     """SIGKILL this process: what a node failure looks like to MPI."""
@@ -415,6 +460,8 @@ class FaultInjector:
         self._exit = exit
         self._rules = [(i, r) for i, r in enumerate(validate_faults(rules)) if self.rank in r["rank"]]
         self.active = bool(self._rules)
+        self.emulating = any(r["mode"] in _EMULATE for _, r in self._rules)
+        self._pattern: np.ndarray | None = None
         self._hung: set[int] = set()
         self.fired: dict[str, int] = {}
         self.events: deque = deque(maxlen=self.MAX_EVENTS)
@@ -503,6 +550,42 @@ class FaultInjector:
         if extra > 0.0:
             self._sleep(extra)
         return extra
+
+    def emulate(self, step: int, task: int, snippets, counts, grad: np.ndarray) -> dict | None:
+        """Stand in for computing gradient task ``task`` of ``step`` when an
+        ``emulate`` rule fires (the first that does): fill the float32
+        ``grad`` in place with the synthetic gradient of ``snippets`` (ids,
+        ``counts`` samples each; see the module docstring), sleep what is left
+        of the emulated time and return the result's fields ``samples``,
+        ``loss_sum``, ``correct`` and ``compute_s`` (the emulated time).
+        None when no rule fires: the caller computes as usual."""
+        if not self.emulating:
+            return None
+        if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
+            raise TypeError(f"emulate() needs a float32 numpy array, got "
+                            f"{getattr(grad, 'dtype', type(grad).__name__)}")
+        step, task = int(step), int(task)
+        for index, rule in self._rules:
+            if rule["mode"] not in _EMULATE or self._fires(index, rule, step, task) is None:
+                continue
+            t0 = self._clock()
+            counts = [int(c) for c in counts]
+            weights = [c * emulated_weight(step, int(s)) for s, c in zip(snippets, counts)]
+            np.multiply(self._pattern_for(grad.size).reshape(grad.shape), np.float32(sum(weights)), out=grad)
+            samples = sum(counts)
+            seconds = rule["seconds"] + rule["seconds_per_sample"] * samples
+            self._record(step, task, index, "emulate", f"{seconds:.6g} s")
+            left = seconds - (self._clock() - t0)
+            if left > 0.0:
+                self._sleep(left)
+            return {"samples": samples, "loss_sum": math.log(10.0) * sum(weights),
+                    "correct": float(sum(c // 10 for c in counts)), "compute_s": seconds}
+        return None
+
+    def _pattern_for(self, size: int) -> np.ndarray:
+        if self._pattern is None or self._pattern.size != size:
+            self._pattern = emulated_pattern(size)
+        return self._pattern
 
     def corrupt(self, step: int, task: int, grad: np.ndarray) -> str | None:
         """Corrupt the float32 gradient ``grad`` in place (scale, bitflip, nan).

@@ -495,3 +495,120 @@ def test_events_record_what_fired_with_the_injected_clock():
     assert events[1].detail == "2 element(s)"
     assert inj.pop_events() == []
     assert inj.fired == {"sleep": 1, "nan": 1}
+
+
+# --------------------------------------------------------------------------- emulated compute
+
+def test_emulate_validates_like_the_other_modes():
+    rule = validate_faults([{"rank": [2, 1], "mode": "emulate", "seconds_per_sample": 0.001}])[0]
+    assert rule == {"rank": [1, 2], "mode": "emulate", "seconds": 0.0, "seconds_per_sample": 0.001,
+                    "from_step": 0, "until_step": 0, "probability": 1.0, "seed": 0}
+    assert validate_faults([rule]) == [rule]
+    assert validate_faults([{"rank": 1, "mode": "emulate", "seconds": 2}])[0]["seconds"] == 2.0
+    for bad, message in [({"seconds": -0.5}, "seconds = -0.5 must be >= 0"),
+                         ({"seconds_per_sample": -1}, "seconds_per_sample = -1.0 must be >= 0"),
+                         ({"seconds": "0.02"}, "seconds must be a number, got '0.02'"),
+                         ({"seconds": float("nan")}, "seconds must be a finite number"),
+                         ({"factor": 2.0}, "unknown key factor; valid keys for mode \"emulate\": rank, mode, "
+                                           "from_step, until_step, probability, seed, seconds, seconds_per_sample")]:
+        with pytest.raises(ConfigError) as err:
+            validate_faults([{"rank": 1, "mode": "emulate", **bad}])
+        assert str(err.value).startswith('[faults] rules[0] (mode "emulate"): ') and message in str(err.value)
+    assert describe_rule(rule) == "ranks 1, 2: emulate compute 0.0 s + 0.001 s/sample from step 0"
+
+
+def test_emulate_sleeps_the_emulated_time_and_returns_a_synthetic_result():
+    inj, rec = injector([{"rank": 1, "mode": "emulate", "seconds": 0.01, "seconds_per_sample": 0.001}])
+    assert inj.active and inj.emulating
+    g = np.full(50, np.nan, np.float32)
+    got = inj.emulate(3, 7, [4, 9], [32, 16], g)
+    w4, w9 = 1.0 + ((3 * 1000003 + 4 * 7919) % 97) / 970.0, 1.0 + ((3 * 1000003 + 9 * 7919) % 97) / 970.0
+    assert got == {"samples": 48, "loss_sum": pytest.approx(np.log(10.0) * (32 * w4 + 16 * w9)),
+                   "correct": 4.0, "compute_s": pytest.approx(0.058)}
+    assert rec.sleeps == [pytest.approx(0.058)]
+    i = np.arange(50)
+    pattern = (((i * 40503) % 2001 - 1000) * 1e-6).astype(np.float32)
+    np.testing.assert_allclose(g, pattern * np.float32(32 * w4 + 16 * w9), rtol=1e-6)
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+    assert [(e.step, e.task, e.mode, e.detail) for e in inj.pop_events()] == [(3, 7, "emulate", "0.058 s")]
+    assert inj.fired == {"emulate": 1}
+
+
+def test_emulate_sleeps_only_what_producing_the_result_left():
+    ticks = iter(0.002 * k for k in range(10))     # every reading of the clock is 2 ms later
+    inj = FaultInjector([{"rank": 1, "mode": "emulate", "seconds": 0.01}], 1, clock=lambda: next(ticks),
+                        sleep=(slept := []).append)
+    assert inj.emulate(0, 1, [0], [32], np.zeros(8, np.float32))["compute_s"] == 0.01
+    assert slept == [pytest.approx(0.006)]
+
+
+def test_emulated_results_are_additive_over_snippets_and_the_same_on_every_rank():
+    rules = [{"rank": [1, 2], "mode": "emulate"}]
+    a, _ = injector(rules, rank=1)
+    b, _ = injector(rules, rank=2)
+    ids, counts = [3, 11, 12, 40], [32, 32, 7, 32]
+    whole = np.zeros(1000, np.float32)
+    fw = a.emulate(5, 1, ids, counts, whole)
+    parts, total = np.zeros(1000, np.float64), {"samples": 0, "loss_sum": 0.0, "correct": 0.0}
+    for k in range(len(ids)):
+        g = np.zeros(1000, np.float32)
+        f = b.emulate(5, 100 + k, ids[k:k + 1], counts[k:k + 1], g)
+        parts += g
+        for key in total:
+            total[key] += f[key]
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-9)
+    assert total == {"samples": fw["samples"], "loss_sum": pytest.approx(fw["loss_sum"]), "correct": fw["correct"]}
+    other = np.zeros(1000, np.float32)
+    a.emulate(6, 1, ids, counts, other)
+    assert not np.allclose(other, whole)    # another step weighs the snippets differently
+
+
+def test_emulate_only_where_its_rule_fires():
+    inj, rec = injector([{"rank": 1, "mode": "emulate", "seconds": 0.5, "from_step": 2, "until_step": 4}])
+    g = grad()
+    before = g.copy()
+    for step, task in [(1, 0), (4, 0), (-1, 0), (2, -1)]:
+        assert inj.emulate(step, task, [0], [32], g) is None
+    np.testing.assert_array_equal(g, before)
+    assert rec.sleeps == []
+    other, _ = injector([{"rank": 2, "mode": "emulate", "seconds": 0.5}], rank=1)
+    assert not other.emulating and other.emulate(0, 0, [0], [32], g) is None
+    plain, _ = injector([{"rank": 1, "mode": "nan"}], rank=1)
+    assert plain.active and not plain.emulating and plain.emulate(0, 0, [0], [32], g) is None
+    with pytest.raises(TypeError, match="float32"):
+        inj.emulate(2, 0, [0], [32], np.zeros(4))
+
+
+def test_slow_and_corruption_still_apply_to_an_emulated_result():
+    inj, rec = injector([{"rank": 1, "mode": "emulate", "seconds": 0.02}, {"rank": 1, "mode": "slow", "factor": 3.0},
+                         {"rank": 1, "mode": "scale", "factor": -1.0}])
+    g = np.zeros(16, np.float32)
+    got = inj.emulate(0, 1, [2], [32], g)
+    clean = g.copy()
+    assert inj.after(0, 1, got["compute_s"]) == pytest.approx(0.04)
+    assert inj.corrupt(0, 1, g) == "scale"
+    np.testing.assert_array_equal(g, -clean)
+    assert rec.sleeps == [pytest.approx(0.02), pytest.approx(0.04)]
+
+
+def test_task_runner_fills_the_result_buffer_from_an_emulate_rule():
+    from raven_hpc.protocol.messages import KIND_GRAD, ResultBuffer
+    from raven_hpc.protocol.worker import TaskRunner
+
+    class Split:
+        snippets = {"count": np.array([32, 32, 16])}
+
+    runner = TaskRunner(model=None, splits={"train": Split()})
+    out = ResultBuffer(10)
+    task = {"task": 4, "step": 2, "kind": "grad", "split": "train", "version": 2, "snippets": [1, 2]}
+    inj, rec = injector([{"rank": 1, "mode": "emulate", "seconds_per_sample": 0.0005}])
+    assert runner.emulate(task, out, inj)
+    expect = np.zeros(10, np.float32)
+    fields = inj.emulate(2, 4, [1, 2], [32, 16], expect)
+    np.testing.assert_array_equal(out.grad, expect)
+    assert [out.get(k) for k in ("kind", "step", "task", "version", "samples", "finite")] == [KIND_GRAD, 2, 4, 2, 48, 1]
+    assert out.get("compute_s") == pytest.approx(0.024) and out.get("loss_sum") == pytest.approx(fields["loss_sum"])
+    assert out.get("correct") == 4
+    plain, _ = injector([{"rank": 1, "mode": "nan"}])
+    assert not runner.emulate(task, out, plain)
+    assert not runner.emulate(dict(task, split="test"), out, inj)
