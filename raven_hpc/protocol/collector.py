@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..drain import DrainWatch
 from ..errors import ProtocolError
 from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
 from ..ledger_schema import COPY, EV, GRAD
@@ -109,6 +110,7 @@ class Collector:
         self.max_piece = cl["max_chunk"] if model.sample_independent else 1
         self.backups_on = bool(poc["backup"])
         self.worker_timeout_s = poc["worker_timeout_s"]
+        self.drain_watch = DrainWatch(poc["drain_file"])   # drains the children listed in it
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
         self.hosts = {self.rank: hostname()}
@@ -447,6 +449,7 @@ class Collector:
         self._next_check = now + 0.25
         for r in self.sched.hung(now, self.worker_timeout_s):
             self.sched.remove_worker(r, now, f"no result for {self.worker_timeout_s:g} s (hung)")
+        self.drain_watch.poll(self.sched, now)
         self._write_events()
 
     def _readmit(self, rank: int, reason: str) -> None:

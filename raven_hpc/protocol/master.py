@@ -18,7 +18,6 @@ same :class:`TaskRunner` the workers use.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from typing import Callable
@@ -28,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, ProtocolError
 from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
-from ..report.drain import parse_drain
+from ..drain import DrainWatch
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
 from .pump import Pump
 from .scheduler import Scheduler, Task
@@ -100,8 +99,7 @@ class Master:
         self._next_check = 0.0
         self._next_backup_check = 0.0
         self.screen = NormScreen(poc["screen"])   # gradient norms per sample that are outliers
-        self._drain_mtime: float | None = None
-        self._drained: set[int] = set()
+        self.drain_watch = DrainWatch(poc["drain_file"])
         self.interrupted: int | None = None       # signal number once told to stop
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.runner = TaskRunner(model, splits)
@@ -384,7 +382,7 @@ class Master:
         timeout = self.poc["worker_timeout_s"]
         for r in self.sched.hung(now, timeout):
             self._remove(r, f"no result for {timeout:g} s (hung)")
-        self._poll_drain_file(now)
+        self.drain_watch.poll(self.sched, now)
 
     def _adopt(self, rank: int, obj: dict) -> None:
         """A rank whose collector failed attaches to this master."""
@@ -402,28 +400,6 @@ class Master:
     def _readmit(self, rank: int, reason: str) -> None:
         self.sched.add_worker(rank, self.clock(), reason)
         self.send_params(only=rank)
-
-    def _poll_drain_file(self, now: float) -> None:
-        path = self.poc["drain_file"]
-        try:
-            mtime = os.stat(path).st_mtime
-        except OSError:
-            mtime = None
-        if mtime == self._drain_mtime:
-            return
-        self._drain_mtime = mtime
-        ranks: set[int] = set()
-        if mtime is not None:
-            try:
-                text = open(path).read()
-            except OSError:
-                text = ""
-            ranks = {r for r in parse_drain(text)[0] if self.sched.is_worker(r)}
-        for r in sorted(ranks - self._drained):
-            self.sched.drain(r, now, f"listed in {path}")
-        for r in sorted(self._drained - ranks):
-            self.sched.undrain(r, now, f"no longer listed in {path}")
-        self._drained = ranks
 
     def _fp_seed(self, task: Task) -> int:
         return fp_seed(self.cfg["train"]["seed"], task.step)

@@ -149,7 +149,7 @@ from __future__ import annotations
 
 from ..ledger_schema import COPY_STATES, KNOWN_KINDS, LEDGER_NAME, RETURNED_STATES
 from .common import SLOW_FACTOR, STATUSES
-from .drain import drain_path, parse_drain, parse_ranks, read_drain, update_drain
+from ..drain import drain_path, parse_drain, parse_ranks, read_drain, update_drain
 from .history import read_history
 from .ledger import check_against, iter_ledger, ledger_summary, read_ledger, run_report, summarize_ledger
 

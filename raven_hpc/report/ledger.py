@@ -8,7 +8,7 @@ from typing import Iterable, Iterator
 from ..errors import RavenError
 from ..ledger_schema import EV, LEDGER_NAME, RUN
 from .common import MAX_LISTED
-from .drain import drain_path, read_drain
+from ..drain import drain_path, read_drain
 from .history import read_history
 from .summary import Summary
 

@@ -1,4 +1,4 @@
-"""raven_hpc.report.drain: the operator's drain file."""
+"""raven_hpc.drain: the operator's drain file."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 
 from raven_hpc.errors import RavenError
-from raven_hpc.report import drain_path, parse_drain, parse_ranks, read_drain, update_drain
+from raven_hpc.drain import drain_path, parse_drain, parse_ranks, read_drain, update_drain
 
 
 # -------------------------------------------------------------------- drain --

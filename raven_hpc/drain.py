@@ -1,4 +1,10 @@
-"""The operator's drain file."""
+"""The operator's drain file: ranks listed in it leave the schedule (they
+finish nothing new) and come back when their line is removed.
+
+Written by ``raven-hpc drain`` (:func:`update_drain`), watched by the master
+and every collector (:class:`DrainWatch`: each drains the ranks it leads),
+listed by ``raven-hpc report``.
+"""
 from __future__ import annotations
 
 import os
@@ -6,9 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import RavenError
+from .errors import RavenError
 
-# -------------------------------------------------------------------- drain --
 def drain_path(run_dir) -> Path:
     """The drain file of a run: ``[poc] drain_file`` of ``RUN_DIR/config.toml``
     (``{run}`` and relative paths resolved against RUN_DIR), else ``RUN_DIR/drain``."""
@@ -16,7 +21,7 @@ def drain_path(run_dir) -> Path:
     cp = run / "config.toml"
     if not cp.is_file():
         return run / "drain"
-    from ..config import read_toml
+    from .config import read_toml
 
     poc = read_toml(cp).get("poc", {})
     value = poc.get("drain_file") if isinstance(poc, dict) else None
@@ -119,3 +124,36 @@ def update_drain(run_dir, ranks: Iterable[int], undo: bool = False) -> dict:
             raise
     return {"path": str(path), "ranks": sorted(now), "changed": changed, "unchanged": unchanged,
             "undo": bool(undo)}
+
+
+class DrainWatch:
+    """Watches the drain file for a leader (the master or a collector):
+    :meth:`poll` drains the ranks it leads that appear in the file and
+    undrains those whose line went away (the file is re-read only when its
+    modification time changes)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._mtime: float | None = None
+        self._drained: set[int] = set()
+
+    def poll(self, sched, now: float) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime
+        except OSError:
+            mtime = None
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        ranks: set[int] = set()
+        if mtime is not None:
+            try:
+                text = open(self.path).read()
+            except OSError:
+                text = ""
+            ranks = {r for r in parse_drain(text)[0] if sched.is_worker(r)}
+        for r in sorted(ranks - self._drained):
+            sched.drain(r, now, f"listed in {self.path}")
+        for r in sorted(self._drained - ranks):
+            sched.undrain(r, now, f"no longer listed in {self.path}")
+        self._drained = ranks
