@@ -1,4 +1,5 @@
-"""The ledger record schema: RUN_DIR/ledger.jsonl, one JSON object a line.
+"""The ledger record schema: RUN_DIR/ledger.jsonl, one JSON object a line,
+and each gradient collector's RUN_DIR/ledger.collector-<rank>.jsonl.
 
 The writers (the scheduler's ``_move`` / ``_event`` for copy and membership
 records, the master's ``Recorder`` in train.py for run / step / rollback /
@@ -8,6 +9,13 @@ kind); :data:`FIELDS` lists, per kind, the fields the writers put in it and
 what each means, :data:`OPTIONAL` those a record may lack, and
 :func:`check_record` says what in a record does not fit. This module
 imports nothing (no MPI, no engine), so any side can import it.
+
+A collector's ledger holds its group's scheduler records (copies of
+sub-tasks, membership), each with ``collector`` (its rank) and copies with
+``parent_task`` (the task of its parent the sub-task belongs to); a
+:data:`COLLECTOR` record opens each run's part of the file, and a
+:data:`GROUP_SUM` record says which accepted sub-tasks went into a sum it
+sent up: the report checks every sub-task was counted exactly once.
 """
 from __future__ import annotations
 
@@ -16,12 +24,20 @@ __all__ = [
     "LOST", "ARBITRATED", "AUDIT", "ROLLBACK", "CHECKPOINT", "END", "KNOWN_KINDS", "MEMBERSHIP_KINDS",
     "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST_COPY", "SKIPPED", "COPY_STATES", "RETURNED_STATES",
     "GRAD", "EVAL", "SCHEDULER_KINDS", "FIELDS", "OPTIONAL", "check_record",
+    "COLLECTOR", "GROUP_SUM", "COLLECTOR_LEDGER", "collector_ledger_name", "COLLECTOR_FIELDS",
 ]
 
 #: the ledger's file name inside a run directory
 LEDGER_NAME = "ledger.jsonl"
 #: the field every record carries: its kind
 EV = "ev"
+#: a collector's ledger file name (``str.format`` with ``rank``)
+COLLECTOR_LEDGER = "ledger.collector-{rank}.jsonl"
+
+
+def collector_ledger_name(rank: int) -> str:
+    """The ledger file of the collector ``rank`` inside a run directory."""
+    return COLLECTOR_LEDGER.format(rank=int(rank))
 
 # -- record kinds (the value of ``ev``) -----------------------------------------
 RUN = "run"
@@ -39,6 +55,8 @@ AUDIT = "audit"
 ROLLBACK = "rollback"
 CHECKPOINT = "checkpoint"
 END = "end"
+COLLECTOR = "collector"     # (collector ledgers) a run's part of the file starts
+GROUP_SUM = "group_sum"     # (collector ledgers) a sum of accepted sub-tasks went up
 
 #: the record kinds the master writes
 KNOWN_KINDS = (RUN, COPY, STEP, STRIKE, EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST, EXONERATE,
@@ -145,6 +163,24 @@ FIELDS: dict[str, dict[str, str]] = {
     CHECKPOINT: {EV: "the record kind", "step": "the step saved", "path": "the checkpoint file"},
     END: {EV: "the record kind", "step": "the last step", "t": "seconds since the run started",
           "status": "how the run ended"},
+}
+
+#: the fields a collector adds to its scheduler records, and its own kinds
+COLLECTOR_FIELDS: dict[str, dict[str, str]] = {
+    "added": {
+        "collector": "the collector's rank (every record of its ledger)",
+        "parent_task": "(copy records) the parent's task the sub-task belongs to",
+    },
+    COLLECTOR: {
+        EV: "the record kind", "collector": "its rank", "parent": "its parent's rank",
+        "children": "the ranks it leads", "hosts": "{rank (string): host name} of its group",
+        "unix_time": "wall-clock start (seconds since the epoch)",
+    },
+    GROUP_SUM: {
+        EV: "the record kind", "collector": "its rank", "step": "the step", "task": "the parent's task id",
+        "kind": "GRAD | EVAL", "subs": "the sub-task ids whose accepted results were summed",
+        "samples": "the samples summed", "t": "seconds since the collector started",
+    },
 }
 
 #: kind -> the fields of :data:`FIELDS` a record of that kind may lack: the

@@ -40,7 +40,7 @@ import numpy as np
 from ..drain import DrainWatch
 from ..errors import ProtocolError
 from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
-from ..ledger_schema import COPY, EV, GRAD
+from ..ledger_schema import COLLECTOR, COPY, EV, GRAD, GROUP_SUM, collector_ledger_name
 from . import signals
 from .faults import FaultInjector
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
@@ -50,17 +50,12 @@ from .step import fp_seed
 from .transport import Backoff, hostname, send_error
 from .worker import TaskRunner
 
-__all__ = ["Collector", "run_collector", "collector_ledger_name"]
+__all__ = ["Collector", "run_collector"]
 
 STARTUP_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
 HOUSEKEEPING_S = 0.001
-
-
-def collector_ledger_name(rank: int) -> str:
-    """The ledger file of the collector ``rank`` (in the run directory)."""
-    return f"ledger.collector-{rank}.jsonl"
 
 
 @dataclass
@@ -129,6 +124,7 @@ class Collector:
         # [faults] rules naming a collector: crash, hang or sleep when a task arrives
         self.faults = FaultInjector(cfg["faults"]["rules"], self.rank)
         self._ledger = None
+        self.t0 = clock()
         if poc["ledger"]:
             run_dir = Path(cfg["run"]["dir"])
             self._ledger = open(run_dir / collector_ledger_name(self.rank), "a", buffering=1 << 16)
@@ -216,6 +212,8 @@ class Collector:
             else:
                 self.backoff.busy()
         self._to_parent(self._hello_message())
+        self._record({EV: COLLECTOR, "collector": self.rank, "parent": self.parent, "children": self.children,
+                      "hosts": {str(r): h for r, h in sorted(self.hosts.items())}, "unix_time": time.time()})
 
     # -- messages -------------------------------------------------------------------
     def _poll(self, hello: set | None = None) -> bool:
@@ -386,6 +384,11 @@ class Collector:
         self.pump.stats["bytes_out"] += out.raw.nbytes
         subs = [s for s, p in self.sub_of.items() if p == parent_id]
         self._write_events()
+        self._record({EV: GROUP_SUM, "collector": self.rank, "step": int(msg["step"]), "task": parent_id,
+                      "kind": msg["kind"], "subs": sorted(entry.by), "samples": entry.samples,
+                      "t": round(self.clock() - self.t0, 6)})
+        if self._ledger is not None:
+            self._ledger.flush()   # what went up is on record (the kernel has it) before more is done
         for s in subs:
             del self.sub_of[s]
         self.sched.forget(subs)
@@ -464,10 +467,19 @@ class Collector:
         for e in events:
             e["host"] = self.hosts.get(e.get("rank"), "?")
             e["collector"] = self.rank
+            if e.get(EV) == COPY:
+                e["parent_task"] = self.sub_of.get(e.get("task"))
+                for k in ("assigned", "finished"):
+                    if e.get(k) is not None:
+                        e[k] = round(e[k] - self.t0, 6)
             out.append(json.dumps(e))
         self._ledger.write("\n".join(out) + "\n")
         if any(e.get(EV) != COPY for e in events):
             self._ledger.flush()
+
+    def _record(self, rec: dict) -> None:
+        if self._ledger is not None:
+            self._ledger.write(json.dumps(rec) + "\n")
 
 
 def run_collector(comm, cfg: dict, ancestors, children: list[int]) -> None:
