@@ -86,8 +86,21 @@ def mpiexec() -> str:
     return str(b / "mpiexec") if (b / "mpiexec").exists() else "mpiexec"
 
 
+def mpiexec_flags(exe: str) -> list[str]:
+    """What Open MPI needs to run more ranks than cores here (MPICH needs nothing)."""
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout.lower()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if not any(k in out for k in ("open mpi", "open-mpi", "openrte")):
+        return []
+    return ["--oversubscribe", "--bind-to", "none"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+
+
 def raven_command(cfg: Path, run_dir: Path, nranks: int, sets=()) -> list[str]:
-    cmd = [mpiexec(), "-n", str(nranks), str(_bindir() / "raven-hpc"), "train", str(cfg), "--run-dir", str(run_dir)]
+    exe = mpiexec()
+    cmd = [exe, *mpiexec_flags(exe), "-n", str(nranks), str(_bindir() / "raven-hpc"), "train", str(cfg),
+           "--run-dir", str(run_dir)]
     for s in sets:
         cmd += ["--set", s]
     return cmd
@@ -111,6 +124,107 @@ def run_raven_cmd(cfg: Path, run_dir: Path, nranks: int, sets=(), timeout: float
     s["run_dir"] = str(run_dir)
     s["cmd"] = cmd
     s["elapsed_s"] = round(elapsed, 2)
+    return s
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` (``/proc/<pid>/stat``); None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()   # after "pid (comm) ": state is field 3
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rank_pids(root: int) -> dict[int, int]:
+    """MPI rank -> pid of the processes below ``root`` (the launcher), from
+    the rank variable MPICH (``PMI_RANK``) or Open MPI
+    (``OMPI_COMM_WORLD_RANK``) puts in each rank's environment."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            text = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = {}, list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for var in (b"PMI_RANK=", b"OMPI_COMM_WORLD_RANK="):
+            hit = next((e[len(var):] for e in env if e.startswith(var)), None)
+            if hit is not None and hit.isdigit():
+                out.setdefault(int(hit), pid)   # a rank that forks keeps its first pid
+                break
+    return out
+
+
+def _cpu_of(pids: dict[int, int]) -> dict[int, float | None]:
+    return {r: proc_cpu_s(p) for r, p in pids.items()}
+
+
+def run_raven_sampled(cfg: Path, run_dir: Path, nranks: int, sets=(), warm_steps: int = 10,
+                      timeout: float = 900, poll_s: float = 0.02) -> dict:
+    """Like :func:`run_raven_cmd`, and every rank's CPU over a training
+    window read from ``/proc`` by this process (no product code measures
+    itself): the window opens when the master's ``metrics.jsonl`` shows step
+    ``warm_steps`` (``train.log_every`` is set to it, so start-up, kernel
+    loading and the first steps stay outside) and closes when
+    ``summary.json`` appears (training done, before the ranks stop).
+    Adds ``rank_cpu_s`` (rank -> CPU seconds in the window), ``window_steps``,
+    ``window_wall_s`` and ``window_from_step``."""
+    sets = [*sets, f"train.log_every={warm_steps}"]
+    cmd = raven_command(cfg, run_dir, nranks, sets)
+    metrics, summary = run_dir / "metrics.jsonl", run_dir / "summary.json"
+    t0 = time.perf_counter()
+    with open(run_dir.parent / f"{run_dir.name}.out", "w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=bench_env(),
+                                start_new_session=True)
+        pids: dict[int, int] = {}
+        begin = end = None
+        try:
+            while proc.poll() is None:
+                if time.perf_counter() - t0 > timeout:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                    out.seek(0)
+                    raise SystemExit(f"raven-hpc timed out after {timeout:.0f} s: {' '.join(cmd)}\n"
+                                     f"{out.read()[-3000:]}")
+                if begin is None and metrics.exists():
+                    step = next((r["step"] for r in read_jsonl(metrics) if r.get("event") == "step"), None)
+                    if step is not None:
+                        pids = rank_pids(proc.pid)
+                        begin = (time.perf_counter(), step, _cpu_of(pids))
+                if begin is not None and end is None and summary.exists():
+                    end = (time.perf_counter(), _cpu_of(pids))
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+        elapsed = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"raven-hpc failed ({' '.join(cmd)}):\n{text[-5000:]}")
+    s = json.loads(summary.read_text())
+    s.update(run_dir=str(run_dir), cmd=cmd, elapsed_s=round(elapsed, 2))
+    if begin is None or end is None or len(pids) != nranks:
+        s.update(rank_cpu_s=None, window_steps=None, window_wall_s=None, window_from_step=None)
+        return s
+    s["rank_cpu_s"] = {r: (None if end[1][r] is None or begin[2][r] is None else end[1][r] - begin[2][r])
+                       for r in sorted(pids)}
+    s.update(window_steps=s["steps"] - begin[1], window_wall_s=end[0] - begin[0], window_from_step=begin[1])
     return s
 
 
@@ -229,6 +343,18 @@ def run_ddp_procs(data: Path, tmp: Path, *, workers: int, steps: int, batch: int
     if slow_factor > 1.0 and 0 < slow_rank < workers and outs[slow_rank][0].strip():
         res.update(json.loads(outs[slow_rank][0].strip().splitlines()[-1]))
     return res
+
+
+def table(headers: list[str], rows: list[list], title: str = "") -> None:
+    """Print a plain aligned table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    if title:
+        print(f"\n{title}")
+    for k, r in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if k == 0:
+            print("  " + "  ".join("-" * w for w in widths))
 
 
 def write_result(name: str, result: dict) -> Path:

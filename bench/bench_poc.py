@@ -2,7 +2,7 @@
 """Proof-of-Calculation benchmarks: stragglers, verification cost, detection
 of a corrupting worker, and the master's cost as workers grow.
 
-    python bench/bench_poc.py                      # all four parts (~10 min on 2 cores)
+    python bench/bench_poc.py                      # all parts (~10 min on 2 cores)
     python bench/bench_poc.py straggler verify     # some parts
     python bench/bench_poc.py --quick              # smoke run (~1 min idle, ~2 min on a busy box)
 
@@ -41,15 +41,20 @@ audit      cost and catch of trusted audits.  Cost: ``-n 3`` clean,
            wrong (the first failed audit, or the exploding-loss audit) at each
            rate, several ``train.seed`` values (the audits' draws are not
            seeded: every run differs).
-scaling    master cost per step with -n 3, 5, 9, 17 on a small model
-           (784-64-10, 32-sample tasks, 2 tasks per worker per step, i.e.
-           the global batch grows with the workers), speculative backups off
-           (oversubscribed workers are descheduled for whole time slices and
-           would all look like stragglers).  Master CPU s per step
-           (summary master_cpu_s / steps), messages per step, master CPU per
-           message, step wall time; least-squares fit cost/step = a + b*N,
-           projected to 64 and 256 ranks.  Oversubscription (17 ranks on 2
-           cores) inflates wall time; master CPU per message is what scales.
+scaling    the master's (root's) cost per step as ranks grow, flat star vs
+           gradient collectors (``--collectors 0 auto 4``: cluster.collectors
+           values compared at each size), 32-sample tasks, 2 tasks per rank
+           per step (the global batch grows with the ranks), speculative
+           backups off (oversubscribed workers are descheduled for whole time
+           slices and would all look like stragglers).  Every rank's CPU is
+           read from /proc by this script over the steps after
+           ``--scaling-warm`` (start-up and warm-up stay out): root CPU ms per
+           step, each collector's, the workers'; messages per step, step wall
+           time.  ``--emulate SECONDS``: workers sleep that long per task and
+           return a synthetic gradient (``[faults]`` mode ``emulate``), so 65
+           ranks fit on 2 cores while the root and collectors do their real
+           work; step time is then compared with the emulated compute.
+           Target: root CPU per step at the largest size <= 1.5 x at 9 ranks.
 
 Timings on a shared machine are noisy: every part interleaves its variants
 (A B A B ...) and reports medians.  Use ``--keep DIR`` to keep the run
@@ -59,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import shutil
 import statistics
 import sys
@@ -68,7 +74,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (LAYERS, data_source, prepare, raven_command, read_jsonl, run_ddp_procs,  # noqa: E402
-                     run_raven_cmd, write_raven_config, write_result)
+                     run_raven_cmd, run_raven_sampled, table, write_raven_config, write_result)
 
 PARTS = ("straggler", "verify", "detect", "scaling", "audit")
 SNIPPET = 32
@@ -81,18 +87,6 @@ def med(xs):
 
 def fmt(x, spec=",.0f", none="-"):
     return none if x is None else format(x, spec)
-
-
-def table(headers: list[str], rows: list[list], title: str = "") -> None:
-    """Print a plain aligned table."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    if title:
-        print(f"\n{title}")
-    for k, r in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
-        if k == 0:
-            print("  " + "  ".join("-" * w for w in widths))
 
 
 def faults(*rules: str) -> str:
@@ -143,11 +137,17 @@ class Bench:
         self.commands: list[str] = []
         self._n = 0
 
-    def raven(self, cfg: Path, nranks: int, sets=(), tag: str = "run", timeout: float = 600) -> dict:
+    def raven(self, cfg: Path, nranks: int, sets=(), tag: str = "run", timeout: float = 600,
+              warm_steps: int | None = None) -> dict:
+        """One raven-hpc run; with ``warm_steps``, every rank's CPU is sampled
+        from /proc over the steps after it (``run_raven_sampled``)."""
         self._n += 1
         run_dir = self.work / f"{self._n:03d}-{tag}"
-        cmd = raven_command(cfg, run_dir, nranks, sets)
+        shown = [*sets, f"train.log_every={warm_steps}"] if warm_steps is not None else sets
+        cmd = raven_command(cfg, run_dir, nranks, shown)
         self.commands.append(" ".join(f"'{c}'" if any(ch in c for ch in " [{\"") else c for c in cmd))
+        if warm_steps is not None:
+            return run_raven_sampled(cfg, run_dir, nranks, sets, warm_steps=warm_steps, timeout=timeout)
         return run_raven_cmd(cfg, run_dir, nranks, sets, timeout=timeout)
 
     def mnist_config(self, name: str, max_steps: int, workers: int = 2) -> Path:
@@ -407,84 +407,128 @@ class Bench:
     def scaling(self) -> dict:
         a = self.args
         layers = tuple(a.scaling_layers)
-        out, rows = [], []
+        emu = a.emulate
+        out = []
         print(f"\n== scaling: MLP 784-{'-'.join(map(str, layers))}-10, {a.scaling_tasks} tasks of {SNIPPET} samples "
-              f"per worker per step, ranks {a.ranks}, {a.scaling_steps} steps, backups "
-              f"{'on' if a.scaling_backup else 'off'}", flush=True)
+              f"per rank per step, ranks {a.ranks}, collectors {a.collectors}, {a.scaling_steps} steps "
+              f"(measured from step {a.scaling_warm}), backups {'on' if a.scaling_backup else 'off'}, compute "
+              + (f"emulated: {1e3 * emu:g} ms per task" if emu is not None else "real"), flush=True)
         for rep in range(a.scaling_repeats):
             for n in a.ranks:
-                w = n - 1
-                cfg = write_raven_config(self.work / f"scaling-{n}.toml", self.data,
-                                         batch_size=a.scaling_tasks * SNIPPET * w, task_snippets=1,
-                                         max_steps=a.scaling_steps, lr=a.lr, layers=layers)
-                sets = [] if a.scaling_backup else ["poc.backup=false"]
-                s = self.raven(cfg, n, sets, f"scaling-n{n}")
-                led = ledger_stats(s["run_dir"])
-                steps = max(1, s["steps"])
-                results = led["copies"]
-                rec = {"ranks": n, "workers": w, "steps": s["steps"], "wall_s": s["wall_s"],
-                       "elapsed_s": s["elapsed_s"], "master_cpu_s": s["master_cpu_s"], "messages": s["messages"],
-                       "result_copies": results, "backups": led["backups"],
-                       "cpu_ms_per_step": 1e3 * s["master_cpu_s"] / steps,
-                       "messages_per_step": s["messages"] / steps,
-                       "cpu_us_per_message": 1e6 * s["master_cpu_s"] / max(1, s["messages"]),
-                       "step_ms": 1e3 * s["wall_s"] / steps, "step_ms_parts": s["step_ms"],
-                       "samples_per_s": s["samples_per_s"], "num_params": s["num_params"], "repeat": rep}
-                out.append(rec)
-                print(f"  -n {n}: {rec['cpu_ms_per_step']:.2f} ms master CPU/step, "
-                      f"{rec['messages_per_step']:.1f} msgs/step, step {rec['step_ms']:.1f} ms "
-                      f"(launch {s['elapsed_s']:.0f} s)", flush=True)
-        by_n = collections.defaultdict(list)
-        for r in out:
-            by_n[r["ranks"]].append(r)
-        agg = []
+                for coll in a.collectors:
+                    if not _tree_fits(n, coll, a.fan_in):
+                        continue
+                    rec = self._scaling_run(n, coll, layers, rep)
+                    out.append(rec)
+                    print(f"  -n {n} collectors={coll}: root {fmt(rec['root_cpu_ms_per_step'], '.2f')} ms CPU/step, "
+                          f"collectors {fmt(rec['collector_cpu_ms_per_step_max'], '.2f')} ms (max), "
+                          f"{rec['messages_per_step']:.1f} msgs/step, step {fmt(rec['step_ms'], '.1f')} ms "
+                          f"(launch {rec['elapsed_s']:.0f} s)", flush=True)
+        agg, rows = [], []
+        keys = ("root_cpu_ms_per_step", "cpu_ms_per_step", "messages_per_step", "cpu_us_per_message",
+                "collector_cpu_ms_per_step_median", "collector_cpu_ms_per_step_max", "worker_cpu_ms_per_step",
+                "step_ms", "ideal_step_ms", "update_ms", "backups_per_step")
         for n in a.ranks:
-            rs = by_n[n]
-            agg.append({"ranks": n, "cpu_ms_per_step": med(r["cpu_ms_per_step"] for r in rs),
-                        "messages_per_step": med(r["messages_per_step"] for r in rs),
-                        "cpu_us_per_message": med(r["cpu_us_per_message"] for r in rs),
-                        "step_ms": med(r["step_ms"] for r in rs),
-                        "update_ms": med(r["step_ms_parts"]["update"] for r in rs),
-                        "backups_per_step": med(r["backups"] / max(1, r["steps"]) for r in rs),
-                        "samples_per_step": a.scaling_tasks * SNIPPET * (n - 1)})
-            rows.append([n, fmt(agg[-1]["cpu_ms_per_step"], ".2f"), fmt(agg[-1]["messages_per_step"], ".1f"),
-                         fmt(agg[-1]["cpu_us_per_message"], ".0f"), fmt(agg[-1]["step_ms"], ".1f"),
-                         fmt(agg[-1]["update_ms"], ".2f"), fmt(agg[-1]["backups_per_step"], ".2f")])
-        table(["ranks", "master CPU ms/step", "msgs/step", "CPU us/msg", "step ms (wall)", "update ms",
-               "backups/step"], rows,
-              "scaling (medians over repeats; num_params = "
-              f"{out[0]['num_params'] if out else '?'}, 4 bytes each per message)")
-        fit = _fit([r["ranks"] for r in agg], [r["cpu_ms_per_step"] for r in agg])
-        fit_msg = _fit([r["ranks"] for r in agg], [r["cpu_us_per_message"] for r in agg])
-        marg = _fit([r["messages_per_step"] for r in agg], [r["cpu_ms_per_step"] for r in agg])
-        proj = {}
-        if fit:
-            for n in a.project:
-                c = fit["a"] + fit["b"] * n
-                batch = a.scaling_tasks * SNIPPET * (n - 1)
-                proj[str(n)] = {"cpu_ms_per_step": c, "messages_per_step": a.scaling_tasks * (n - 1),
-                                "master_bound_steps_per_s": 1e3 / c if c > 0 else None,
-                                "master_bound_samples_per_s": batch * 1e3 / c if c > 0 else None}
-            print(f"\n  fit: master CPU ms/step = {fit['a']:.3f} + {fit['b']:.4f} x ranks (R^2 {fit['r2']:.3f})")
-            if marg:
-                print(f"       master CPU ms/step = {marg['a']:.3f} + {marg['b']:.4f} x messages/step "
-                      f"(R^2 {marg['r2']:.3f}): marginal master CPU {1e3 * marg['b']:.0f} us per result message")
-            if fit_msg:
-                print(f"       master CPU us/message (all master CPU / all messages) = {fit_msg['a']:.1f} "
-                      f"{fit_msg['b']:+.3f} x ranks (R^2 {fit_msg['r2']:.3f}; it falls while the per-step fixed "
-                      "cost is shared by more messages, then flattens at the marginal cost)")
-            table(["ranks", "master CPU ms/step", "msgs/step", "master-bound steps/s", "master-bound samples/s"],
-                  [[n, fmt(p["cpu_ms_per_step"], ".2f"), p["messages_per_step"],
-                    fmt(p["master_bound_steps_per_s"], ".1f"), fmt(p["master_bound_samples_per_s"])]
-                   for n, p in proj.items()],
-                  "projection (linear fit; weak scaling: the global batch grows with the workers)")
-        print("  caveat: 17 ranks on 2 cores are oversubscribed, which inflates step wall time (workers wait "
-              "for a time slice); master CPU per message is the figure that carries over to real nodes.")
-        return {"config": {"model": [784, *layers, 10], "tasks_per_worker": a.scaling_tasks, "snippet_size": SNIPPET,
-                           "steps": a.scaling_steps, "ranks": a.ranks, "backup": a.scaling_backup},
-                "per_ranks": agg, "fit_cpu_ms_per_step": fit, "fit_cpu_us_per_message": fit_msg,
-                "fit_cpu_ms_per_step_vs_messages": marg,
-                "projection": proj, "runs": out}
+            for coll in a.collectors:
+                rs = [r for r in out if r["ranks"] == n and r["collectors"] == coll]
+                if not rs:
+                    continue
+                row = {"ranks": n, "collectors": coll, "tree": rs[0]["tree"], "computing_workers": rs[0]["computing"]}
+                row.update({k: med(r[k] for r in rs) for k in keys})
+                agg.append(row)
+                rows.append([n, coll, rs[0]["tree"], fmt(row["root_cpu_ms_per_step"], ".2f"),
+                             fmt(row["cpu_ms_per_step"], ".2f"), fmt(row["messages_per_step"], ".1f"),
+                             fmt(row["cpu_us_per_message"], ".0f"), fmt(row["collector_cpu_ms_per_step_median"], ".2f"),
+                             fmt(row["collector_cpu_ms_per_step_max"], ".2f"), fmt(row["worker_cpu_ms_per_step"], ".2f"),
+                             fmt(row["step_ms"], ".1f"), fmt(row["ideal_step_ms"], ".1f"),
+                             fmt(None if not row["ideal_step_ms"] or row["step_ms"] is None
+                                 else row["step_ms"] / row["ideal_step_ms"], ".2f")])
+        table(["ranks", "collectors", "tree", "root CPU ms/step", "summary ms/step", "root msgs/step", "us/msg",
+               "coll. CPU ms/step (med)", "(max)", "worker CPU ms/step", "step ms", "emulated ms", "step/emulated"],
+              rows, "scaling (medians over repeats; CPU from /proc over the measured window; num_params = "
+              f"{out[0]['num_params'] if out else '?'}, 4 bytes each per message; emulated ms = compute per step "
+              "of the busiest computing worker)")
+        res = {"config": {"model": [784, *layers, 10], "tasks_per_rank": a.scaling_tasks, "snippet_size": SNIPPET,
+                          "steps": a.scaling_steps, "warm_steps": a.scaling_warm, "ranks": a.ranks,
+                          "collectors": a.collectors, "emulate_s_per_task": emu, "backup": a.scaling_backup},
+               "per_ranks": agg, "runs": out, "fits": {}, "targets": {}}
+        for coll in a.collectors:
+            rs = [r for r in agg if r["collectors"] == coll]
+            fit = _fit([r["ranks"] for r in rs], [r["root_cpu_ms_per_step"] for r in rs])
+            marg = _fit([r["messages_per_step"] for r in rs], [r["root_cpu_ms_per_step"] for r in rs])
+            res["fits"][coll] = {"root_cpu_ms_per_step_vs_ranks": fit, "root_cpu_ms_per_step_vs_messages": marg}
+            if fit:
+                print(f"\n  collectors={coll}: root CPU ms/step = {fit['a']:.3f} + {fit['b']:.4f} x ranks "
+                      f"(R^2 {fit['r2']:.3f})" + (f"; {1e3 * marg['b']:.0f} us per result message "
+                                                  f"(R^2 {marg['r2']:.3f})" if marg else ""))
+            by = {r["ranks"]: r["root_cpu_ms_per_step"] for r in rs}
+            hi = max(by)
+            if 9 in by and hi > 9 and by[9] and by[hi] is not None:
+                key = f"collectors={coll}: root CPU/step at {hi} ranks <= 1.5 x at 9 ranks"
+                res["targets"][key] = by[hi] <= 1.5 * by[9]
+                print(f"  collectors={coll}: root CPU/step at {hi} ranks = {by[hi] / by[9]:.2f} x the 9-rank figure")
+        _targets(res["targets"])
+        print("  caveat: many ranks on 2 cores are oversubscribed, which inflates wall time (ranks wait for a "
+              "time slice); CPU per step and per message are the figures that carry over to real nodes.")
+        return res
+
+    def _scaling_run(self, n: int, coll: str, layers: tuple, rep: int) -> dict:
+        from raven_hpc.protocol.topology import build_tree
+
+        a = self.args
+        tree = build_tree(n, int(coll) if coll.isdigit() else coll, a.fan_in)
+        computing = [r for r in range(1, n) if not tree.children_of(r)]
+        cfg = write_raven_config(self.work / f"scaling-{n}.toml", self.data,
+                                 batch_size=a.scaling_tasks * SNIPPET * (n - 1), task_snippets=1,
+                                 max_steps=a.scaling_steps, lr=a.lr, layers=layers)
+        sets = [f"cluster.collectors={coll if coll.isdigit() else json.dumps(coll)}", f"cluster.fan_in={a.fan_in}"]
+        sets += [] if a.scaling_backup else ["poc.backup=false"]
+        if a.emulate is not None:
+            ranks = ", ".join(str(r) for r in range(1, n))
+            sets += ["data.cache=false", "poc.audit=0",
+                     faults(f'{{rank = [{ranks}], mode = "emulate", seconds_per_sample = {a.emulate / SNIPPET!r}}}')]
+        s = self.raven(cfg, n, sets, f"scaling-n{n}-c{coll}", warm_steps=a.scaling_warm)
+        steps = max(1, s["steps"])
+        wsteps = s["window_steps"] or 0
+        cpu = s["rank_cpu_s"] or {}
+
+        def per_step(ranks):
+            xs = [1e3 * cpu[r] / wsteps for r in ranks if wsteps > 0 and cpu.get(r) is not None]
+            return xs
+
+        colls = per_step(tree.collectors)
+        workers = per_step(computing)
+        led = ledger_stats(s["run_dir"])
+        per_worker = a.scaling_tasks * (n - 1) / max(1, len(computing))
+        root = per_step([0])
+        return {"ranks": n, "collectors": coll, "repeat": rep, "tree": tree.describe().split(":")[0],
+                "collector_ranks": tree.collectors, "computing": len(computing),
+                "steps": s["steps"], "window_steps": wsteps, "wall_s": s["wall_s"], "elapsed_s": s["elapsed_s"],
+                "master_cpu_s": s["master_cpu_s"], "messages": s["messages"], "result_copies": led["copies"],
+                "backups": led["backups"], "backups_per_step": led["backups"] / steps,
+                "root_cpu_ms_per_step": root[0] if root else None,
+                "cpu_ms_per_step": 1e3 * s["master_cpu_s"] / steps,
+                "messages_per_step": s["messages"] / steps,
+                "cpu_us_per_message": 1e6 * s["master_cpu_s"] / max(1, s["messages"]),
+                "collector_cpu_ms_per_step": colls, "collector_cpu_ms_per_step_median": med(colls),
+                "collector_cpu_ms_per_step_max": max(colls) if colls else None,
+                "worker_cpu_ms_per_step": med(workers),
+                "step_ms": 1e3 * s["window_wall_s"] / wsteps if wsteps > 0 else None,
+                "ideal_step_ms": None if a.emulate is None else 1e3 * a.emulate * -(-per_worker // 1),
+                "update_ms": s["step_ms"]["update"], "step_ms_parts": s["step_ms"],
+                "samples_per_s": s["samples_per_s"], "num_params": s["num_params"], "cmd": s["cmd"]}
+
+
+def _tree_fits(n: int, coll: str, fan_in: int) -> bool:
+    """Can ``n`` ranks make ``coll`` collectors (k groups need two ranks each)?"""
+    from raven_hpc.errors import ConfigError
+    from raven_hpc.protocol.topology import build_tree
+
+    try:
+        build_tree(n, int(coll) if coll.isdigit() else coll, fan_in)
+    except ConfigError:
+        return False
+    return True
 
 
 def _fit(xs, ys):
@@ -538,7 +582,14 @@ def main() -> None:
     ap.add_argument("--scaling-tasks", type=int, default=2, help="tasks per worker per step (scaling)")
     ap.add_argument("--scaling-layers", type=int, nargs="+", default=[64], help="hidden layers (scaling)")
     ap.add_argument("--scaling-backup", action="store_true", help="keep speculative backups on in scaling")
-    ap.add_argument("--project", type=int, nargs="+", default=[64, 256], help="ranks to project scaling to")
+    ap.add_argument("--scaling-warm", type=int, default=10,
+                    help="scaling: CPU is measured from this step to the end (start-up and warm-up stay out)")
+    ap.add_argument("--collectors", nargs="+", default=["auto"],
+                    help="scaling: cluster.collectors values to compare at each size (0: flat star, auto, k groups)")
+    ap.add_argument("--fan-in", type=int, default=16, help="scaling: cluster.fan_in")
+    ap.add_argument("--emulate", type=float, default=None, metavar="SECONDS",
+                    help="scaling: workers emulate each 32-sample task's compute (sleep SECONDS, synthetic "
+                         "gradient: [faults] mode \"emulate\") instead of running the model")
     ap.add_argument("--audit-rates", type=float, nargs="+", default=[0.01, 0.05], help="poc.audit values (audit)")
     ap.add_argument("--audit-fault-factor", type=float, default=0.5,
                     help="the wrong pair's gradient scale in the audit catch runs")
@@ -558,6 +609,9 @@ def main() -> None:
             setattr(args, k, v)
     if q:
         args.fault_from = min(args.fault_from, 5)
+    bad = [c for c in args.collectors if c != "auto" and not c.isdigit()]
+    if bad:
+        ap.error(f"--collectors takes 0, auto or a number of groups, got {', '.join(bad)}")
     if args.batch % SNIPPET:
         raise SystemExit(f"--batch must be a multiple of {SNIPPET}")
 

@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Scale-out benchmarks: what the master costs while it waits, and what the
+pure scheduler costs per step flat vs under gradient collectors.
+
+    python bench/bench_tree.py                     # both parts (~3 min on 2 cores)
+    python bench/bench_tree.py wait                # one part
+    python bench/bench_tree.py scheduler --sizes 64 256 1024 --group 16
+
+Parts (each prints a table and writes bench/results/tree-<part>.json):
+
+wait       ``-n 3``, flat star (``cluster.collectors = 0``), MLP 784-64-10,
+           one 32-sample task per worker per step (``max_chunk = 1``), both
+           workers sleep ``--sleep`` seconds (default 0.02) before each task
+           (``[faults]`` mode ``sleep``), so the master spends most of every
+           step waiting.  Reported: ``master_cpu_fraction`` of summary.json
+           (master CPU / wall), master CPU ms per step, step wall ms (medians
+           over ``--repeats`` runs).  A master that does not spin stays far
+           below one core.
+scheduler  ``raven_hpc.protocol.scheduler.Scheduler`` alone (no MPI, no
+           messages): a fake clock, simulated workers with fixed speeds,
+           ``--tasks`` tasks of 32 samples per worker per step, every copy
+           completing at its predicted finish.  CPU (``time.process_time``)
+           spent in the scheduler's calls per step -- ``begin_step``,
+           ``submit``, ``assign``, ``complete``, ``backups`` (while the step's
+           tail runs), ``next_expected``, ``record_applied``, ``forget``,
+           ``drain_events`` -- for three roles at each size W:
+           *flat*: one scheduler over W workers, ``max_chunk`` 16 (the
+           master of a star); *root*: one scheduler over W / ``--group``
+           collectors, each as fast as its group, ``max_chunk`` 16 x group
+           (what the master does with collectors); *collector*: one
+           scheduler over ``--group`` workers, ``max_chunk`` 1, given its
+           share of the step's tasks (what each collector does).
+           The first ``--warm`` steps (speeds being learnt) are not counted.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (data_source, prepare, raven_command, run_raven_cmd, table, write_raven_config,  # noqa: E402
+                     write_result)
+
+PARTS = ("wait", "scheduler")
+SNIPPET = 32
+HOUSEKEEPING_S = 0.001     # how often the master and collectors look for backups (master.HOUSEKEEPING_S)
+
+
+# ---------------------------------------------------------------------- wait
+
+def wait_part(args, work: Path) -> dict:
+    data = prepare(work, snippet_size=SNIPPET)
+    cfg = write_raven_config(work / "wait.toml", data, batch_size=2 * SNIPPET, task_snippets=1,
+                             max_steps=args.wait_steps, layers=(64,))
+    sets = ["cluster.collectors=0", "cluster.max_chunk=1", "data.cache=false",
+            f'faults.rules=[{{rank = [1, 2], mode = "sleep", seconds = {args.sleep!r}}}]']
+    print(f"\n== wait: -n 3 flat, MLP 784-64-10, 1 task of {SNIPPET} samples per worker per step, both workers "
+          f"sleep {1e3 * args.sleep:g} ms per task; {args.wait_steps} steps x {args.repeats} runs", flush=True)
+    runs, rows, commands = [], [], []
+    for rep in range(args.repeats):
+        run_dir = work / f"wait-{rep}"
+        commands.append(" ".join(raven_command(cfg, run_dir, 3, sets)))
+        s = run_raven_cmd(cfg, run_dir, 3, sets)
+        steps = max(1, s["steps"])
+        rec = {"master_cpu_fraction": s["master_cpu_fraction"], "master_cpu_s": s["master_cpu_s"],
+               "wall_s": s["wall_s"], "steps": s["steps"], "cpu_ms_per_step": 1e3 * s["master_cpu_s"] / steps,
+               "step_ms": 1e3 * s["wall_s"] / steps, "step_ms_parts": s["step_ms"], "messages": s["messages"]}
+        runs.append(rec)
+        rows.append([rep + 1, f"{rec['master_cpu_fraction']:.3f}", f"{rec['cpu_ms_per_step']:.2f}",
+                     f"{rec['step_ms']:.1f}", f"{s['step_ms']['wait']:.1f}"])
+        print(f"  [{rep + 1}/{args.repeats}] master CPU fraction {rec['master_cpu_fraction']:.3f}", flush=True)
+    summary = {k: statistics.median(r[k] for r in runs)
+               for k in ("master_cpu_fraction", "cpu_ms_per_step", "step_ms")}
+    rows.append(["median", f"{summary['master_cpu_fraction']:.3f}", f"{summary['cpu_ms_per_step']:.2f}",
+                 f"{summary['step_ms']:.1f}", ""])
+    table(["run", "master CPU fraction", "master CPU ms/step", "step ms", "waiting ms/step"], rows,
+          f"wait (workers sleep {1e3 * args.sleep:g} ms per task; CPU fraction = master CPU s / wall s)")
+    return {"config": {"ranks": 3, "model": [784, 64, 10], "sleep_s": args.sleep, "steps": args.wait_steps},
+            "summary": summary, "runs": runs, "commands": commands}
+
+
+# ---------------------------------------------------------------------- scheduler
+
+def simulate(members: int, tasks_per_step: int, *, steps: int, warm: int, max_chunk: int, sec_per_sample: float,
+             overhead_s: float = 2e-4, backups: bool = True, spread: float = 0.1, seed: int = 0) -> dict:
+    """CPU seconds per step inside one Scheduler over ``members`` simulated
+    ranks (speeds ``sec_per_sample`` x (1 + up to ``spread``), fixed by
+    ``seed``) driven through ``steps`` steps of ``tasks_per_step`` tasks."""
+    import random
+
+    from raven_hpc.protocol.scheduler import Scheduler, Task
+
+    rng = random.Random(seed)
+    speed = {r: sec_per_sample * (1 + spread * rng.random()) for r in range(1, members + 1)}
+    sched = Scheduler(list(speed), prefetch=2, max_chunk=max_chunk)
+    now, next_id, next_backup = 0.0, 1, 0.0
+    busy = dict.fromkeys(speed, 0.0)
+    cpu, copies, calls = [], [], []
+    pt = time.process_time
+    for step in range(steps):
+        spent = 0.0
+        ncalls = 0
+        events: list = []
+        tasks = []
+        for k in range(tasks_per_step):
+            tasks.append(Task(next_id, step, (next_id,), samples=SNIPPET))
+            next_id += 1
+        t = pt()
+        sched.begin_step(step, now)
+        sched.submit(tasks)
+        spent += pt() - t
+        open_ids = {x.task_id for x in tasks}
+        given = 0
+        while open_ids:
+            t = pt()
+            out = sched.assign(now)
+            if backups and now >= next_backup:      # the master looks at most every HOUSEKEEPING_S
+                next_backup = now + HOUSEKEEPING_S
+                out += sched.backups(now)
+                ncalls += 1
+            sched.next_expected()
+            spent += pt() - t
+            ncalls += 2
+            for rank, task in out:
+                start = max(busy[rank], now)
+                busy[rank] = start + task.samples * speed[rank]
+                heapq.heappush(events, (busy[rank] + overhead_s, rank, task.task_id, task.samples * speed[rank]))
+                given += 1
+            if not events:
+                raise RuntimeError("the simulated step stalled: nothing out and tasks open")
+            now, rank, tid, compute = heapq.heappop(events)
+            t = pt()
+            task = sched.task(tid)
+            verdict = sched.complete(rank, tid, now, compute_s=compute)
+            spent += pt() - t
+            ncalls += 1
+            if verdict.accept:
+                open_ids.discard(tid)
+                if task is not None:
+                    open_ids.difference_update(task.merged)
+        ids = [x.task_id for x in tasks]
+        t = pt()
+        sched.record_applied(ids, step)
+        sched.forget(ids)
+        sched.drain_events()
+        spent += pt() - t
+        # copies still out (backups) land before the next step; their workers are busy till then
+        while events:
+            now, rank, tid, compute = heapq.heappop(events)
+            t = pt()
+            sched.complete(rank, tid, now, compute_s=compute)
+            sched.forget(ids)
+            spent += pt() - t
+        if step >= warm:
+            cpu.append(spent)
+            copies.append(given)
+            calls.append(ncalls)
+    return {"cpu_ms_per_step": 1e3 * statistics.median(cpu), "cpu_ms_per_step_mean": 1e3 * statistics.fmean(cpu),
+            "copies_per_step": statistics.median(copies), "calls_per_step": statistics.median(calls),
+            "members": members, "tasks_per_step": tasks_per_step, "max_chunk": max_chunk}
+
+
+def scheduler_part(args) -> dict:
+    g, k, sps = args.group, args.tasks, args.sec_per_sample
+    print(f"\n== scheduler: {k} tasks of {SNIPPET} samples per worker per step, groups of {g}, sizes {args.sizes}, "
+          f"{args.sched_steps} steps ({args.warm} not counted), backups {'on' if args.backups else 'off'}", flush=True)
+    rows, out = [], []
+    for w in args.sizes:
+        if w % g:
+            raise SystemExit(f"--sizes: {w} workers do not cut into groups of {g}")
+        kw = dict(steps=args.sched_steps, warm=args.warm, backups=args.backups)
+        flat = simulate(w, k * w, max_chunk=16, sec_per_sample=sps, **kw)
+        root = simulate(w // g, k * w, max_chunk=16 * g, sec_per_sample=sps / g, **kw)
+        coll = simulate(g, k * g, max_chunk=1, sec_per_sample=sps, **kw)
+        rec = {"workers": w, "collectors": w // g, "group": g, "flat": flat, "root": root, "collector": coll}
+        out.append(rec)
+        rows.append([w, w // g, f"{flat['cpu_ms_per_step']:.3f}", flat["copies_per_step"],
+                     f"{root['cpu_ms_per_step']:.3f}", root["copies_per_step"],
+                     f"{coll['cpu_ms_per_step']:.3f}", coll["copies_per_step"],
+                     f"{flat['cpu_ms_per_step'] / root['cpu_ms_per_step']:.1f}"])
+        print(f"  {w} workers: flat {flat['cpu_ms_per_step']:.3f} ms, root {root['cpu_ms_per_step']:.3f} ms, "
+              f"collector {coll['cpu_ms_per_step']:.3f} ms per step", flush=True)
+    table(["workers", "collectors", "flat ms/step", "flat copies", "root ms/step", "root copies",
+           "collector ms/step", "coll. copies", "flat/root"], rows,
+          f"scheduler CPU per step (median; copies = copies handed out per step; collector = one group of {g})")
+    return {"config": {"tasks_per_worker": k, "group": g, "sizes": args.sizes, "steps": args.sched_steps,
+                       "warm": args.warm, "sec_per_sample": sps, "backups": args.backups}, "sizes": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", metavar="PART", help=f"which parts: {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--sleep", type=float, default=0.02, help="wait: seconds each worker sleeps per task")
+    ap.add_argument("--wait-steps", type=int, default=150, help="wait: steps per run")
+    ap.add_argument("--repeats", type=int, default=3, help="wait: runs (medians reported)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], help="scheduler: simulated workers")
+    ap.add_argument("--group", type=int, default=16, help="scheduler: workers per collector")
+    ap.add_argument("--tasks", type=int, default=2, help="scheduler: tasks per worker per step")
+    ap.add_argument("--sched-steps", type=int, default=12, help="scheduler: simulated steps")
+    ap.add_argument("--warm", type=int, default=2, help="scheduler: first steps not counted")
+    ap.add_argument("--sec-per-sample", type=float, default=1e-4, help="scheduler: simulated worker speed")
+    ap.add_argument("--no-backups", dest="backups", action="store_false", help="scheduler: no backups() calls")
+    args = ap.parse_args()
+    bad = [p for p in args.parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s) {', '.join(bad)}; choose from {', '.join(PARTS)}")
+    parts = [p for p in PARTS if p in args.parts] or list(PARTS)
+    t0 = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-tree-"))
+    try:
+        for part in parts:
+            tp = time.perf_counter()
+            if part == "wait":
+                print(f"data: {data_source()}", flush=True)
+                result = wait_part(args, work)
+            else:
+                result = scheduler_part(args)
+            result.update(part=part, elapsed_s=round(time.perf_counter() - tp, 1),
+                          when=time.strftime("%Y-%m-%d %H:%M:%S"))
+            path = write_result(f"tree-{part}.json", result)
+            print(f"  ({part}: {result['elapsed_s']:.0f} s; wrote {path})", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
