@@ -27,7 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from raven_hpc.data.prepare import read_idx  # noqa: E402
+from raven_hpc.data import read_idx  # noqa: E402
 
 # From ../shared/data/README.md (checked on arrival against the published set).
 SOURCE_SHA256 = {
