@@ -75,7 +75,9 @@ class _Progress:
             self.epochs = info["epochs"]
             self.t_epoch = time.monotonic()
             resumed = f", resuming at step {info['resumed_at_step']}" if info["resumed_at_step"] else ""
-            print(f"raven-hpc {__version__}: {info['ranks']} rank(s), {info['workers']} worker(s), "
+            coll = info.get("collectors") or []
+            coll = f", {len(coll)} collector{'s' if len(coll) != 1 else ''} ({','.join(map(str, coll))})" if coll else ""
+            print(f"raven-hpc {__version__}: {info['ranks']} rank(s), {info['workers']} worker(s){coll}, "
                   f"{info['num_params']:,} parameters, run dir {info['run_dir']}{resumed}", flush=True)
         elif kind == "step" and self.mode == "bar":
             done, total = info["step_in_epoch"], info["steps_per_epoch"]

@@ -107,6 +107,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "steps_per_epoch": "the plan: steps per epoch",
         "epochs": "the plan: epochs",
         "max_steps": "the plan: the step limit",
+        "collectors": "the ranks that lead groups (gradient collectors; empty: a flat star)",
     },
     COPY: {
         EV: "the record kind",
@@ -187,7 +188,7 @@ COLLECTOR_FIELDS: dict[str, dict[str, str]] = {
 #: plan of a run record the master did not pass, ``audit`` of a copy that is
 #: no audit, ``host`` of a scheduler record the recorder has not written yet
 OPTIONAL: dict[str, frozenset] = {
-    RUN: frozenset({"train_snippets", "steps_per_epoch", "epochs", "max_steps"}),
+    RUN: frozenset({"train_snippets", "steps_per_epoch", "epochs", "max_steps", "collectors"}),
     COPY: frozenset({"audit", "host"}),
     **{kind: frozenset({"host"}) for kind in SCHEDULER_KINDS if kind != COPY},
 }

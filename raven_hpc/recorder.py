@@ -111,6 +111,7 @@ class Recorder:
                 "hosts": {str(k): v for k, v in sorted(hosts.items())}, "poc": self.cfg["poc"],
                 "faults": self.cfg["faults"]["rules"], **(run_info or {})}) + "\n")
         self.on_event("begin", {"ranks": self.ranks, "workers": workers,
+                                "collectors": (run_info or {}).get("collectors", []),
                                 "num_params": num_params, "run_dir": str(self.dir),
                                 "resumed_at_step": state.step, "epochs": self.cfg["train"]["epochs"]})
 
@@ -279,6 +280,7 @@ class Recorder:
             "ranks": self.ranks,
             "workers": facts["workers"],
             "master_computes": facts["master_computes"],
+            "collectors": facts.get("collectors", []),
             "wall_s": round(wall, 3),
             "master_cpu_s": round(cpu, 3),
             "master_cpu_fraction": round(cpu / wall, 4) if wall > 0 else None,

@@ -112,7 +112,8 @@ def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | Non
         if tree.children_of(rank):
             from .protocol.collector import run_collector
 
-            run_collector(comm, cfg, ancestors, tree.children_of(rank))
+            kids = tree.children_of(rank)
+            run_collector(comm, cfg, ancestors, kids, {r: (tree.workers_under(r), tree.depth(r)) for r in kids})
         else:
             from .protocol.worker import run_worker
 

@@ -77,7 +77,7 @@ class Collector:
     """Leads ``children`` for ``parent`` (see the module docstring)."""
 
     def __init__(self, comm, cfg: dict, ancestors, children: list[int], model, splits: dict,
-                 clock=time.monotonic):
+                 clock=time.monotonic, slots: dict | None = None):
         self.comm = comm
         self.cfg = cfg
         self.rank = comm.Get_rank()
@@ -103,6 +103,13 @@ class Collector:
         # sub-tasks of two parent tasks, whose sums must stay apart); the
         # collector cuts a parent task into pieces of several tasks instead
         self.max_piece = cl["max_chunk"] if model.sample_independent else 1
+        # a child that leads a group takes work for all of it, and is given up
+        # on only after its own workers could have been (patience: its levels)
+        self.patience = {}
+        for r, (k, levels) in (slots or {}).items():
+            self.sched.set_slots(r, k)
+            if levels:
+                self.patience[r] = 1 + levels
         self.backups_on = bool(poc["backup"])
         self.worker_timeout_s = poc["worker_timeout_s"]
         self.drain_watch = DrainWatch(poc["drain_file"])   # drains the children listed in it
@@ -221,7 +228,11 @@ class Collector:
         for msg, src, tag, nbytes in self.pump.arrivals():
             got = True
             if src == self.parent:
-                self._from_parent(msg, tag)
+                try:
+                    self._from_parent(msg, tag)
+                except self.pump.MPI.Exception as exc:   # the parent died mid-message
+                    self.pump.process_failed(exc)
+                    return True
                 if self.stop_message is not None:
                     return True
             elif tag == TAG_RESULT:
@@ -249,7 +260,7 @@ class Collector:
             if version > self.version and self.version >= 0:
                 self._drop_older(version)
             self.version = version
-            self.model.bind_params(buf.params)
+            self.model.bind_params(buf.params, copy=False)   # the received values are the parameters
             self.pump.send_params(self.sched.live_workers(), version)
         elif tag == TAG_CTRL:
             obj = msg.recv()
@@ -450,8 +461,11 @@ class Collector:
         if now < self._next_check:
             return
         self._next_check = now + 0.25
-        for r in self.sched.hung(now, self.worker_timeout_s):
-            self.sched.remove_worker(r, now, f"no result for {self.worker_timeout_s:g} s (hung)")
+        timeout = self.worker_timeout_s
+        for r in self.sched.hung(now, timeout):
+            k = self.patience.get(r, 1)
+            if k == 1 or r in self.sched.hung(now, k * timeout):
+                self.sched.remove_worker(r, now, f"no result for {k * timeout:g} s (hung)")
         self.drain_watch.poll(self.sched, now)
         self._write_events()
 
@@ -482,7 +496,7 @@ class Collector:
             self._ledger.write(json.dumps(rec) + "\n")
 
 
-def run_collector(comm, cfg: dict, ancestors, children: list[int]) -> None:
+def run_collector(comm, cfg: dict, ancestors, children: list[int], slots: dict | None = None) -> None:
     """A collector rank's whole life (exceptions reach rank 0, then are re-raised)."""
     coll = None
     try:
@@ -494,7 +508,7 @@ def run_collector(comm, cfg: dict, ancestors, children: list[int]) -> None:
         ds, splits = open_splits(cfg_c)
         model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
                             backend=cfg["cluster"]["backend"])
-        coll = Collector(comm, cfg, ancestors, children, model, splits)
+        coll = Collector(comm, cfg, ancestors, children, model, splits, slots=slots)
         coll.ds = ds
         stop = coll.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master

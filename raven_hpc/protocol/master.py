@@ -93,6 +93,12 @@ class Master:
                                prefetch=cl["prefetch"], seed=cfg["train"]["seed"],
                                max_chunk=self._max_chunk(cl["max_chunk"], model.sample_independent),
                                trusted=poc.get("trusted", ()))
+        # a collector is given up on only after its own workers could have
+        # been: it waits out the timeout once per level below it
+        self.patience = {}
+        for r in self.collectors:
+            self.sched.set_slots(r, self.tree.workers_under(r))
+            self.patience[r] = 1 + self.tree.depth(r)
         self.backups_on = bool(poc["backup"])
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
         self._fp = np.zeros(FP_SIZE, np.float64)
@@ -381,7 +387,9 @@ class Master:
         self._next_check = now + 0.25
         timeout = self.poc["worker_timeout_s"]
         for r in self.sched.hung(now, timeout):
-            self._remove(r, f"no result for {timeout:g} s (hung)")
+            k = self.patience.get(r, 1)
+            if k == 1 or r in self.sched.hung(now, k * timeout):
+                self._remove(r, f"no result for {k * timeout:g} s (hung)")
         self.drain_watch.poll(self.sched, now)
 
     def _adopt(self, rank: int, obj: dict) -> None:

@@ -64,12 +64,15 @@ class Tree:
             todo.extend(self.children.get(r, ()))
         return sorted(out)
 
-    def depth(self) -> int:
-        """Levels below rank 0 (1: a star)."""
-        def d(r: int) -> int:
-            kids = self.children.get(r, ())
-            return 1 + max((d(k) for k in kids), default=0) if kids else 0
-        return d(0)
+    def workers_under(self, rank: int) -> int:
+        """Ranks that compute in ``rank``'s subtree (1 for a worker): how
+        much work a leader may hand it at once (:meth:`Scheduler.set_slots`)."""
+        return sum(1 for r in self.subtree(rank) if not self.children.get(r))
+
+    def depth(self, rank: int = 0) -> int:
+        """Levels below ``rank`` (0: a worker; 1: rank 0 of a star)."""
+        kids = self.children.get(rank, ())
+        return 1 + max(self.depth(k) for k in kids) if kids else 0
 
     def describe(self) -> str:
         if self.flat:

@@ -56,9 +56,14 @@ class Trainer:
     def facts(self) -> dict:
         """The run's counters for the summary."""
         m = self.master
-        return {"workers": len(m.worker_ranks), "master_computes": m.master_computes, "num_params": m.n,
+        return {"workers": self._workers(), "collectors": m.tree.collectors, "master_computes": m.master_computes, "num_params": m.n,
                 "hosts": m.hosts, "timing": self.timing, "stats": m.stats,
                 "workers_status": m.sched.worker_stats()}
+
+    def _workers(self) -> int:
+        """Ranks that compute (every rank but the master and the collectors)."""
+        t = self.master.tree
+        return t.size - 1 - len(t.collectors)
 
     # -- the loop ------------------------------------------------------------------
     def train(self) -> TrainState:
@@ -72,8 +77,8 @@ class Trainer:
         total_steps = tr["epochs"] * steps_per_epoch
         if max_steps:
             total_steps = min(total_steps, max_steps)
-        self.rec.begin(self.state, m.hosts, len(m.worker_ranks), m.n,
-                       {"train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
+        self.rec.begin(self.state, m.hosts, self._workers(), m.n,
+                       {"collectors": m.tree.collectors, "train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
                         "epochs": tr["epochs"], "max_steps": max_steps})
         self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
         # the state training starts from is kept as a checkpoint: the point a

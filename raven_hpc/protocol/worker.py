@@ -174,12 +174,20 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
         while True:
             try:
                 msg = comm.improbe(source=parent, tag=MPI.ANY_TAG, status=status)
+                if msg is not None:
+                    tag = status.Get_tag()
+                    if tag == TAG_PARAMS:
+                        msg.Recv([pbuf.raw, MPI.BYTE])
+                        version = pbuf.version
+                    elif tag == TAG_CTRL:
+                        obj = msg.recv()
             except MPI.Exception as exc:
                 if not _reattach(comm, exc, ancestors, dead):
                     raise
                 if ancestors[0] != parent:
-                    # its collector failed: the tasks it gave are gone; the
-                    # new parent sends parameters, then tasks
+                    # its collector failed: the tasks it gave are gone (and
+                    # the parameters it was sending may be torn); the new
+                    # parent sends parameters, then tasks
                     parent = ancestors[0]
                     queue.clear()
                     version = -1
@@ -188,12 +196,9 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
             if msg is None:
                 break
             progressed = True
-            tag = status.Get_tag()
             if tag == TAG_PARAMS:
-                msg.Recv([pbuf.raw, MPI.BYTE])
-                version = pbuf.version
+                pass
             elif tag == TAG_CTRL:
-                obj = msg.recv()
                 if obj["type"] == "task":
                     queue.append(obj)
                 elif obj["type"] == "stop":

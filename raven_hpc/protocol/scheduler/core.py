@@ -105,6 +105,13 @@ class Scheduler(Forecast, Trust):
         if was != ACTIVE:
             self._event(schema.READMIT, rank, reason or f"was {was}")
 
+    def set_slots(self, rank: int, slots: int) -> None:
+        """``rank`` may hold ``prefetch x slots`` copies at once: a collector
+        leading ``slots`` workers takes work for all of them."""
+        w = self.workers.get(rank)
+        if w is not None:
+            w.slots = max(1, int(slots))
+
     def live_workers(self) -> list[int]:
         return [r for r, w in self.workers.items() if w.live]
 
@@ -280,7 +287,7 @@ class Scheduler(Forecast, Trust):
                 if rank is None:
                     break
                 have.add(rank)
-                if len(self.workers[rank].outstanding) >= self.prefetch:
+                if self.workers[rank].full(self.prefetch):
                     deferred = True     # its best worker is busy: wait for it
                     missing -= 1
                     continue
@@ -357,7 +364,7 @@ class Scheduler(Forecast, Trust):
         return [r for r, w in self.workers.items() if w.live and w.accepting]
 
     def _has_room(self) -> bool:
-        return any(w.live and w.accepting and len(w.outstanding) < self.prefetch for w in self.workers.values())
+        return any(w.live and w.accepting and not w.full(self.prefetch) for w in self.workers.values())
 
     # -- results ------------------------------------------------------------------
     def complete(self, rank: int, task_id: int, now: float, *, ok: bool = True, reason: str = "",

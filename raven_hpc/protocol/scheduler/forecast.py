@@ -240,7 +240,7 @@ class Forecast:
         if plan is None or task is None or task.samples <= 0:
             cands = []
             for r, w in self.workers.items():
-                if not w.live or not w.accepting or r in exclude or len(w.outstanding) >= self.prefetch:
+                if not w.live or not w.accepting or r in exclude or w.full(self.prefetch):
                     continue
                 speed = w.sec_per_sample if w.sec_per_sample is not None else 0.0
                 cands.append(((len(w.outstanding), speed, r), r))
@@ -255,7 +255,7 @@ class Forecast:
                 continue
             speed = w.sec_per_sample or plan.typical
             finish = plan.free[r] + task.samples * speed
-            full = len(w.outstanding) >= self.prefetch
+            full = w.full(self.prefetch)
             cands.append(((effective(plan, r, speed, finish), full, speed, r), r))
         if not cands:
             return None

@@ -229,6 +229,11 @@ class Worker:
     overhead_s: float = 0.0                         # median of ``overheads`` (0 while none is known)
     host: str | None = None                         # node name (copies of a voted task go to distinct hosts)
     strike_log: list = field(default_factory=list)  # (step, accusers or None, reason) per strike held
+    slots: int = 1                                  # prefetch multiplier (a collector: its workers)
+
+    def full(self, prefetch: int) -> bool:
+        """Holds as many copies as it may (``prefetch`` per slot)."""
+        return len(self.outstanding) >= prefetch * self.slots
 
     @property
     def suspect(self) -> bool:

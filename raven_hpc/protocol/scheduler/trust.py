@@ -93,7 +93,7 @@ class Trust:
                 continue
             tried = {c.rank for c in task.copies}
             cands = [w for r, w in self.workers.items() if r in self.trusted and r != 0 and w.live and w.accepting
-                     and r not in tried and len(w.outstanding) <= self.prefetch]
+                     and r not in tried and len(w.outstanding) <= self.prefetch * w.slots]
             if not cands:
                 continue
             w = min(cands, key=lambda w: (w.sec_per_sample or 0.0, len(w.outstanding), w.rank))

@@ -1,0 +1,196 @@
+"""Gradient collectors under mpiexec: the tree keeps every promise of the star.
+
+7 ranks as 2 groups (``collectors = 2``: 1 leads 2,3; 4 leads 5,6) and a
+two-level tree at 13 ranks (``collectors = 4, fan_in = 2``: 1 and 7 lead the
+collectors 4 and 10 as well as their own workers).  Every run under a hard
+timeout.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, mpiexec_cmd, raven_cmd, run, write_config
+
+TIMEOUT = 240
+STEPS = 12
+
+
+def train(n, cfg, run_dir, *extra, timeout=TIMEOUT):
+    return run(mpiexec_cmd(n) + raven_cmd() + ["train", str(cfg), "--run-dir", str(run_dir), *extra],
+               timeout=timeout)
+
+
+def ok(res):
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def params_of(run_dir):
+    with h5py.File(run_dir / "checkpoint.h5", "r") as f:
+        return f["params"][()]
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def tree(groups: int, fan_in: int | None = None) -> list[str]:
+    out = ["--set", f"cluster.collectors={groups}"]
+    if fan_in is not None:
+        out += ["--set", f"cluster.fan_in={fan_in}"]
+    return out
+
+
+COMMON = ["--set", f"train.max_steps={STEPS}", "--set", "train.eval_every=0", "--set", "cluster.max_chunk=1"]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, small_h5):
+    return write_config(tmp_path_factory.mktemp("tree") / "c.toml", small_h5, epochs=1, task_snippets=1)
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory, cfg):
+    """The reference: the same training on a flat star of 7 ranks."""
+    rd = tmp_path_factory.mktemp("flat") / "run"
+    ok(train(7, cfg, rd, *COMMON, "--set", "cluster.collectors=0"))
+    return rd
+
+
+def check_group_sums(rd: Path, collector: int) -> None:
+    """Every sub-task a collector accepted went into exactly one sum it sent up."""
+    recs = records(rd / f"ledger.collector-{collector}.jsonl")
+    assert recs[0]["ev"] == "collector" and recs[0]["collector"] == collector
+    accepted = {e["task"] for e in recs if e["ev"] == "copy" and e["state"] == "accepted"}
+    summed = collections.Counter(s for e in recs if e["ev"] == "group_sum" for s in e["subs"])
+    assert accepted and set(summed) == accepted and set(summed.values()) == {1}
+
+
+def test_two_groups_and_two_levels_give_the_flat_parameters(tmp_path, cfg, flat):
+    """Invariant 2 through the tree: redundancy 1, no faults."""
+    rd = tmp_path / "two"
+    res = ok(train(7, cfg, rd, *COMMON, *tree(2)))
+    assert "2 collectors" in res.stdout
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-6, atol=1e-7)
+    for c in (1, 4):
+        check_group_sums(rd, c)
+    root = records(rd / "ledger.jsonl")
+    assert {e["rank"] for e in root if e["ev"] == "copy"} <= {1, 4}     # rank 0 hears only its collectors
+    # two levels, with 12 tasks a step so that the second level has work:
+    # the parameters of one process on the same batches
+    big = ["--set", "train.batch_size=384"]
+    rd13, one = tmp_path / "thirteen", tmp_path / "one"
+    ok(train(13, cfg, rd13, *COMMON, *big, *tree(4, fan_in=2)))
+    ok(train(1, cfg, one, *COMMON, *big))
+    np.testing.assert_allclose(params_of(rd13), params_of(one), rtol=1e-6, atol=1e-7)
+    assert {e["rank"] for e in records(rd13 / "ledger.jsonl") if e["ev"] == "copy"} <= {1, 7}
+    for c in (1, 4, 7, 10):
+        check_group_sums(rd13, c)
+    rep = ok(run(raven_cmd() + ["report", str(rd13)], timeout=60))
+    assert "integrity: OK" in rep.stdout
+
+
+def test_chunks_through_the_tree_match_the_flat_run(tmp_path, cfg, flat):
+    """With chunks (max_chunk 16) a collector cuts its chunk into pieces for
+    its workers: the same parameters to float32 round-off."""
+    rd = tmp_path / "chunks"
+    ok(train(7, cfg, rd, "--set", f"train.max_steps={STEPS}", "--set", "train.eval_every=0", *tree(2)))
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
+
+
+def test_a_wrong_worker_is_named_by_its_collector_and_only_it_leaves(tmp_path, cfg, flat):
+    """Every task goes to both groups (redundancy 2, quorum 2): rank 2's
+    halved gradients make group 1's sums disagree with group 4's; the master
+    computes the disputed task, collector 1 recomputes its part, proves rank 2
+    wrong and excludes it; collector 1 keeps its place (its strike cleared)
+    and no wrong result reaches the model."""
+    rd = tmp_path / "bad"
+    res = ok(train(7, cfg, rd, *COMMON, *tree(2), "--set", "poc.redundancy=2", "--set", "poc.quorum=2",
+                   "--set", 'faults.rules=[{rank = 2, mode = "scale", factor = 0.5}]'))
+    assert "collector 1 excluded rank 2" in res.stdout
+    group = records(rd / "ledger.collector-1.jsonl")
+    assert [e["rank"] for e in group if e["ev"] == "exclude"] == [2]
+    root = records(rd / "ledger.jsonl")
+    assert not [e for e in root if e["ev"] == "exclude"]
+    # each of its rejected sums gave collector 1 a strike, each was cleared
+    cleared = [e["rank"] for e in root if e["ev"] == "exonerate"]
+    assert cleared and set(cleared) == {1}
+    assert len([e for e in root if e["ev"] == "strike"]) == len(cleared)
+    assert json.loads((rd / "summary.json").read_text())["workers_status"]["1"]["status"] == "active"
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
+
+
+def test_straggler_hung_and_drained_workers_inside_groups(tmp_path, cfg):
+    """Inside the groups, by their collectors: a slow worker (rank 3, 4x)
+    takes a smaller share of its group's work, a hung one (rank 5: silent for
+    8 s, past the 3 s timeout, then it wakes to take its stop) is given up
+    on, a drained one (rank 6, listed in the drain file) gets no work -- and
+    the parameters are those of one process on the same batches.  12 tasks
+    a step keep every group busy."""
+    big = ["--set", "train.batch_size=384"]
+    rd = tmp_path / "members"
+    rd.mkdir()
+    (rd / "drain").write_text("6\n")
+    ok(train(7, cfg, rd, *COMMON, *big, *tree(2), "--set", "poc.worker_timeout_s=3",
+             "--set", 'faults.rules=[{rank = 3, mode = "slow", factor = 4.0}, '
+                          '{rank = 5, mode = "hang", seconds = 8.0, from_step = 2}]'))
+    g1 = records(rd / "ledger.collector-1.jsonl")
+    g4 = records(rd / "ledger.collector-4.jsonl")
+    done = collections.Counter(e["rank"] for e in g1 if e["ev"] == "copy" and e["state"] == "accepted")
+    assert done[2] > done[3] > 0, done
+    lost = [e for e in g4 if e["ev"] == "lost"]
+    assert [e["rank"] for e in lost] == [5] and "hung" in lost[0]["reason"]
+    assert [e["rank"] for e in g4 if e["ev"] == "drain"] == [6]
+    assert not [e for e in g4 if e["ev"] == "copy" and e["rank"] == 6]
+    one = tmp_path / "one"
+    ok(train(1, cfg, one, *COMMON, *big))
+    np.testing.assert_allclose(params_of(rd), params_of(one), rtol=1e-6, atol=1e-7)
+
+
+def test_resume_from_a_star_onto_a_tree_and_back(tmp_path, cfg, flat):
+    """Checkpoints do not depend on the tree: 4 steps flat, 4 on 2 groups
+    (7 ranks), 4 flat on 3 ranks give the uninterrupted flat run."""
+    rd = tmp_path / "hop"
+    base = ["--set", "train.eval_every=0", "--set", "cluster.max_chunk=1"]
+    ok(train(7, cfg, rd, *base, "--set", "train.max_steps=4", "--set", "cluster.collectors=0"))
+    ok(train(7, cfg, rd, *base, "--set", "train.max_steps=8", *tree(2), "--resume"))
+    ok(train(3, cfg, rd, *base, "--set", f"train.max_steps={STEPS}", "--resume"))
+    assert json.loads((rd / "summary.json").read_text())["steps"] == STEPS
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-6, atol=1e-7)
+
+
+# -- process failures (Open MPI with ULFM; see test_ulfm.py) -------------------------
+VENV = Path(os.environ.get("RAVEN_OMPI_VENV", REPO / ".venv-ompi"))
+needs_ompi = pytest.mark.skipif(not (VENV / "bin" / "mpiexec").exists(),
+                                reason=f"no Open MPI venv at {VENV} (tests/run.sh builds it)")
+
+
+@needs_ompi
+@pytest.mark.parametrize("victim, what", [(2, "a worker"), (1, "a collector")])
+def test_a_killed_worker_or_collector_is_survived(tmp_path, cfg, victim, what):
+    """SIGKILL of a worker: its collector gives its tasks to the group.  Of a
+    collector: its workers re-attach to rank 0 and its tasks go elsewhere.
+    Either way nothing is lost or applied twice."""
+    from tests.e2e.test_ulfm import ompi, run_ompi
+
+    rd = tmp_path / "run"
+    rules = f'faults.rules=[{{rank = {victim}, mode = "crash", from_step = 4}}]'
+    res = run_ompi(ompi(7, ft=True) + ["train", str(cfg), "--run-dir", str(rd), *COMMON, *tree(2),
+                                       "--set", rules], timeout=180, tries=2)
+    assert res.returncode == 0, what + "\n" + res.stdout + res.stderr
+    if victim == 1:
+        assert "re-attached" in res.stdout
+        assert [e["rank"] for e in records(rd / "ledger.jsonl") if e["ev"] == "lost"] == [1]
+    else:
+        assert [e["rank"] for e in records(rd / "ledger.collector-1.jsonl") if e["ev"] == "lost"] == [2]
+    ref = tmp_path / "ref"
+    ok(run_ompi(ompi(7, ft=False) + ["train", str(cfg), "--run-dir", str(ref), *COMMON,
+                                     "--set", "cluster.collectors=0"], timeout=180))
+    np.testing.assert_allclose(params_of(rd), params_of(ref), rtol=1e-6, atol=1e-7)
