@@ -119,6 +119,7 @@ class Collector:
         self.sched.set_host(self.rank, self.hosts[self.rank])
         self.version = -1
         self.step = -1
+        self._wait_s: float | None = None
         self.open: dict[int, _Open] = {}       # parent task id -> its sums
         self.done: dict[int, _Open] = {}       # this step's parent tasks sent up (for a "wrong" verdict)
         self.sub_of: dict[int, int] = {}       # sub-task id -> parent task id
@@ -359,6 +360,10 @@ class Collector:
             fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
         verdict = self.sched.complete(rank, sid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result", compute_s=buf.get("compute_s"))
+        lat = self.sched.last_latency_s
+        if lat is not None:   # sleep at most a fraction of how long results take (see Master._learn_wait)
+            self._wait_s = lat if self._wait_s is None else 0.9 * self._wait_s + 0.1 * lat
+            self.backoff.cap_for(self._wait_s)
         if not verdict.accept:
             return
         parent_id = self.sub_of.get(sid)

@@ -118,7 +118,7 @@ class Master:
         self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
         # the model's parameters live in the pump's send buffer
         model.bind_params(self.pump.params_buf.params)
-        self._task_s: float | None = None   # EWMA of a task's compute time
+        self._wait_s: float | None = None   # EWMA of a result's time from assignment to arrival
         self._local: list[Task] = []
         self._next_task_id = 1
         # parameter version: grows with every rollback, so a worker never
@@ -527,6 +527,7 @@ class Master:
         verdict = self.sched.complete(rank, tid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result",
                                       compute_s=buf.get("compute_s"), fp=fp, suspicious=suspicious)
+        self._learn_wait()
         if verdict.audit is not None:
             self._audited(verdict.audit)
         if not finite:
@@ -538,6 +539,15 @@ class Master:
             self._apply(buf, tid, open_ids, total)
         elif verdict.arbitrate:
             self._arbitrate(task, open_ids, total)
+
+    def _learn_wait(self) -> None:
+        """Bound the idle sleep by a fraction of how long results take to
+        arrive (assignment to arrival): a worker that sleeps, or waits on its
+        network, reports little compute but still keeps the master waiting."""
+        lat = self.sched.last_latency_s
+        if lat is not None:
+            self._wait_s = lat if self._wait_s is None else 0.9 * self._wait_s + 0.1 * lat
+            self.backoff.cap_for(self._wait_s)
 
     def _apply(self, buf: ResultBuffer, tid: int, open_ids: set, total: dict) -> None:
         """Add an accepted result to the step (exactly once per task)."""
@@ -555,10 +565,6 @@ class Master:
                 # open, it is taken out again (StepSum.swap)
                 self.step_sum.keep_for_dispute(tid, buf)
         self.step_sum.add(buf, is_grad, more_coming=bool(open_ids))
-        if is_grad:
-            c = buf.get("compute_s")
-            self._task_s = c if self._task_s is None else 0.9 * self._task_s + 0.1 * c
-            self.backoff.cap_for(self._task_s)
 
     def _diverged_check(self, tid: int, rank: int, open_ids: set, total: dict) -> None:
         """Non-finite results: a fault of one rank (a strike), or divergence.

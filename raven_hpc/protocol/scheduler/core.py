@@ -56,6 +56,7 @@ class Scheduler(Forecast, Trust):
         self.probation_steps = probation_steps
         self.backup_factor = backup_factor
         self.seed = seed
+        self.last_latency_s: float | None = None
         self.max_chunk = max(1, int(max_chunk))
         self.reprobe_steps = REPROBE_STEPS
         self.step = 0
@@ -390,6 +391,9 @@ class Scheduler(Forecast, Trust):
             return Verdict(False, LATE, "copy not outstanding")
         w.outstanding.discard(task_id)
         w.last_heard = now
+        #: how long the copy just completed took from assignment to arrival
+        #: (compute, messages, a worker's sleeps): what a waiting leader waits
+        self.last_latency_s = now - copy.assigned_at
         copy.compute_s = compute_s
         copy.fp = tuple(fp) if fp is not None else None
         if not ok:

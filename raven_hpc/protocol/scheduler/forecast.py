@@ -359,7 +359,9 @@ class Forecast:
 
     def next_expected(self) -> float | None:
         """Earliest time an outstanding copy should come back, from each
-        worker's measured speed (None while nothing is known)."""
+        worker's measured speed and overhead (None while nothing is known).
+        The overhead counts what compute does not: messages, wake-ups, and a
+        worker that sleeps or waits on its network between tasks."""
         best = None
         for w in self.workers.values():
             if not w.live or not w.outstanding or w.sec_per_sample is None:
@@ -368,6 +370,6 @@ class Forecast:
                 task = self.tasks[tid]
                 for c in task.copies:
                     if c.rank == w.rank and c.state == ASSIGNED:
-                        t = c.assigned_at + task.samples * w.sec_per_sample
+                        t = c.assigned_at + task.samples * w.sec_per_sample + w.overhead_s
                         best = t if best is None or t < best else best
         return best
