@@ -17,8 +17,11 @@ Which results count is decided at the top: a task is accepted exactly once
 in the group's scheduler, and the group's sum is a result the parent's
 scheduler accepts, compares (copies of a voted task go to distinct groups,
 which sit on distinct nodes) or audits like any worker's.  For every
-sub-task the collector keeps which child computed it and that result's
-fingerprint.  When the parent rejects a group's result ("wrong"), the
+sub-task the collector keeps which child computed it and a check value of
+its result: the full fingerprint when the parent will compare the task's
+copies (the task message says so), else the squared norm, loss and correct
+count the finiteness check computes anyway (a fingerprint costs several
+times a dot product per result).  When the parent rejects a group's result ("wrong"), the
 collector recomputes the task's sub-tasks itself -- it is trusted like the
 master, and still holds the parameters they were computed on -- excludes
 every child whose fingerprint differs from its own ("proven wrong") and
@@ -45,7 +48,7 @@ from . import signals
 from .faults import FaultInjector
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
 from .pump import Pump
-from .scheduler import Scheduler, Task, agree
+from .scheduler import FP_CORRECT, FP_LOSS, FP_SQ, Scheduler, Task, agree
 from .step import fp_seed
 from .transport import Backoff, hostname, send_error
 from .worker import TaskRunner
@@ -354,10 +357,16 @@ class Collector:
         if is_grad:
             if buf.grad.shape[0] != self.n:
                 raise ProtocolError(f"rank {rank} sent a gradient of {buf.grad.shape[0]} values, expected {self.n}")
-            # the fingerprint (one pass, which also finds NaN/inf) names the
-            # child if the parent later rejects the group's sum
-            finite = finite and fingerprint(buf.grad, fp_seed(self.cfg["train"]["seed"], task.step), self._fp)
-            fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
+            # a check value that names the child if the parent later rejects
+            # the group's sum (one pass, which also finds NaN/inf)
+            parent = self.open.get(self.sub_of.get(sid))
+            if parent is not None and parent.msg.get("compared"):
+                finite = finite and fingerprint(buf.grad, fp_seed(self.cfg["train"]["seed"], task.step), self._fp)
+                fp = (*self._fp, buf.get("loss_sum"), buf.get("correct"))
+            else:
+                sq = float(np.dot(buf.grad, buf.grad))
+                finite = finite and bool(np.isfinite(sq))
+                fp = (sq, buf.get("loss_sum"), buf.get("correct"))
         verdict = self.sched.complete(rank, sid, self.clock(), ok=finite,
                                       reason="" if finite else "non-finite result", compute_s=buf.get("compute_s"))
         lat = self.sched.last_latency_s
@@ -447,13 +456,23 @@ class Collector:
                                  "version": self.version, "snippets": list(snippets)}, out)
                 fingerprint(out.grad, seed, self._fp)
                 mine = (*self._fp, out.get("loss_sum"), out.get("correct"))
-                if fp is None or not agree(fp, mine, self.rtol)[0]:
+                if fp is None or not self._same(fp, mine):
                     guilty.append(rank)
                     self.sched.convict(rank, now, f"its result for snippets {list(snippets)} of step "
                                                   f"{entry.msg['step']} differs from collector {self.rank}'s "
                                                   f"recomputation (the parent rejected the group's task {pid})")
             self._write_events()
         self._to_parent({"type": "convicted", "task": pid, "ranks": guilty, "checked": checked})
+
+    def _same(self, kept: tuple, mine: tuple) -> bool:
+        """Does a child's kept check value match the collector's own
+        recomputation?  A full fingerprint is compared in full; a short one
+        (squared norm, loss, correct) with the same tolerances."""
+        if len(kept) == len(mine):
+            return agree(kept, mine, self.rtol)[0]
+        short = (0.0,) * (len(mine) - 3) + tuple(kept)
+        full = (0.0,) * (len(mine) - 3) + (mine[FP_SQ], mine[FP_LOSS], mine[FP_CORRECT])
+        return agree(short, full, self.rtol)[0]
 
     # -- membership ------------------------------------------------------------------
     def _housekeeping(self) -> None:

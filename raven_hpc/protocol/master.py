@@ -370,6 +370,8 @@ class Master:
             else:
                 msg = task.message()
                 msg["type"] = "task"
+                if rank in self.collectors and self.sched.compared(task):
+                    msg["compared"] = True   # its collector fingerprints every part (see collector.py)
                 self.pump.send_ctrl(rank, msg)
 
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
