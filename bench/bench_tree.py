@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (data_source, prepare, raven_command, run_raven_cmd, table, write_raven_config,  # noqa: E402
                      write_result)
 
-PARTS = ("wait", "scheduler")
+PARTS = ("wait", "scheduler", "costs")
 SNIPPET = 32
 HOUSEKEEPING_S = 0.001     # how often the master and collectors look for backups (master.HOUSEKEEPING_S)
 
@@ -204,6 +204,128 @@ def scheduler_part(args) -> dict:
                        "warm": args.warm, "sec_per_sample": sps, "backups": args.backups}, "sizes": out}
 
 
+# ---------------------------------------------------------------------- costs
+
+def _per_call_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` calls (after one warm call)."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(out)
+
+
+def measure_costs(layers=(512, 256), samples: int = 128, repeats: int = 30) -> dict:
+    """The per-role CPU costs of one step, on one core, for the MLP
+    784-<layers>-10: a worker's gradient of ``samples`` samples; a leader's
+    work per received result (the receive copy, the finiteness dot, the
+    float64 accumulate, a fingerprint when compared) and per sum it sends up
+    (float64 -> float32 cast); the master's optimizer update."""
+    import numpy as np
+
+    from raven_hpc.engine import build_model, make_optimizer
+    from raven_hpc.kernels.reduce import FP_SIZE, accumulate, fingerprint
+
+    spec = {"layers": [{"type": "dense", "units": u, "activation": "relu"} for u in layers]
+            + [{"type": "dense", "units": 10}], "loss": "softmax_cross_entropy", "init": "he", "seed": 0}
+    model = build_model(spec, (784,), 10)
+    n = model.num_params
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((samples, 784)).astype(np.float32)
+    y = rng.integers(0, 10, samples).astype(np.int64)
+    grads = np.zeros(n, np.float32)
+    model.bind_grads(grads)
+    compute = _per_call_ms(lambda: model.loss_and_grad(x, y, accumulate=False), repeats)
+    g = rng.standard_normal(n).astype(np.float32)
+    dst, acc, fp = np.empty_like(g), np.zeros(n), np.zeros(FP_SIZE)
+    opt = make_optimizer({"name": "sgd", "lr": 0.05, "momentum": 0.9}, model)
+    params = model.params
+    costs = {
+        "num_params": n, "result_mb": 4 * n / 2**20, "samples": samples,
+        "worker_compute_ms": compute,
+        "receive_copy_ms": _per_call_ms(lambda: np.copyto(dst, g), repeats),
+        "dot_ms": _per_call_ms(lambda: np.dot(g, g), repeats),
+        "accumulate_ms": _per_call_ms(lambda: accumulate(acc, g), repeats),
+        "fingerprint_ms": _per_call_ms(lambda: fingerprint(g, 1, fp), repeats),
+        "cast_ms": _per_call_ms(lambda: np.copyto(dst, acc, casting="same_kind"), repeats),
+        "update_ms": _per_call_ms(lambda: opt.step(params[:model.num_trainable], g[:model.num_trainable],
+                                                    scale=1.0 / samples, lr=0.05), repeats),
+    }
+    costs["per_result_ms"] = costs["receive_copy_ms"] + costs["dot_ms"] + costs["accumulate_ms"]
+    return costs
+
+
+def project(c: dict, workers: int, shape: str, fan_in: int = 16, gbps: float = 10.0, latency_us: float = 2.0,
+            overlap: float = 0.5) -> dict:
+    """Projected step time and efficiency of ``workers`` workers (one per
+    core), each computing ``c["samples"]`` samples a step as two tasks.
+
+    ``shape``: ``"star"`` (every result to rank 0), ``"tree"`` (collectors
+    with ``fan_in`` children per leader, as built), ``"sharded"`` (a
+    bandwidth-optimal summation: every rank sums 1/W of every result and
+    sends its slice of the new parameters to all -- not built; the bound a
+    reduction that reads each byte once per rank would reach).  A leader's
+    work per result is ``per_result_ms`` of CPU and ``bytes / link`` on its
+    network link, whichever is longer (they overlap); ``overlap`` of a
+    leader's children's results (those of the first task) arrive while the
+    second task computes and are absorbed then; the rest queue after the
+    last compute.  Parameters go down as one send per child on each level.
+    """
+    import math
+
+    mb = c["result_mb"] * 2**20
+    link_ms = mb / (gbps * 1e9) * 1e3             # one result over one link
+    lat = latency_us * 1e-3
+    T = c["worker_compute_ms"]
+    r = c["per_result_ms"]
+    ingest = max(r, link_ms)
+    if shape == "star":
+        f, levels = workers, 1
+    elif shape == "tree":
+        f = min(fan_in, workers)
+        levels = max(1, math.ceil(math.log(workers) / math.log(f))) if workers > 1 else 1
+    elif shape == "sharded":
+        # reduce-scatter: each rank takes W slices of n/W (one result's worth
+        # of bytes and CPU); all-gather of the updated slices: n out and in
+        absorbed = overlap * (ingest + link_ms)
+        t = (T + max(0.0, ingest + link_ms - absorbed) + c["update_ms"] / workers + link_ms
+             + 2 * workers * lat)
+        return {"shape": shape, "workers": workers, "step_ms": t, "efficiency": T / t, "levels": 1}
+    else:
+        raise ValueError(shape)
+    t = T
+    # the lowest level absorbs the first task's results while the second computes
+    first = f * ingest
+    t += max(f * ingest * (1 - overlap), first - T * overlap) + c["cast_ms"] + link_ms + lat
+    # higher levels get their children's sums at about the same time
+    t += (levels - 1) * (f * ingest + c["cast_ms"] + link_ms + lat)
+    t += c["update_ms"]
+    t += levels * (f * link_ms + lat)              # parameters down, one send per child
+    return {"shape": shape, "workers": workers, "step_ms": t, "efficiency": T / t, "levels": levels}
+
+
+def costs_part(args) -> dict:
+    print(f"\n== costs: per-role CPU of one step on one core (MLP 784-{'-'.join(map(str, args.layers))}-10, "
+          f"{args.samples} samples per worker), then the projected efficiency", flush=True)
+    c = measure_costs(tuple(args.layers), args.samples)
+    rows = [[k, f"{v:.3f}" if isinstance(v, float) else v] for k, v in c.items()]
+    table(["cost", "ms (median)"], rows, "measured per-role costs")
+    proj, prow = [], []
+    for w in args.project:
+        cells = [w]
+        for shape in ("star", "tree", "sharded"):
+            p = project(c, w, shape, fan_in=args.fan_in, gbps=args.gbps, latency_us=args.latency_us)
+            proj.append(p)
+            cells.append(f"{100 * p['efficiency']:.0f}% ({p['step_ms']:.1f} ms)")
+        prow.append(cells)
+    table(["workers", "star", f"tree (fan_in {args.fan_in})", "sharded (not built)"], prow,
+          f"projected efficiency = compute / step time; {args.gbps:g} GB/s links, {args.latency_us:g} us latency")
+    return {"config": {"layers": args.layers, "samples": args.samples, "gbps": args.gbps,
+                       "latency_us": args.latency_us, "fan_in": args.fan_in}, "costs": c, "projection": proj}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="*", metavar="PART", help=f"which parts: {', '.join(PARTS)} (default: all)")
@@ -217,6 +339,12 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=2, help="scheduler: first steps not counted")
     ap.add_argument("--sec-per-sample", type=float, default=1e-4, help="scheduler: simulated worker speed")
     ap.add_argument("--no-backups", dest="backups", action="store_false", help="scheduler: no backups() calls")
+    ap.add_argument("--layers", type=int, nargs="+", default=[512, 256], help="costs: hidden layers of the MLP")
+    ap.add_argument("--samples", type=int, default=128, help="costs: samples per worker per step")
+    ap.add_argument("--project", type=int, nargs="+", default=[64, 256, 1024], help="costs: workers projected")
+    ap.add_argument("--fan-in", type=int, default=16, help="costs: children per leader in the tree")
+    ap.add_argument("--gbps", type=float, default=10.0, help="costs: link bandwidth, GB/s")
+    ap.add_argument("--latency-us", type=float, default=2.0, help="costs: message latency, microseconds")
     args = ap.parse_args()
     bad = [p for p in args.parts if p not in PARTS]
     if bad:
@@ -230,6 +358,8 @@ def main() -> None:
             if part == "wait":
                 print(f"data: {data_source()}", flush=True)
                 result = wait_part(args, work)
+            elif part == "costs":
+                result = costs_part(args)
             else:
                 result = scheduler_part(args)
             result.update(part=part, elapsed_s=round(time.perf_counter() - tp, 1),
