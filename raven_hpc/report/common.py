@@ -41,10 +41,10 @@ class RankRow:
         self.disagreed = 0
         self.latency = array("d")            # s, returned copies
         self.compute = array("d")            # ms per sample
-        self.strikes: list[tuple] = []       # (step, reason)
+        self.strikes: list[tuple] = []       # (step, reason), (step, reason, collector) from a collector's ledger
         self.cleared = 0                     # strikes cleared by audits
         self.exonerations: list[tuple] = []  # (step, cleared, reason)
-        self.membership: list[dict] = []     # {"ev", "step", "reason", "run"}
+        self.membership: list[dict] = []     # {"ev", "step", "reason", "run"}, and "collector" from its ledger
         self.status = "active"
 
     def host(self, host) -> None:
@@ -102,11 +102,22 @@ def int_list(v) -> list[int]:
     return [r for r in v if type(r) is int] if isinstance(v, list) else []
 
 
+def _by(m: dict) -> str:
+    """The words naming the collector of a membership record from its ledger ("" for rank 0's)."""
+    return f" by collector {m['collector']}" if m.get("collector") is not None else ""
+
+
 def suspect(d: dict, row: RankRow) -> dict | None:
+    """The suspect entry of a rank's row (None: no reason to suspect it);
+    what a collector did to the rank names the collector."""
     reasons = []
-    if row.strikes:
-        n = len(row.strikes)
-        reasons.append(f"{n} strike{'s' if n > 1 else ''}: {grouped(row.strikes, strip_detail=True)}")
+    by_source: dict = {}
+    for x in row.strikes:
+        by_source.setdefault(x[2] if len(x) > 2 else None, []).append(x[:2])
+    for c, strikes in by_source.items():
+        n = len(strikes)
+        src = f" from collector {c}" if c is not None else ""
+        reasons.append(f"{n} strike{'s' if n > 1 else ''}{src}: {grouped(strikes, strip_detail=True)}")
     if row.cleared:
         steps = [s for s, n, _ in row.exonerations if n]
         reasons.append(f"{row.cleared} strike{'s' if row.cleared > 1 else ''} cleared by audits {steps_words(steps)}"
@@ -116,21 +127,20 @@ def suspect(d: dict, row: RankRow) -> dict | None:
         if m[EV] == EXCLUDE:
             excluded = True
             why = f" ({m['reason']})" if m["reason"] and not re.fullmatch(r"\d+ strikes?", m["reason"]) else ""
-            reasons.append(f"excluded at step {m['step']}{why}")
+            reasons.append(f"excluded at step {m['step']}{_by(m)}{why}")
         elif m[EV] == READMIT and excluded:
             why = f" ({m['reason']})" if m["reason"] else ""
-            reasons.append(f"readmitted at step {m['step']}{why}")
-    losses = [(m["step"], m["reason"]) for m in row.membership if m[EV] == LOST]
-    if losses:
-        groups: dict[str, list] = {}
-        for step, why in losses:
-            groups.setdefault(why.strip(), []).append(step)
-        for why, steps in groups.items():
-            reasons.append(f"lost {steps_words(steps)}" + (f": {why}" if why else ""))
+            reasons.append(f"readmitted at step {m['step']}{_by(m)}{why}")
+    groups: dict[tuple, list] = {}
+    for m in row.membership:
+        if m[EV] == LOST:
+            groups.setdefault((m["reason"].strip(), _by(m)), []).append(m["step"])
+    for (why, by), steps in groups.items():
+        reasons.append(f"lost {steps_words(steps)}{by}" + (f": {why}" if why else ""))
     rel = d["relative_compute"]
     if rel is not None and rel >= SLOW_FACTOR:
         reasons.append(f"slow: {rel:.1f}x the median compute time per sample")
     if not reasons:
         return None
     return {"rank": d["rank"], "host": d["host"], "status": d["status"], "strikes": d["strikes"],
-            "relative_compute": rel, "reasons": reasons}
+            "relative_compute": rel, "reasons": reasons, "leader": d.get("leader")}

@@ -254,7 +254,7 @@ class Problems:
 
 
 #: problem categories: a FAILED one, in the order problems are listed
-FAILED_CATEGORIES = ("read", "gap", "order", "exactly_once", "step", "epoch", "audit")
+FAILED_CATEGORIES = ("read", "gap", "order", "exactly_once", "step", "epoch", "audit", "collector")
 #: problem categories that make the ledger INCOMPLETE (when none FAILED)
 INCOMPLETE_CATEGORIES = ("cross", "stop", "torn", "unrolled")
 
@@ -374,4 +374,5 @@ def integrity_verdict(s, stats: dict | None) -> dict:
         "violations": s.violations,
         "open_tasks": s.open,
         "redone_tasks": s.redone,
+        "collectors": s.group_integrity,
     }

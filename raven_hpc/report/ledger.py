@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import RavenError
-from ..ledger_schema import EV, LEDGER_NAME, RUN
+from ..ledger_schema import COLLECTOR, EV, LEDGER_NAME, RUN
+from .collectors import find_group_ledgers, merge_groups
 from .common import MAX_LISTED
 from ..drain import drain_path, read_drain
 from .history import read_history
@@ -23,7 +24,8 @@ def _loads_or_none(text: str):
         return None
 
 
-def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -> Iterator[dict]:
+def iter_ledger(path, warnings: list | None = None, stats: dict | None = None, start: str = RUN,
+                name: str = "ledger") -> Iterator[dict]:
     """The ledger's records, one dict per line, streamed.
 
     Blank lines are skipped; a line that is not a JSON object is skipped and
@@ -32,7 +34,9 @@ def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -
     given, is filled at the end: ``lines``, ``records``, ``bad`` (line numbers
     of damaged lines in the middle), ``torn`` (records a killed run left
     truncated before a resumed run's records: glued to them, or alone on a
-    line right before the next ``run`` record) and ``truncated_last``."""
+    line right before the next ``run`` record) and ``truncated_last``.
+    ``start`` is the kind that opens a run's part of the file (a collector's
+    ledger: ``collector``) and ``name`` the file's name in the warnings."""
     warnings = [] if warnings is None else warnings
     bad: list[int] = []
     salvaged: list[int] = []
@@ -68,7 +72,7 @@ def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -
             if type(rec) is dict and type(rec.get(EV)) is str:
                 if prev_bad:
                     prev_bad = False
-                    if rec[EV] == RUN:     # a killed run's partial last line, then the resumed run
+                    if rec[EV] == start:   # a killed run's partial last line, then the resumed run
                         torn.append(bad.pop())
                 records += 1
                 yield rec
@@ -78,16 +82,16 @@ def iter_ledger(path, warnings: list | None = None, stats: dict | None = None) -
     truncated = bool(bad) and bad[-1] == last
     middle = bad[:-1] if truncated else bad
     for n in middle[:MAX_LISTED]:
-        warnings.append(f"ledger line {n}: not a JSON record with an \"ev\"; skipped")
+        warnings.append(f"{name} line {n}: not a JSON record with an \"ev\"; skipped")
     if len(middle) > MAX_LISTED:
         warnings.append(f"... and {len(middle) - MAX_LISTED} more such lines skipped")
     for n in salvaged[:MAX_LISTED]:
-        warnings.append(f"ledger line {n}: a truncated record (a killed run) followed by a whole one; "
+        warnings.append(f"{name} line {n}: a truncated record (a killed run) followed by a whole one; "
                         "the truncated part skipped")
     for n in torn[:MAX_LISTED]:
-        warnings.append(f"ledger line {n}: a truncated record (a killed run) before the next run's start; skipped")
+        warnings.append(f"{name} line {n}: a truncated record (a killed run) before the next run's start; skipped")
     if truncated:
-        warnings.append(f"ledger line {last} (the last): truncated record skipped (the run was killed while "
+        warnings.append(f"{name} line {last} (the last): truncated record skipped (the run was killed while "
                         "writing it)")
     if stats is not None:
         stats.update(lines=last, records=records, bad=middle, torn=salvaged + torn, truncated_last=truncated)
@@ -103,26 +107,47 @@ def read_ledger(path) -> tuple[list[dict], list[str]]:
     return records, warnings
 
 
-def ledger_summary(records: Iterable[dict], warnings: list[str] | None = None) -> dict:
+def ledger_summary(records: Iterable[dict], warnings: list[str] | None = None,
+                   groups: dict[int, Iterable[dict]] | None = None) -> dict:
     """Per-rank rows, totals, suspects, audits, rollbacks and the integrity
     check of ledger records (any iterable: a list, or :func:`iter_ledger` to
     stream).  ``warnings`` (e.g. from :func:`read_ledger`) are carried into
-    the result."""
-    acc = Summary()
+    the result.  ``groups``: {collector rank: the records of its ledger},
+    merged as :mod:`.collectors` says."""
+    groups = groups or {}
+    acc = Summary(leaders=groups)
     acc.feed(records)
+    if groups:
+        merge_groups(acc, ((r, recs, f"collector {r}'s ledger", None) for r, recs in sorted(groups.items())))
     return acc.result(list(warnings or []))
 
 
-def summarize_ledger(path) -> dict:
+def summarize_ledger(path, groups: dict[int, Path] | None = None) -> dict:
     """:func:`ledger_summary` of a ledger file, streamed, with the checks on
-    the file itself (empty, garbled, damaged, a torn last line)."""
+    the file itself (empty, garbled, damaged, a torn last line).  ``groups``
+    ({collector rank: ledger path}) defaults to the collectors' ledgers next
+    to a file named ``ledger.jsonl`` (a run directory's)."""
+    path = Path(path)
+    if groups is None:
+        groups = find_group_ledgers(path.parent) if path.name == LEDGER_NAME else {}
     warnings: list[str] = []
     stats: dict = {}
-    acc = Summary()
+    acc = Summary(leaders=groups)
     acc.feed(iter_ledger(path, warnings, stats))
+    if groups:
+        merge_groups(acc, _group_sources(groups, warnings))
     out = acc.result(warnings, stats)
     out["path"] = str(path)
+    for g in out["collectors"]:
+        g["path"] = str(groups[g["rank"]])
     return out
+
+
+def _group_sources(groups: dict[int, Path], warnings: list[str]):
+    """(rank, records, name, stats) of each collector's ledger file, streamed."""
+    for rank, p in sorted(groups.items()):
+        stats: dict = {}
+        yield rank, iter_ledger(p, warnings, stats, start=COLLECTOR, name=Path(p).name), Path(p).name, stats
 
 
 def check_against(integrity: dict, sources: Iterable[tuple[str, int | None]]) -> dict:

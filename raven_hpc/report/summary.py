@@ -12,7 +12,11 @@ from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYP
 from .integrity import Epoch, Problems, Segment, Steps, integrity_verdict
 
 class Summary:
-    def __init__(self):
+    """``leaders``: the ranks whose collector ledgers will be merged after
+    rank 0's (see :mod:`.collectors`): the results rank 0 accepts from them
+    (copies of their sums) are kept in ``up`` for the group-sum check."""
+
+    def __init__(self, leaders=()):
         self.ranks: dict[int, RankRow] = {}
         self.runs: list[dict] = []
         self.segments: list[Segment] = []
@@ -44,6 +48,12 @@ class Summary:
         self.arbitrated: list[dict] = []
         self.checkpoints = 0
         self.last_checkpoint: dict | None = None
+        # gradient collectors: filled by .collectors.merge_groups
+        self.leaders = frozenset(leaders)
+        self.up: dict = {}                 # (run index, leader) -> {task: (samples, step, accepted)}
+        self.groups: list[dict] = []
+        self.group_integrity: dict | None = None
+        self.leader_of: dict[int, int] = {}   # rank -> the collector whose ledger holds its records
 
     def rank(self, r: int) -> RankRow:
         row = self.ranks.get(r)
@@ -126,6 +136,8 @@ class Summary:
             self.malformed += 1
             return
         counts[state] += 1
+        if r in self.leaders:
+            self.from_leader(r, task, n, step, state == ACCEPTED)
         if host is not None and (not row.hosts or host != row.hosts[-1]):
             row.host(host)
         if backup:
@@ -180,6 +192,16 @@ class Summary:
         if credited:
             v += 1 << 16
         tasks[key] = v
+
+    def from_leader(self, r: int, task, samples, step, accepted: bool) -> None:
+        """A copy of ``task`` on the collector ``r`` (``accepted``: rank 0 took its sum)."""
+        if type(task) in TASK_ID_TYPES:
+            key = (max(len(self.runs) - 1, 0), r)
+            seen = self.up.get(key)
+            if seen is None:
+                seen = self.up[key] = {}
+            if accepted or task not in seen:
+                seen[task] = (samples, step, accepted)
 
     def accepted_after_record(self, seg: Segment, step: int, task, sn) -> None:
         self.fail("step", f"step {step:,}: task {task} accepted after the step's record (which lists what went "
@@ -285,7 +307,8 @@ class Summary:
         nranks = rec.get("ranks")
         self.runs.append({"unix_time": rec.get("unix_time"), "start_step": start,
                           "resumed": bool(rec.get("resumed")), "ranks": nranks, "hosts": hosts,
-                          "poc": rec.get("poc"), "plan": plan, "end": None})
+                          "poc": rec.get("poc"), "plan": plan, "end": None,
+                          "collectors": int_list(rec.get("collectors")) if "collectors" in rec else None})
         self.restart(start, f"run {len(self.runs)} starts at step {start:,}")
         # A (re)start: every rank of the new run starts active; its hosts may differ.
         live = set()
@@ -464,16 +487,22 @@ class Summary:
         rows = []
         per_rank_compute = {}
         states = dict.fromkeys(COPY_STATES, 0)
+        # a collector's compute time is its group's (per worker): it is no node's speed
+        leaders = set(self.leaders).union(*(run["collectors"] or () for run in self.runs))
+        children: dict[int, list] = {g["rank"]: g["children"] for g in self.groups}
         for r in sorted(self.ranks):
             row = self.ranks[r]
             c = row.counts
             for k in COPY_STATES:
                 states[k] += c[k]
             med_c = median(row.compute)
-            if med_c is not None:
+            if med_c is not None and r not in leaders:
                 per_rank_compute[r] = med_c
             rows.append({
                 "rank": r,
+                "role": "master" if r == 0 else "collector" if r in leaders else "worker",
+                "leader": None if r == 0 else self.leader_of.get(r, 0),
+                "children": children.get(r, []),
                 "host": row.hosts[-1] if row.hosts else None,
                 "hosts": list(row.hosts),
                 "status": row.status,
@@ -496,7 +525,8 @@ class Summary:
                 "relative_compute": None,
                 "strikes": len(row.strikes) - row.cleared,
                 "strikes_cleared": row.cleared,
-                "strike_events": [{"step": s, "reason": why} for s, why in row.strikes],
+                "strike_events": [{"step": x[0], "reason": x[1], **({"collector": x[2]} if len(x) > 2 else {})}
+                                  for x in row.strikes],
                 "exonerations": [{"step": s, "cleared": n, "reason": why} for s, n, why in row.exonerations],
                 "membership": list(row.membership),
             })
@@ -504,7 +534,7 @@ class Summary:
         # so one slow rank of two still stands out).
         ref = statistics.median_low(list(per_rank_compute.values())) if per_rank_compute else None
         for d in rows:
-            if ref and d["compute_ms_per_sample"] is not None:
+            if ref and d["compute_ms_per_sample"] is not None and d["rank"] not in leaders:
                 d["relative_compute"] = d["compute_ms_per_sample"] / ref
         suspects = [s for s in (suspect(d, self.ranks[d["rank"]]) for d in rows) if s]
         if self.malformed:
@@ -524,7 +554,7 @@ class Summary:
             "tasks": self.closed_tasks,
             "other_kinds": dict(self.other_kinds),
         }
-        return {"runs": self.runs, "totals": totals, "ranks": rows, "suspects": suspects,
+        return {"runs": self.runs, "totals": totals, "ranks": rows, "suspects": suspects, "collectors": self.groups,
                 "audits": {"count": self.audit_count, "failed": self.audit_failed,
                            "failed_audits": self.failed_audits},
                 "rollbacks": self.rollbacks,
