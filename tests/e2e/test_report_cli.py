@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import raven_cmd, run
-from tests.unit.report.ledgers import FAST, Ledger, Run, complete_run, rollback_run, scenario
+from tests.unit.report.ledgers import FAST, Ledger, Run, complete_run, rollback_run, scenario, tree_run
 
 TIMEOUT = 60
 
@@ -231,3 +231,40 @@ def test_report_help_tells_the_exit_status():
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     assert "exit status: 0 integrity OK (or no ledger), 1 FAILED" in text and "3 INCOMPLETE" in text
+
+
+def test_report_merges_the_collectors_ledgers(tmp_path):
+    """A run with collectors: their workers' rows, a worker a collector
+    excluded among the suspects (naming it), and a wrong group sum: FAILED,
+    naming the collector and the step."""
+    T = tree_run()
+    T.groups[1].event("exclude", 3, 2, "proven wrong by a trusted audit")
+    rd = make_run(tmp_path / "tree", T.root, steps=4)
+    T.write(rd)
+    res = report(rd)
+    assert res.returncode == 0, res.stderr + res.stdout
+    lines = res.stdout.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["rank", "host", "status"])
+    assert [r.split()[:4] for r in lines[head + 2:head + 8]] == [
+        ["1", "n1", "active", "4"], ["2", "n2", "excluded", "4"], ["3", "n3", "active", "4"],
+        ["4", "n4", "active", "4"], ["5", "n5", "active", "4"], ["6", "n6", "active", "4"]]
+    assert "  rank 2 (n2, excluded): excluded at step 3 by collector 1 (proven wrong by a trusted audit)" in lines
+    assert any(ln.startswith("integrity: OK -- 4 steps, 8 grad tasks") for ln in lines)
+    doc = json.loads(report(rd, "--json").stdout)["ledger"]
+    assert [(g["rank"], g["children"], g["checked_sums"]) for g in doc["collectors"]] == [(1, [2, 3], 4),
+                                                                                         (4, [5, 6], 4)]
+    assert doc["integrity"]["collectors"]["checked_sums"] == 8
+    assert [(d["rank"], d["role"], d["leader"]) for d in doc["ranks"]][:2] == [(1, "collector", 0), (2, "worker", 1)]
+    # collector 4 counts a sub-task it never accepted
+    g4 = T.groups[4]
+    k = next(i for i, x in enumerate(g4.lines) if json.loads(x).get("ev") == "group_sum" and json.loads(x)["step"] == 2)
+    g4.lines[k] = json.dumps({**json.loads(g4.lines[k]), "subs": [5, 9]})
+    T.write(rd)
+    res = report(rd)
+    assert res.returncode == 1, res.stderr + res.stdout
+    assert ("integrity: FAILED -- collector 4 step 2: its sum for task 5 counts sub-task 9, which it never accepted"
+            in res.stdout.splitlines())
+    res = report(rd, "--json")
+    assert res.returncode == 1
+    i = json.loads(res.stdout)["ledger"]["integrity"]
+    assert i["status"] == "FAILED" and i["collectors"]["problems"] == 1

@@ -132,11 +132,12 @@ class Run(Ledger):
         self.n = tasks * per_task * steps_per_epoch
         self.next_task = 0
 
-    def run(self, start, ranks=4, resumed=None, hosts=None) -> None:
+    def run(self, start, ranks=4, resumed=None, hosts=None, collectors=None) -> None:
         self.t = 0.0
+        extra = {} if collectors is None else {"collectors": collectors}
         self.rec(ev="run", unix_time=1.7e9 + start, start_step=start, resumed=start > 0 if resumed is None else resumed,
                  ranks=ranks, hosts=hosts or HOSTS, poc={"redundancy": 2}, faults=[], train_snippets=self.n,
-                 steps_per_epoch=self.spe, epochs=self.epochs, max_steps=self.max_steps)
+                 steps_per_epoch=self.spe, epochs=self.epochs, max_steps=self.max_steps, **extra)
 
     def ids(self, step, k) -> list[int]:
         e, i = divmod(step, self.spe)
@@ -221,3 +222,129 @@ def rollback_run(with_rollback=True, to_step=3, at_step=6) -> Run:
     L.steps(to_step, 8)
     L.end(8)
     return L
+
+
+# ------------------------------------------------------------ collectors --
+HOSTS7 = {str(r): f"n{r}" for r in range(7)}
+SNIPPET = 32     # samples per snippet in the tree ledgers
+
+
+class Group(Ledger):
+    """A collector's ledger (ledger.collector-<rank>.jsonl) the way the
+    collector writes it: a ``collector`` record per run start, copies of its
+    sub-tasks (ids from 1 per run start) with ``collector`` and
+    ``parent_task``, membership events with ``collector``, and a
+    ``group_sum`` per sum sent up."""
+
+    def __init__(self, rank, children, parent=0):
+        super().__init__()
+        self.rank, self.children, self.parent = rank, list(children), parent
+        self.next_sub = 1
+
+    def start(self, unix_time) -> None:
+        self.t = 0.0
+        self.next_sub = 1
+        self.rec(ev="collector", collector=self.rank, parent=self.parent, children=self.children,
+                 hosts={str(r): f"n{r}" for r in [self.rank, *self.children]}, unix_time=unix_time)
+
+    def sub(self, step, parent_task, rank, state="accepted", snippets=(0,), **kw) -> int:
+        """A copy of a new sub-task (``kw["task"]``: of that sub-task instead); returns its id."""
+        sid = kw.pop("task", None)
+        if sid is None:
+            sid = self.next_sub
+            self.next_sub += 1
+        self.copy(step, sid, rank, state, snippets=list(snippets), samples=SNIPPET * len(snippets), **kw)
+        rec = json.loads(self.lines[-1])
+        self.lines[-1] = json.dumps({**rec, "collector": self.rank, "parent_task": parent_task})
+        return sid
+
+    def event(self, ev, step, rank, reason="", **kw) -> None:
+        super().event(ev, step, rank, reason, collector=self.rank, **kw)
+
+    def sum(self, step, task, subs, samples=None, kind="grad") -> None:
+        self.rec(ev="group_sum", collector=self.rank, step=step, task=task, kind=kind, subs=list(subs),
+                 samples=SNIPPET * len(subs) if samples is None else samples, t=round(self.t, 4))
+
+    def task(self, step, parent_task, ids) -> list[int]:
+        """A parent's task cut into one sub-task per snippet, on the workers in
+        turn, each accepted; the sum goes up.  Returns the sub-task ids."""
+        subs = [self.sub(step, parent_task, self.children[j % len(self.children)], snippets=[i])
+                for j, i in enumerate(ids)]
+        self.sum(step, parent_task, subs)
+        return subs
+
+
+class Tree:
+    """Rank 0's ledger and its collectors' ledgers of a 7-rank job with two
+    collectors (1 leads 2, 3; 4 leads 5, 6); with ``levels=2``, collector 4
+    is a child of collector 1 (1 leads 2, 4; 4 leads 5, 6) and rank 0 hears
+    only collector 1.  Each step has two tasks of two snippets; a task on a
+    collector is cut into one sub-task per snippet."""
+
+    def __init__(self, levels=1):
+        self.root = Run(tasks=2, per_task=2, steps_per_epoch=4, epochs=2)
+        if levels == 1:
+            self.groups = {1: Group(1, [2, 3]), 4: Group(4, [5, 6])}
+            self.top = [1, 4]
+        else:
+            self.groups = {1: Group(1, [2, 4]), 4: Group(4, [5, 6], parent=1)}
+            self.top = [1]
+        self.levels = levels
+
+    def run(self, start) -> None:
+        self.root.run(start, ranks=7, hosts=HOSTS7, collectors=sorted(self.groups))
+        for g in self.groups.values():
+            g.start(1.7e9 + start - 0.5)
+
+    def step(self, s, record=True) -> list[int]:
+        """Step ``s``: its tasks through the tree, accepted; returns the task ids."""
+        L = self.root
+        tids = []
+        for k in range(L.tasks):
+            task = L.next_task
+            L.next_task += 1
+            tids.append(task)
+            ids = L.ids(s, k)
+            c = self.top[k % len(self.top)]
+            if self.levels == 1:
+                self.groups[c].task(s, task, ids)
+            else:   # collector 1 gives snippet 0 to rank 2 and snippet 1 to collector 4, which cuts it again
+                g1, g4 = self.groups[1], self.groups[4]
+                g1.sub(s, task, 2, snippets=ids[:1])
+                sid = g1.sub(s, task, 4, snippets=ids[1:])
+                g4.task(s, sid, ids[1:])
+                g1.sum(s, task, [sid - 1, sid])
+            L.copy(s, task, c, "accepted", snippets=ids, samples=SNIPPET * len(ids))
+        if record:
+            e, i = divmod(s, L.spe)
+            L.rec(ev="step", step=s, epoch=e, step_in_epoch=i + 1, tasks=L.tasks, snippets=L.tasks * L.per_task,
+                  samples=L.tasks * L.per_task * SNIPPET, t=round(L.t, 3))
+        return tids
+
+    def steps(self, a, b) -> None:
+        for s in range(a, b):
+            self.step(s)
+
+    def end(self, step, status="finished") -> None:
+        self.root.end(step, status)
+
+    def summary(self) -> dict:
+        return ledger_summary((json.loads(x) for x in self.root.lines),
+                              groups={r: [json.loads(x) for x in g.lines] for r, g in self.groups.items()})
+
+    def write(self, run_dir, tails=None):
+        """ledger.jsonl and the collectors' ledgers in ``run_dir`` (``tails``: {rank: text appended})."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.root.write(run_dir / "ledger.jsonl")
+        for r, g in self.groups.items():
+            g.write(run_dir / f"ledger.collector-{r}.jsonl", tail=(tails or {}).get(r, ""))
+        return run_dir
+
+
+def tree_run(levels=1, steps=4) -> Tree:
+    """A finished run of ``steps`` steps through the tree."""
+    T = Tree(levels)
+    T.run(0)
+    T.steps(0, steps)
+    T.end(steps)
+    return T
