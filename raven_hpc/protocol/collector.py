@@ -40,13 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..drain import DrainWatch
 from ..errors import ProtocolError
 from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
 from ..ledger_schema import COLLECTOR, COPY, EV, GRAD, GROUP_SUM, collector_ledger_name
 from . import signals
 from .faults import FaultInjector
-from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer
+from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello
+from .housekeeping import Housekeeper
 from .pump import Pump
 from .scheduler import FP_CORRECT, FP_LOSS, FP_SQ, Scheduler, Task, agree
 from .step import fp_seed
@@ -58,7 +58,6 @@ __all__ = ["Collector", "run_collector"]
 STARTUP_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
-HOUSEKEEPING_S = 0.001
 
 
 @dataclass
@@ -108,14 +107,12 @@ class Collector:
         self.max_piece = cl["max_chunk"] if model.sample_independent else 1
         # a child that leads a group takes work for all of it, and is given up
         # on only after its own workers could have been (patience: its levels)
-        self.patience = {}
-        for r, (k, levels) in (slots or {}).items():
+        for r, (k, _) in (slots or {}).items():
             self.sched.set_slots(r, k)
-            if levels:
-                self.patience[r] = 1 + levels
-        self.backups_on = bool(poc["backup"])
-        self.worker_timeout_s = poc["worker_timeout_s"]
-        self.drain_watch = DrainWatch(poc["drain_file"])   # drains the children listed in it
+        self.keeper = Housekeeper(self.sched, backups=bool(poc["backup"]), timeout_s=poc["worker_timeout_s"],
+                                  drain_file=poc["drain_file"],
+                                  remove=lambda r, why: self.sched.remove_worker(r, self.clock(), why),
+                                  patience={r: 1 + levels for r, (_, levels) in (slots or {}).items() if levels})
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
         self.hosts = {self.rank: hostname()}
@@ -128,8 +125,6 @@ class Collector:
         self.sub_of: dict[int, int] = {}       # sub-task id -> parent task id
         self._next_sub = 1
         self._up: list[ResultBuffer] = []      # result buffers going up
-        self._next_check = 0.0
-        self._next_backup_check = 0.0
         self.parent_dead = False
         self.stop_message: dict | None = None
         # [faults] rules naming a collector: crash, hang or sleep when a task arrives
@@ -283,13 +278,8 @@ class Collector:
     def _control(self, src: int, obj: dict, hello: set | None) -> None:
         kind = obj.get("type")
         if kind == "ready":
-            self.hosts[src] = obj["host"]
+            self.hosts.update(check_hello(obj, src, self.n, f"collector {self.rank}"))
             self.sched.set_host(src, obj["host"])
-            for r, h in obj.get("members", {}).items():
-                self.hosts[int(r)] = h
-            if obj["num_params"] != self.n:
-                raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
-                                    f"collector {self.rank} has {self.n}")
             if hello is not None:
                 hello.discard(src)
             elif obj.get("reattach"):
@@ -476,22 +466,10 @@ class Collector:
 
     # -- membership ------------------------------------------------------------------
     def _housekeeping(self) -> None:
-        now = self.clock()
-        if now < self._next_backup_check:
-            return
-        self._next_backup_check = now + HOUSEKEEPING_S
-        if self.backups_on:
-            self._send_tasks(self.sched.backups(now))
-        if now < self._next_check:
-            return
-        self._next_check = now + 0.25
-        timeout = self.worker_timeout_s
-        for r in self.sched.hung(now, timeout):
-            k = self.patience.get(r, 1)
-            if k == 1 or r in self.sched.hung(now, k * timeout):
-                self.sched.remove_worker(r, now, f"no result for {k * timeout:g} s (hung)")
-        self.drain_watch.poll(self.sched, now)
-        self._write_events()
+        backups = self.keeper.tick(self.clock())
+        if backups is not None:
+            self._send_tasks(backups)
+            self._write_events()
 
     def _readmit(self, rank: int, reason: str) -> None:
         self.sched.add_worker(rank, self.clock(), reason)

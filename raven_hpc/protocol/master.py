@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import ConfigError, ProtocolError
 from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
-from ..drain import DrainWatch
-from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer
+from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello
+from .housekeeping import Housekeeper
 from .pump import Pump
 from .scheduler import Scheduler, Task
 from .topology import Tree, build_tree
@@ -42,7 +42,6 @@ __all__ = ["Master"]
 STARTUP_TIMEOUT_S = 600.0   # workers compile kernels and cache data before saying hello
 STOP_TIMEOUT_S = 30.0
 STOP_QUIET_S = 0.05
-HOUSEKEEPING_S = 0.001      # backups and stuck tasks are looked at this often (at most)
 
 
 class Master:
@@ -93,19 +92,16 @@ class Master:
                                prefetch=cl["prefetch"], seed=cfg["train"]["seed"],
                                max_chunk=self._max_chunk(cl["max_chunk"], model.sample_independent),
                                trusted=poc.get("trusted", ()))
-        # a collector is given up on only after its own workers could have
-        # been: it waits out the timeout once per level below it
-        self.patience = {}
         for r in self.collectors:
             self.sched.set_slots(r, self.tree.workers_under(r))
-            self.patience[r] = 1 + self.tree.depth(r)
-        self.backups_on = bool(poc["backup"])
+        # backups, hung ranks (a collector after one timeout per level below
+        # it: its own workers' timeouts come first), the drain file
+        self.keeper = Housekeeper(self.sched, backups=bool(poc["backup"]), timeout_s=poc["worker_timeout_s"],
+                                  drain_file=poc["drain_file"], remove=self._remove,
+                                  patience={r: 1 + self.tree.depth(r) for r in self.collectors})
         self._held: dict[int, dict[int, ResultBuffer]] = {}   # task -> rank -> result waiting for a quorum
         self._fp = np.zeros(FP_SIZE, np.float64)
-        self._next_check = 0.0
-        self._next_backup_check = 0.0
         self.screen = NormScreen(poc["screen"])   # gradient norms per sample that are outliers
-        self.drain_watch = DrainWatch(poc["drain_file"])
         self.interrupted: int | None = None       # signal number once told to stop
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.runner = TaskRunner(model, splits)
@@ -244,13 +240,8 @@ class Master:
         if kind == "error":
             raise_remote(obj)
         elif kind == "ready":
-            self.hosts[src] = obj["host"]
+            self.hosts.update(check_hello(obj, src, self.n, "the master"))
             self.sched.set_host(src, obj["host"])
-            for r, h in obj.get("members", {}).items():   # a collector's group
-                self.hosts.setdefault(int(r), h)
-            if obj["num_params"] != self.n:
-                raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
-                                    f"the master has {self.n}")
             if hello is not None:
                 hello.discard(src)
             elif obj.get("reattach"):
@@ -376,23 +367,12 @@ class Master:
 
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
     def _housekeeping(self, open_ids: set, total: dict) -> None:
-        now = self.clock()
-        if now < self._next_backup_check:
+        backups = self.keeper.tick(self.clock())
+        if backups is None:
             return
-        self._next_backup_check = now + HOUSEKEEPING_S
-        if self.backups_on:
-            self._send_tasks(self.sched.backups(now))
+        self._send_tasks(backups)
         for task in self.sched.stuck():
             self._arbitrate(task, open_ids, total)
-        if now < self._next_check:
-            return
-        self._next_check = now + 0.25
-        timeout = self.poc["worker_timeout_s"]
-        for r in self.sched.hung(now, timeout):
-            k = self.patience.get(r, 1)
-            if k == 1 or r in self.sched.hung(now, k * timeout):
-                self._remove(r, f"no result for {k * timeout:g} s (hung)")
-        self.drain_watch.poll(self.sched, now)
 
     def _adopt(self, rank: int, obj: dict) -> None:
         """A rank whose collector failed attaches to this master."""

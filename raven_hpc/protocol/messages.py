@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT",
+    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT", "check_hello",
     "RESULT_HEADER", "RESULT_FIELDS", "KIND_GRAD", "KIND_EVAL",
     "ParamsBuffer", "ResultBuffer",
 ]
@@ -32,6 +32,20 @@ RESULT_HEADER = len(RESULT_FIELDS)
 _FIELD = {name: i for i, name in enumerate(RESULT_FIELDS)}
 
 PARAMS_HEADER = 2  # int64: version, number of parameters
+
+
+def check_hello(obj: dict, src: int, num_params: int, leader: str) -> dict[int, str]:
+    """A ``ready`` message from rank ``src``: its host and, for a collector,
+    its group's hosts (``members``), as ``{rank: host}``.  Raises when the
+    rank built a model of another size than the ``leader``'s."""
+    if obj["num_params"] != num_params:
+        from ..errors import ProtocolError
+
+        raise ProtocolError(f"rank {src} built a model with {obj['num_params']} parameters, "
+                            f"{leader} has {num_params}")
+    hosts = {int(r): h for r, h in obj.get("members", {}).items()}
+    hosts[src] = obj["host"]
+    return hosts
 
 
 class ParamsBuffer:

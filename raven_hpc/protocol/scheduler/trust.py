@@ -172,15 +172,7 @@ class Trust:
         w.strikes -= 1
         if w.strike_log:
             w.strike_log.pop()
-        self._event(schema.EXONERATE, rank, f"1 strike cleared: {why}", strikes=w.strikes, cleared=1)
-        if w.status == EXCLUDED and w.strikes < self.max_strikes:
-            w.excluded_at = None
-            w.probation_left = 0
-            w.live = True
-            w.accepting = True
-            w.status = ACTIVE
-            w.last_heard = now
-            self._event(schema.READMIT, rank, f"pardoned: {why}")
+        self._cleared(w, 1, now, why, "pardoned")
 
     def _exonerate(self, now: float, why: str) -> list[int]:
         """Clear the strikes of non-guilty workers that votes won by guilty
@@ -197,17 +189,22 @@ class Trust:
             w.strike_log = keep
             w.strikes = max(0, w.strikes - cleared)
             out.append(w.rank)
-            self._event(schema.EXONERATE, w.rank, f"{cleared} strike{'s' if cleared > 1 else ''} cleared: {why}",
-                        strikes=w.strikes, cleared=cleared)
-            if w.status == EXCLUDED and w.strikes < self.max_strikes:
-                w.excluded_at = None
-                w.probation_left = 0
-                w.live = True
-                w.accepting = True
-                w.status = ACTIVE
-                w.last_heard = now
-                self._event(schema.READMIT, w.rank, f"exonerated: {why}")
+            self._cleared(w, cleared, now, why, "exonerated")
         return out
+
+    def _cleared(self, w, cleared: int, now: float, why: str, how: str) -> None:
+        """Record ``cleared`` strikes taken off ``w``; readmit it when that
+        brings an excluded worker below ``max_strikes``."""
+        self._event(schema.EXONERATE, w.rank, f"{cleared} strike{'s' if cleared > 1 else ''} cleared: {why}",
+                    strikes=w.strikes, cleared=cleared)
+        if w.status == EXCLUDED and w.strikes < self.max_strikes:
+            w.excluded_at = None
+            w.probation_left = 0
+            w.live = True
+            w.accepting = True
+            w.status = ACTIVE
+            w.last_heard = now
+            self._event(schema.READMIT, w.rank, f"{how}: {why}")
 
     def record_applied(self, task_ids: Iterable[int], step: int) -> None:
         """The accepted results of ``task_ids`` went into step ``step``'s
