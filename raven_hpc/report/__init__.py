@@ -4,8 +4,9 @@ ledger, and the operator's drain file.
 The modules: :mod:`.history` (metrics.jsonl), :mod:`.ledger` (the streaming
 reader, the summary, :func:`run_report`), :mod:`.summary` (the one
 pass over the records), :mod:`.integrity` (the exactly-once, step, epoch and
-rollback checks and the verdict), :mod:`.common` (constants, a rank's row and
-whether it is a suspect, words) and
+rollback checks and the verdict), :mod:`.collectors` (the gradient
+collectors' ledgers: their workers' rows and the group-sum check),
+:mod:`.common` (constants, a rank's row and whether it is a suspect, words) and
 :mod:`.drain` (the drain file). The record kinds and fields live in
 :mod:`raven_hpc.ledger_schema`.
 
@@ -66,6 +67,10 @@ compatibility); lines that are not JSON are skipped with a warning, and a
 truncated last line -- a run killed while writing it -- with a note.
 ``ledger.superseded.jsonl`` (the tail a resume cut off) is not read.
 
+With gradient collectors, each one's ``ledger.collector-<rank>.jsonl`` next
+to ``ledger.jsonl`` is read after it (:mod:`.collectors`): the rows of the
+ranks under a collector come from its records.
+
 :func:`summarize_ledger` streams the file (memory grows with the distinct
 tasks and snippets of the open run segment and epochs, not with lines) and
 returns :func:`ledger_summary`'s dict:
@@ -74,7 +79,8 @@ returns :func:`ledger_summary`'s dict:
     one entry per run record (start step, ranks, hosts, plan, how it ended).
 ``totals``
     copies by state, backups, verified / disagreed / credited copies, strikes
-    (and strikes cleared), and the steps and grad tasks applied.
+    (and strikes cleared), and the steps and grad tasks applied (with
+    collectors: the sums of the table's rows, so every level's copies).
 ``ranks``
     one row per rank: copies assigned (every copy), returned (accepted +
     duplicate + late + rejected), accepted, the snippets in its returned and
@@ -84,10 +90,19 @@ returns :func:`ledger_summary`'s dict:
     latency (s), median compute time per sample (ms) and its ratio to the
     median over ranks (``relative_compute``; > 1 is slower), strikes (those
     not cleared by audits; ``strikes_cleared`` apart), and the status from
-    its last membership event (active | excluded | drained | lost).
+    its last membership event (active | excluded | drained | lost);
+    ``role`` (master | collector | worker), ``leader`` (the rank whose
+    ledger holds its copies: 0 or its collector) and ``children`` (a
+    collector's workers).  A collector's ``relative_compute`` is None (its
+    compute time is its group's) and it is left out of the median.
 ``suspects``
     ranks with strikes, an exclusion, a loss, or a relative compute time
-    >= 2, each with the reasons in words.
+    >= 2, each with the reasons in words (naming the collector that struck,
+    excluded or lost a worker of its group) and its ``leader``.
+``collectors``
+    one entry per collector's ledger read: ``rank``, ``path``, ``parent``,
+    ``children``, ``runs`` (of rank 0's ledger it has a part of), ``copies``
+    by state, ``sums``, ``checked_sums``, ``unchecked_sums``, ``problems``.
 ``audits``, ``rollbacks``, ``arbitrations``, ``checkpoints``
     counts, the failed audits (task, the step it was applied at, the ranks
     found wrong) and every rollback (from step, to step, guilty ranks, reason).
@@ -117,7 +132,12 @@ steps are checked as redone.  Over what is left:
   a later rollback or resume to its step or earlier;
 * the ledger reads: not empty, not mostly garbage, no damaged line in the
   middle, the last line whole, and the last run ends with an ``end`` record
-  whose step follows the last step record.
+  whose step follows the last step record;
+* collectors: every sum a collector sent up that its parent has a copy of
+  counts sub-tasks it accepted exactly once, of that task, in no other sum,
+  with the samples of those sub-tasks and of the parent's task; every
+  result the parent accepted has its sum; no damaged line in the middle of
+  a collector's ledger (:mod:`.collectors` says which sums and why).
 
 ``integrity["status"]`` is ``"OK"``, ``"INCOMPLETE"`` (the ledger stops
 before the run's end: no end record, an interrupted or failed end, a torn
@@ -135,8 +155,9 @@ check could not cover; ``ok`` is True only for OK.  Also: ``steps``,
 run without end record), and the exactly-once counts ``checked_tasks``,
 ``checked_steps``, ``violation_count``, ``violations``, ``open_tasks`` (of
 the step in flight when a run stopped) and ``redone_tasks`` (voided by a
-resume or rollback); :func:`run_report` adds ``summary_steps`` and
-``checkpoint_step``.
+resume or rollback), ``collectors`` (None without collectors' ledgers, else
+``ledgers``, ``sums``, ``checked_sums``, ``unchecked_sums``, ``problems``);
+:func:`run_report` adds ``summary_steps`` and ``checkpoint_step``.
 
 The drain file
 --------------

@@ -245,16 +245,18 @@ def test_report_merges_the_collectors_ledgers(tmp_path):
     assert res.returncode == 0, res.stderr + res.stdout
     lines = res.stdout.splitlines()
     head = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["rank", "host", "status"])
-    assert [r.split()[:4] for r in lines[head + 2:head + 8]] == [
-        ["1", "n1", "active", "4"], ["2", "n2", "excluded", "4"], ["3", "n3", "active", "4"],
-        ["4", "n4", "active", "4"], ["5", "n5", "active", "4"], ["6", "n6", "active", "4"]]
+    assert [r.split()[:3] for r in lines[head + 2:head + 8]] == [
+        ["1", "n1", "active"], ["2", "n2", "excluded"], ["3", "n3", "active"],
+        ["4", "n4", "active"], ["5", "n5", "active"], ["6", "n6", "active"]]
     assert "  rank 2 (n2, excluded): excluded at step 3 by collector 1 (proven wrong by a trusted audit)" in lines
     assert any(ln.startswith("integrity: OK -- 4 steps, 8 grad tasks") for ln in lines)
     doc = json.loads(report(rd, "--json").stdout)["ledger"]
     assert [(g["rank"], g["children"], g["checked_sums"]) for g in doc["collectors"]] == [(1, [2, 3], 4),
                                                                                          (4, [5, 6], 4)]
     assert doc["integrity"]["collectors"]["checked_sums"] == 8
-    assert [(d["rank"], d["role"], d["leader"]) for d in doc["ranks"]][:2] == [(1, "collector", 0), (2, "worker", 1)]
+    assert [(d["rank"], d["role"], d["leader"], d["copies"]) for d in doc["ranks"]] == [
+        (1, "collector", 0, 4), (2, "worker", 1, 4), (3, "worker", 1, 4), (4, "collector", 0, 4), (5, "worker", 4, 4),
+        (6, "worker", 4, 4)]
     # collector 4 counts a sub-task it never accepted
     g4 = T.groups[4]
     k = next(i for i, x in enumerate(g4.lines) if json.loads(x).get("ev") == "group_sum" and json.loads(x)["step"] == 2)
