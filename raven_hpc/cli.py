@@ -287,23 +287,32 @@ def _print_ledger(rep: dict) -> None:
           f"{tot['credited']:,} credited, {_plural(tot['strikes'], 'strike')}{cleared}, "
           f"{_plural(led['arbitrations']['count'], 'arbitration')}, {_plural(led['checkpoints']['count'], 'checkpoint')}")
     if led["ranks"]:
-        rows = [("rank", "host", "status", "copies", "returned", "accepted", "snippets", "snip_acc", "credited",
-                 "dup", "late",
+        # with collectors, a role column: whom a collector leads, under which collector a worker is
+        tree = bool(led.get("collectors")) or any(d.get("role") == "collector" for d in led["ranks"])
+        rows = [("rank", "host", "status", *(("role",) if tree else ()), "copies", "returned", "accepted", "snippets",
+                 "snip_acc", "credited", "dup", "late",
                  "rejected", "lost", "skipped", "backups", "strikes", "latency_ms", "ms/sample", "speed")]
         for d in led["ranks"]:
             lat = d["median_latency_s"]
             rel = d["relative_compute"]
-            rows.append((str(d["rank"]), ",".join(d["hosts"]) or "?", d["status"],
+            role = (f"collector of {','.join(map(str, d['children']))}" if d["role"] == "collector" and d["children"]
+                    else f"worker under {d['leader']}" if d["role"] == "worker" and d["leader"] else d["role"])
+            rows.append((str(d["rank"]), ",".join(d["hosts"]) or "?", d["status"], *((role,) if tree else ()),
                          *(f"{d[k]:,}" for k in ("copies", "returned", "accepted", "snippets", "snippets_accepted",
                                                  "credited", "duplicates",
                                                  "late", "rejected", "lost", "skipped", "backups", "strikes")),
                          _fmt_sig(None if lat is None else 1000 * lat), _fmt_sig(d["compute_ms_per_sample"]),
                          "-" if rel is None else f"{rel:.2f}x"))
         print()
-        for line in _table(rows, left=(1, 2)):
+        for line in _table(rows, left=(1, 2, 3) if tree else (1, 2)):
             print(f"  {line}")
         print("  (latency_ms, ms/sample: medians; speed: ms/sample over the median of the ranks, > 1 is slower; "
-              "strikes: those not cleared by audits)")
+              "strikes: those not cleared by audits" + ("; a collector's row: its parent's tasks, and no speed: "
+                                                         "its compute time is its group's)" if tree else ")"))
+        for g in led.get("collectors", []):
+            print(f"  collector {g['rank']} ({g.get('path', g['ledger'])}): leads rank{'s' if len(g['children']) != 1 else ''} "
+                  f"{', '.join(map(str, g['children']))}; {_plural(g['sums'], 'sum')} sent up, "
+                  f"{g['checked_sums']:,} checked against its parent's copies")
     print()
     if not led["suspects"]:
         print("suspect nodes: none")
@@ -342,6 +351,8 @@ def _print_integrity(integ: dict) -> None:
     if integ["rollbacks"]:
         audits.append(_plural(integ["rollbacks"], "rollback"))
     checked = [_plural(integ["steps"], "step"), _plural(integ["checked_tasks"], "grad task")]
+    if integ.get("collectors"):
+        checked.append(_plural(integ["collectors"]["checked_sums"], "collector sum"))
     ep = integ["epochs"]
     if ep["complete"]:
         checked.append(f"every snippet of {_plural(ep['complete'], 'epoch')} counted once" if status == "OK" else
