@@ -137,6 +137,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                               "up", minimum=0),
         "fan_in": Key((int,), 16, "most ranks one master or collector leads; above it \"auto\" adds collectors "
                                   "and levels", minimum=2),
+        "collector_computes": Key((bool,), False, "collectors also compute tasks of their group (on a node "
+                                                 "whose collector would otherwise only sum, one more worker)"),
     },
     "poc": {
         "redundancy": Key((int,), 1, "copies of each task on distinct workers; the first acceptable one is used, "

@@ -113,7 +113,8 @@ def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | Non
             from .protocol.collector import run_collector
 
             kids = tree.children_of(rank)
-            run_collector(comm, cfg, ancestors, kids, {r: (tree.workers_under(r), tree.depth(r)) for r in kids})
+            both = cfg["cluster"]["collector_computes"]
+            run_collector(comm, cfg, ancestors, kids, {r: (tree.workers_under(r, both), tree.depth(r)) for r in kids})
         else:
             from .protocol.worker import run_worker
 

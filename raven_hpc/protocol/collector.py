@@ -97,7 +97,10 @@ class Collector:
         cl, poc = cfg["cluster"], cfg["poc"]
         # Within a group every sub-task is computed once; comparing copies,
         # sampled verification and audits happen at the top, across groups.
-        self.sched = Scheduler(self.children, redundancy=1, quorum=1, verify=0.0, rtol=poc["rtol"],
+        # With collector_computes the collector is one of its group's workers.
+        self.computes = bool(cl["collector_computes"])
+        self._local: list[Task] = []
+        self.sched = Scheduler(self.children + ([self.rank] if self.computes else []), redundancy=1, quorum=1, verify=0.0, rtol=poc["rtol"],
                                max_strikes=poc["max_strikes"], probation_steps=poc["probation_steps"],
                                backup_factor=poc["backup_factor"], prefetch=cl["prefetch"],
                                seed=cfg["train"]["seed"] + self.rank, max_chunk=1)
@@ -153,6 +156,11 @@ class Collector:
         self._up.append(b)
         return b
 
+    def _send_params(self, ranks) -> None:
+        """The current parameters to those of ``ranks`` that are children
+        (a computing collector is in its own scheduler, and has them)."""
+        self.pump.send_params([r for r in ranks if r != self.rank], self.version)
+
     def _to_parent(self, obj: dict) -> None:
         self.pump.send_ctrl(self.parent, obj)
 
@@ -164,6 +172,8 @@ class Collector:
             now = self.clock()
             self._send_tasks(self.sched.assign(now))
             got = self._poll()
+            if not got and self._local:
+                got = self._compute_one()
             self._housekeeping()
             if self.parent_dead:
                 self._reattach()
@@ -260,7 +270,7 @@ class Collector:
                 self._drop_older(version)
             self.version = version
             self.model.bind_params(buf.params, copy=False)   # the received values are the parameters
-            self.pump.send_params(self.sched.live_workers(), version)
+            self._send_params(self.sched.live_workers())
         elif tag == TAG_CTRL:
             obj = msg.recv()
             kind = obj.get("type")
@@ -307,7 +317,7 @@ class Collector:
             self.step = step
             self.done.clear()
             for r in self.sched.begin_step(step, self.clock()):
-                self.pump.send_params([r], self.version)
+                self._send_params([r])
         tr = self.cfg["train"]
         per = tr["task_snippets"] if msg["kind"] == GRAD else tr["eval_task_snippets"]
         snippets = list(msg["snippets"])
@@ -330,8 +340,21 @@ class Collector:
         self.open[int(msg["task"])] = entry
         self.sched.submit(subs)
 
+    def _compute_one(self) -> bool:
+        """Compute one piece given to the collector itself (collector_computes)."""
+        task = self._local.pop(0)
+        if self.sched.task(task.task_id) is None:
+            return False
+        buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == GRAD else 0))
+        self.runner.run(task.message(), buf)
+        self._take(self.rank, buf)
+        return True
+
     def _send_tasks(self, assignments) -> None:
         for rank, task in assignments:
+            if rank == self.rank:
+                self._local.append(task)
+                continue
             msg = task.message()
             msg["type"] = "task"
             self.pump.send_ctrl(rank, msg)
@@ -473,7 +496,7 @@ class Collector:
 
     def _readmit(self, rank: int, reason: str) -> None:
         self.sched.add_worker(rank, self.clock(), reason)
-        self.pump.send_params([rank], self.version)
+        self._send_params([rank])
 
     def _write_events(self) -> None:
         events = self.sched.drain_events()
@@ -506,11 +529,14 @@ def run_collector(comm, cfg: dict, ancestors, children: list[int], slots: dict |
         from .worker import open_splits
 
         cfg_c = json.loads(json.dumps(cfg))
-        cfg_c["data"]["cache"] = False      # a collector reads only the snippet tables
+        if not cfg["cluster"]["collector_computes"]:
+            cfg_c["data"]["cache"] = False      # it reads only the snippet tables (and a rejected task's pieces)
         ds, splits = open_splits(cfg_c)
         model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
                             backend=cfg["cluster"]["backend"])
         coll = Collector(comm, cfg, ancestors, children, model, splits, slots=slots)
+        if coll.computes:   # compile (or load) the kernels before the first timed piece, as workers do
+            coll.runner.warm_up(cfg["data"]["train_split"], ResultBuffer(model.num_params))
         coll.ds = ds
         stop = coll.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master

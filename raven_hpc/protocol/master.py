@@ -93,7 +93,7 @@ class Master:
                                max_chunk=self._max_chunk(cl["max_chunk"], model.sample_independent),
                                trusted=poc.get("trusted", ()))
         for r in self.collectors:
-            self.sched.set_slots(r, self.tree.workers_under(r))
+            self.sched.set_slots(r, self.tree.workers_under(r, cl["collector_computes"]))
         # backups, hung ranks (a collector after one timeout per level below
         # it: its own workers' timeouts come first), the drain file
         self.keeper = Housekeeper(self.sched, backups=bool(poc["backup"]), timeout_s=poc["worker_timeout_s"],

@@ -64,10 +64,11 @@ class Tree:
             todo.extend(self.children.get(r, ()))
         return sorted(out)
 
-    def workers_under(self, rank: int) -> int:
-        """Ranks that compute in ``rank``'s subtree (1 for a worker): how
-        much work a leader may hand it at once (:meth:`Scheduler.set_slots`)."""
-        return sum(1 for r in self.subtree(rank) if not self.children.get(r))
+    def workers_under(self, rank: int, leaders_compute: bool = False) -> int:
+        """Ranks that compute in ``rank``'s subtree (1 for a worker; the
+        collectors too with ``leaders_compute``): how much work a leader may
+        hand it at once (:meth:`Scheduler.set_slots`)."""
+        return sum(1 for r in self.subtree(rank) if leaders_compute or not self.children.get(r))
 
     def depth(self, rank: int = 0) -> int:
         """Levels below ``rank`` (0: a worker; 1: rank 0 of a star)."""

@@ -61,9 +61,10 @@ class Trainer:
                 "workers_status": m.sched.worker_stats()}
 
     def _workers(self) -> int:
-        """Ranks that compute (every rank but the master and the collectors)."""
+        """Ranks that compute (every rank but the master, and the collectors
+        unless they compute too)."""
         t = self.master.tree
-        return t.size - 1 - len(t.collectors)
+        return t.size - 1 - (0 if self.cfg["cluster"]["collector_computes"] else len(t.collectors))
 
     # -- the loop ------------------------------------------------------------------
     def train(self) -> TrainState:

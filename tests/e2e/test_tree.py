@@ -105,6 +105,26 @@ def test_chunks_through_the_tree_match_the_flat_run(tmp_path, cfg, flat):
     np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
 
 
+def test_collectors_that_compute_too(tmp_path, cfg, flat):
+    """``collector_computes``: a collector is also a worker of its group."""
+    rd = tmp_path / "both"
+    res = ok(train(7, cfg, rd, *COMMON, *tree(2), "--set", "cluster.collector_computes=true"))
+    assert "6 worker(s)" in res.stdout
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-6, atol=1e-7)
+    group = records(rd / "ledger.collector-1.jsonl")
+    assert any(e["ev"] == "copy" and e["rank"] == 1 and e["state"] == "accepted" for e in group)
+    check_group_sums(rd, 1)
+
+
+def test_an_error_on_a_collector_ends_every_rank_with_one_message(tmp_path, cfg):
+    rd = tmp_path / "err"
+    res = train(7, cfg, rd, *COMMON, *tree(2),
+                "--set", 'faults.rules=[{rank = 1, mode = "crash", how = "raise", from_step = 3}]', timeout=120)
+    assert res.returncode != 0
+    assert (res.stdout + res.stderr).count("injected crash") == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+
+
 def test_a_wrong_worker_is_named_by_its_collector_and_only_it_leaves(tmp_path, cfg, flat):
     """Every task goes to both groups (redundancy 2, quorum 2): rank 2's
     halved gradients make group 1's sums disagree with group 4's; the master
