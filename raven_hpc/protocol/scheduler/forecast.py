@@ -45,6 +45,14 @@ SLOWER_MARGIN = 0.1
 #: the master serves them).
 STRAGGLER_RATIO = 2.0
 
+#: share of a worker's measured overhead that the predicted arrival counts.
+#: The overhead is measured when a leader *notices* a result; a leader that
+#: sleeps until a prediction counting all of it would notice no earlier, so
+#: the estimate could never shrink.  Counting a share below 1 wakes the
+#: leader before the usual arrival (it then polls) and lets the estimate
+#: fall geometrically when results start coming sooner.
+OVERHEAD_TRUST = 0.75
+
 
 @dataclass
 class Plan:
@@ -358,10 +366,10 @@ class Forecast:
                 if w.live and w.outstanding and w.last_heard is not None and now - w.last_heard > timeout]
 
     def next_expected(self) -> float | None:
-        """Earliest time an outstanding copy should come back, from each
-        worker's measured speed and overhead (None while nothing is known).
-        The overhead counts what compute does not: messages, wake-ups, and a
-        worker that sleeps or waits on its network between tasks."""
+        """Earliest time an outstanding copy should come back: its assignment,
+        its compute at the worker's measured speed, and :data:`OVERHEAD_TRUST`
+        of the worker's measured overhead (messages, wake-ups, a worker that
+        sleeps or waits on its network); None while nothing is known."""
         best = None
         for w in self.workers.values():
             if not w.live or not w.outstanding or w.sec_per_sample is None:
@@ -370,6 +378,6 @@ class Forecast:
                 task = self.tasks[tid]
                 for c in task.copies:
                     if c.rank == w.rank and c.state == ASSIGNED:
-                        t = c.assigned_at + task.samples * w.sec_per_sample + w.overhead_s
+                        t = c.assigned_at + task.samples * w.sec_per_sample + OVERHEAD_TRUST * w.overhead_s
                         best = t if best is None or t < best else best
         return best

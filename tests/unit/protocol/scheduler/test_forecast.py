@@ -9,6 +9,7 @@ import collections
 import pytest
 
 from raven_hpc.protocol.scheduler import DUPLICATE, Scheduler, Task
+from raven_hpc.protocol.scheduler.forecast import OVERHEAD_TRUST
 
 from .scenarios import learn, simulate, tasks
 
@@ -35,9 +36,9 @@ def test_speed_is_learnt_from_reported_compute_time_and_predicts_arrival():
     assert s.worker_stats()[1]["sec_per_sample"] == pytest.approx(0.01)
     s.submit(tasks(1, start=50, samples=100))
     s.assign(10.0)
-    # arrival = assignment + compute (1 s) + the overhead it showed (4 s the
-    # master waited beyond the compute: messages, a worker that sleeps)
-    assert s.next_expected() == pytest.approx(15.0)
+    # arrival = assignment + compute (1 s) + OVERHEAD_TRUST of the 4 s the
+    # master waited beyond the compute (messages, a worker that sleeps)
+    assert s.next_expected() == pytest.approx(10.0 + 1.0 + OVERHEAD_TRUST * 4.0)
 
 
 
