@@ -411,6 +411,12 @@ def emulated_weight(step: int, snippet: int) -> float:
     return 1.0 + ((step * 1000003 + snippet * 7919) % 97) / 970.0
 
 
+def _check_grad(what: str, grad) -> None:
+    """The injector writes gradients in place: a float32 numpy array only."""
+    if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
+        raise TypeError(f"{what}() needs a float32 numpy array, got {getattr(grad, 'dtype', type(grad).__name__)}")
+
+
 def _kill_self() -> None:
     """SIGKILL this process: what a node failure looks like to MPI."""
     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
@@ -561,9 +567,7 @@ class FaultInjector:
         None when no rule fires: the caller computes as usual."""
         if not self.emulating:
             return None
-        if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
-            raise TypeError(f"emulate() needs a float32 numpy array, got "
-                            f"{getattr(grad, 'dtype', type(grad).__name__)}")
+        _check_grad("emulate", grad)
         step, task = int(step), int(task)
         for index, rule in self._rules:
             if rule["mode"] not in _EMULATE or self._fires(index, rule, step, task) is None:
@@ -595,9 +599,7 @@ class FaultInjector:
         """
         if not self.active:
             return None
-        if not isinstance(grad, np.ndarray) or grad.dtype != np.float32:
-            raise TypeError(f"corrupt() needs a float32 numpy array, got "
-                            f"{getattr(grad, 'dtype', type(grad).__name__)}")
+        _check_grad("corrupt", grad)
         step, task = int(step), int(task)
         applied = []
         for index, rule in self._rules:
