@@ -11,9 +11,9 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from ._registry import BACKENDS, lookup
+from ._registry import BACKENDS, BackendUnavailableError, lookup
 
-__all__ = ["CpuBackend", "get_backend"]
+__all__ = ["CpuBackend", "auto_reason", "get_backend"]
 
 
 class CpuBackend:
@@ -44,18 +44,47 @@ class CpuBackend:
     def to_device(self, host: np.ndarray) -> np.ndarray:
         return host
 
-    def to_host(self, arr: np.ndarray) -> np.ndarray:
-        return arr
+    #: arrays live in host memory: the engine's glue is NumPy
+    xp = np
+
+    def to_host(self, arr: np.ndarray, out: np.ndarray = None) -> np.ndarray:
+        if out is None or out is arr:
+            return arr
+        np.copyto(out, arr)
+        return out
 
 
 def get_backend(name: str = "cpu"):
-    """The backend object for ``name``; CUDA raises only when asked for here."""
+    """The backend object for ``name``: ``"cpu"``, ``"cuda"`` (raises
+    :class:`BackendUnavailableError` with the reason when this node cannot
+    run it) or ``"auto"`` (this rank's GPU when its node has one, else the
+    CPU; see :func:`auto_reason`).  A rank's GPU is its local rank modulo
+    the GPUs it sees (:func:`raven_hpc.kernels.cuda.set_local_rank`)."""
+    global _AUTO_REASON
     if name == "cpu":
         return CpuBackend()
-    if name == "cuda":
+    if name in ("cuda", "auto"):
         from . import cuda
 
-        return cuda.CudaBackend()
+        if name == "cuda":
+            return cuda.CudaBackend(device=cuda.local_device())
+        if cuda.device_count() == 0:
+            _AUTO_REASON = "no CUDA GPU on this node" + (" (the simulator is only used when asked for)"
+                                                         if cuda.simulated() else "")
+            return CpuBackend()
+        try:
+            return cuda.CudaBackend(device=cuda.local_device())
+        except BackendUnavailableError as exc:
+            _AUTO_REASON = str(exc)
+            return CpuBackend()
     from raven_hpc.errors import ConfigError
 
-    raise ConfigError(f"unknown kernel backend {name!r}; known backends: {', '.join(BACKENDS)}")
+    raise ConfigError(f"unknown kernel backend {name!r}; known backends: {', '.join(BACKENDS)}, auto")
+
+
+_AUTO_REASON = ""
+
+
+def auto_reason() -> str:
+    """Why ``"auto"`` last gave this rank the CPU ("" when it did not)."""
+    return _AUTO_REASON

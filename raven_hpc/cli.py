@@ -481,10 +481,29 @@ def cmd_info(args) -> int:
         print(f"MPI       {MPI.Get_library_version().splitlines()[0].strip()}")
     except Exception as exc:  # noqa: BLE001
         print(f"mpi4py    unavailable ({exc})")
-    from .kernels import available_backends
+    from .kernels import available_backends, cuda
 
-    print(f"backends  {', '.join(available_backends())}")
+    print(f"backends  {', '.join(available_backends())}  (cluster.backend = \"auto\" takes cuda on a GPU node)")
+    print(f"cpu       numba {numba.__version__}, {os.cpu_count()} cores")
+    for i, line in enumerate(cuda.describe_devices()):
+        print(f"{'cuda' if i == 0 else '':<9} {line}")
+    if cuda.device_count():
+        print(f"{'':<9} CUDA-aware MPI: {_cuda_aware_mpi()} (gradients are staged through host memory either way)")
     return 0
+
+
+def _cuda_aware_mpi() -> str:
+    """``"yes"``/``"no"`` when the MPI library names its memory kinds
+    (MPI 4.1's ``mpi_memory_alloc_kinds`` in ``MPI_INFO_ENV``), else ``"unknown"``."""
+    try:
+        from mpi4py import MPI
+
+        val = MPI.INFO_ENV.Get("mpi_memory_alloc_kinds")
+    except Exception:  # noqa: BLE001 - an MPI without the key, or without mpi4py
+        return "unknown"
+    if val is None:
+        return "unknown"
+    return "yes" if "cuda" in val.lower() else "no"
 
 
 # -------------------------------------------------------------------- main --

@@ -121,7 +121,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "progress": Key((str,), "auto", "progress display on rank 0", choices=("auto", "bar", "lines", "none")),
     },
     "cluster": {
-        "backend": Key((str,), "cpu", "kernel backend of the workers", choices=("cpu", "cuda")),
+        "backend": Key((str,), "auto", "kernel backend of each computing rank: \"cpu\", \"cuda\" (a GPU, or an "
+                                       "error) or \"auto\" (the rank's GPU when its node has one, else the CPU); "
+                                       "a rank's GPU is its local rank modulo the GPUs it sees",
+                       choices=("cpu", "cuda", "auto")),
         "threads": Key((int,), 1, "BLAS/Numba threads per rank", minimum=1),
         "prefetch": Key((int,), 2, "tasks outstanding per worker (hides message latency)", minimum=1),
         "max_chunk": Key((int,), 16, "most tasks of a step merged into one chunk that a worker computes as one "
@@ -301,9 +304,6 @@ def load_config(
     if not cfg["data"]["path"]:
         raise ConfigError(f"{origin}: [data] path is required (the HDF5 file made by `raven-hpc prepare`)")
     _resolve_paths(cfg, base, name, origin)
-    if cfg["cluster"]["backend"] == "cuda":
-        raise ConfigError(f"{origin}: [cluster] backend = \"cuda\" is not available yet in this version; "
-                          "use backend = \"cpu\"")
     if isinstance(cfg["cluster"]["collectors"], str) and cfg["cluster"]["collectors"] != "auto":
         raise ConfigError(f"{origin}: [cluster] collectors = {cfg['cluster']['collectors']!r} must be \"auto\", 0 "
                           "(a flat star) or the number of worker groups")

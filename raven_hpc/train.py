@@ -94,11 +94,22 @@ class ReportedElsewhere(RavenError):
 
 def job_tree(comm, cfg: dict):
     """Who leads whom (:mod:`raven_hpc.protocol.topology`); the same on every
-    rank.  Collective when ``collectors = "auto"`` needs to know the nodes."""
+    rank.  Collective when ``collectors = "auto"`` or a GPU backend needs to
+    know the nodes (a GPU is picked by the rank's place on its node)."""
     from .protocol.topology import build_tree, node_keys
 
     cl, size = cfg["cluster"], comm.Get_size()
-    keys = node_keys(comm) if cl["collectors"] == "auto" and size - 1 > cl["fan_in"] else None
+    keys = None
+    if (cl["collectors"] == "auto" and size - 1 > cl["fan_in"]) or cl["backend"] != "cpu":
+        keys = node_keys(comm)
+    if cl["backend"] != "cpu":
+        # a rank's GPU: its place among the ranks of its node
+        from .kernels import cuda
+
+        rank = comm.Get_rank()
+        cuda.set_local_rank(sum(1 for r in range(rank) if keys[r] == keys[rank]))
+    if not (cl["collectors"] == "auto" and size - 1 > cl["fan_in"]):
+        keys = None
     return build_tree(size, cl["collectors"], cl["fan_in"], keys)
 
 
@@ -158,8 +169,11 @@ def _make_trainer(comm, cfg: dict, on_event: EventFn | None, tree):
     else:
         cfg_master = cfg
     ds, splits = open_splits(cfg_master)
-    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes), backend=cfg["cluster"]["backend"])
-    opt = make_optimizer(dict(cfg["optimizer"]), model)  # sized for model.num_trainable, on its backend
+    # the master computes on the configured backend only when it trains alone;
+    # otherwise it updates, evaluates and arbitrates on the CPU
+    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
+                        backend=cfg["cluster"]["backend"] if alone else "cpu")
+    opt = make_optimizer(dict(cfg["optimizer"]), model)  # sized for model.num_trainable
     state = TrainState()
     extra = None
     ck = run_dir / "checkpoint.h5"

@@ -17,6 +17,12 @@ from pathlib import Path
 
 import pytest
 
+# CUDA kernels run in numba's simulator unless a real GPU is asked for
+# (RAVEN_TEST_GPU=1; see tests/gpu/conftest.py).  It must be set before
+# numba is first imported, which is why it is here and not in tests/gpu.
+if os.environ.get("RAVEN_TEST_GPU", "0") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 EMBEDDED_MNIST = REPO / "data" / "mnist-small"

@@ -35,11 +35,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Union
 
-import numpy as np
 
 from raven_hpc.errors import ModelError
 from raven_hpc.kernels import ACTIVATIONS
 
+from .arrays import contiguous
 from .layers import REQUIRED, Layer, register_layer
 from .ops import ACTIVATION_PARAMS, ActFn, ArrayLike, apply_activation, relu, resolve_activation
 from .tensor import Tensor, as_tensor, gradient_rule
@@ -78,7 +78,7 @@ def _softmax_op(x: ArrayLike, log: bool, ws: Optional[Workspace]) -> Tensor:
     x = as_tensor(x)
     if x.ndim == 0:
         raise ValueError(f"{op} needs at least one axis, got a scalar")
-    xs = np.ascontiguousarray(x.data)
+    xs = contiguous(x.data)
     c = xs.shape[-1]
     rows = xs.size // c if c else 0
     y = buffer(ws, "y", xs.shape, xs.dtype)
@@ -102,7 +102,7 @@ def _softmax_grad_rule(log: bool):
         y = node.data
         c = y.shape[-1]
         rows = y.size // c if c else 0
-        g = np.ascontiguousarray(g, dtype=y.dtype)
+        g = contiguous(g, dtype=y.dtype)
         gx = buffer(ws, "gx", y.shape, y.dtype)
         kernels_of(ws).softmax_backward(g.reshape(rows, c), y.reshape(rows, c), gx.reshape(rows, c), log)
         return (gx,)

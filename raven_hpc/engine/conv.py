@@ -43,6 +43,7 @@ import numpy as np
 from raven_hpc.errors import ModelError
 from raven_hpc.kernels.activations import LINEAR
 
+from .arrays import contiguous
 from . import ops
 from .layers import INITIALIZERS, REQUIRED, Layer, register_layer
 from .tensor import Tensor, as_tensor, gradient_rule, grad_target
@@ -147,7 +148,7 @@ def _check_nchw(x: Tensor, op: str) -> None:
 
 
 def _contig(a: np.ndarray, dtype) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=dtype)
+    return contiguous(a, dtype=dtype)
 
 
 def _block(n: int, per_sample: int, itemsize: int) -> int:
@@ -311,7 +312,7 @@ def max_pool2d(
     """
     x = as_tensor(x)
     shape, geom = _pool_setup(x, "max_pool2d", pool_size, stride, padding)
-    xd = np.ascontiguousarray(x.data)
+    xd = contiguous(x.data)
     y = buffer(ws, "y", shape, xd.dtype)
     idx = buffer(ws, "idx", shape, np.int32)
     kernels_of(ws).max_pool_forward(xd, *geom, y, idx)
@@ -335,7 +336,7 @@ def avg_pool2d(
     """
     x = as_tensor(x)
     shape, geom = _pool_setup(x, "avg_pool2d", pool_size, stride, padding)
-    xd = np.ascontiguousarray(x.data)
+    xd = contiguous(x.data)
     y = buffer(ws, "y", shape, xd.dtype)
     kernels_of(ws).avg_pool_forward(xd, *geom, y)
     return Tensor.from_op(y, "avg_pool2d", (x,), (geom, ws))

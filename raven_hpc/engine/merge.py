@@ -16,6 +16,7 @@ import numpy as np
 
 from raven_hpc.errors import ModelError
 
+from .arrays import xp_of
 from .layers import Layer, register_layer
 from .ops import ArrayLike
 from .tensor import Tensor, as_tensor, gradient_rule
@@ -40,9 +41,10 @@ def add_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     ts = _operands(xs, "add_n")
     dtype = np.result_type(*(t.dtype for t in ts))
     y = buffer(ws, "y", ts[0].shape, dtype)
-    np.add(ts[0].data, ts[1].data, out=y)
+    xp = xp_of(y)
+    xp.add(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
-        np.add(y, t.data, out=y)
+        xp.add(y, t.data, out=y)
     return Tensor.from_op(y, "add_n", tuple(ts))
 
 
@@ -57,9 +59,10 @@ def mul_n(xs: Sequence[ArrayLike], *, ws: Optional[Workspace] = None) -> Tensor:
     ts = _operands(xs, "mul_n")
     dtype = np.result_type(*(t.dtype for t in ts))
     y = buffer(ws, "y", ts[0].shape, dtype)
-    np.multiply(ts[0].data, ts[1].data, out=y)
+    xp = xp_of(y)
+    xp.multiply(ts[0].data, ts[1].data, out=y)
     for t in ts[2:]:
-        np.multiply(y, t.data, out=y)
+        xp.multiply(y, t.data, out=y)
     return Tensor.from_op(y, "mul_n", tuple(ts))
 
 
@@ -74,7 +77,7 @@ def _mul_n_grad(g, node):
         gi = None
         for j, q in enumerate(node.parents):
             if j != i:
-                gi = g * q.data if gi is None else np.multiply(gi, q.data, out=gi)
+                gi = g * q.data if gi is None else xp_of(gi).multiply(gi, q.data, out=gi)
         out.append(gi)
     return tuple(out)
 
@@ -93,7 +96,7 @@ def concat(xs: Sequence[ArrayLike], axis: int = -1, *, ws: Optional[Workspace] =
     shape[ax] = sum(t.shape[ax] for t in ts)
     dtype = np.result_type(*(t.dtype for t in ts))
     y = buffer(ws, "y", tuple(shape), dtype)
-    np.concatenate([t.data for t in ts], axis=ax, out=y)
+    xp_of(y).concatenate([t.data for t in ts], axis=ax, out=y)
     return Tensor.from_op(y, "concat", tuple(ts), ax)
 
 
@@ -101,7 +104,7 @@ def concat(xs: Sequence[ArrayLike], axis: int = -1, *, ws: Optional[Workspace] =
 def _concat_grad(g, node):
     ax = node.ctx
     bounds = np.cumsum([p.shape[ax] for p in node.parents])[:-1]
-    parts = np.split(g, bounds, axis=ax)  # views of g
+    parts = xp_of(g).split(g, [int(b) for b in bounds], axis=ax)  # views of g
     return tuple(part if p.requires_grad else None for part, p in zip(parts, node.parents))
 
 

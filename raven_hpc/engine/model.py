@@ -31,6 +31,7 @@ import numpy as np
 from raven_hpc.errors import ModelError
 
 from . import ops
+from .arrays import from_host, on_host, xp_of
 from .layers import Layer, RunContext
 from .losses import resolve_loss
 from .spec import INPUT, Shape, plan_model, shape_size
@@ -169,6 +170,16 @@ class Model:
             layer.bind_state(stensors)
 
         self.backend = CPU_BACKEND if backend is None else backend
+        # On a device backend the tensors view device mirrors of the flat
+        # vectors: params go in at each computation, gradients come out
+        # after it (see _params_in / loss_and_grad); the host vectors stay
+        # what callers bind and read.
+        self.on_device: bool = getattr(self.backend, "name", "cpu") != "cpu"
+        self._dparams, self._dgrads = self._params, self._grads
+        if self.on_device:
+            self._dparams = self.backend.to_device(self._params)
+            self._dgrads = self.backend.zeros(offset, np.float32)
+            self._point_tensors(self._dparams, self._dgrads)
         self._ws: List[Workspace] = [Workspace(self.backend) for _ in self.layers]
         self._loss_ws = Workspace(self.backend)
         self._fresh_ws = Workspace(self.backend, reuse=False)   # forward(): results own their arrays
@@ -190,6 +201,22 @@ class Model:
 
     def zero_grad(self) -> None:
         self._grads.fill(0)
+        if self.on_device:
+            self._dgrads.fill(0)
+
+    def _point_tensors(self, data=None, grad=None) -> None:
+        """Re-point every parameter and state tensor's ``data`` and/or ``grad`` at views of flat vectors."""
+        tensors = self._all_tensors()
+        for name, shape, off in self.param_info:
+            if data is not None:
+                tensors[name].data = data[off:off + shape_size(shape)].reshape(shape)
+            if grad is not None:
+                tensors[name].grad = grad[off:off + shape_size(shape)].reshape(shape)
+
+    def _params_in(self) -> None:
+        """On a device backend, copy the host parameters to the device mirror the tensors view."""
+        if self.on_device:
+            from_host(self._dparams, self._params)
 
     def _check_flat(self, flat: np.ndarray, what: str) -> None:
         if not (isinstance(flat, np.ndarray) and flat.dtype == np.float32 and flat.ndim == 1
@@ -212,9 +239,9 @@ class Model:
             return
         if copy:
             np.copyto(flat, self._params)
-        tensors = self._all_tensors()
-        for name, shape, off in self.param_info:
-            tensors[name].data = flat[off:off + shape_size(shape)].reshape(shape)
+        if not self.on_device:
+            self._point_tensors(data=flat)
+            self._dparams = flat
         if self.num_state:
             if _WITH_STATE.get(id(self._params)) is self:
                 del _WITH_STATE[id(self._params)]
@@ -226,9 +253,9 @@ class Model:
         self._check_flat(flat, "grads")
         if flat is self._grads:
             return
-        tensors = self._all_tensors()
-        for name, shape, off in self.param_info:
-            tensors[name].grad = flat[off:off + shape_size(shape)].reshape(shape)
+        if not self.on_device:
+            self._point_tensors(grad=flat)
+            self._dgrads = flat
         self._grads = flat
 
     def named_parameters(self) -> List[Tuple[str, Tensor]]:
@@ -318,7 +345,7 @@ class Model:
 
     # -- inputs ----------------------------------------------------------------
     def _input(self, x: Any) -> np.ndarray:
-        arr = x.data if isinstance(x, Tensor) else np.asarray(x)
+        arr = on_host(x.data if isinstance(x, Tensor) else x)
         if arr.ndim < 1:
             raise ModelError("input must have a batch axis, got a scalar")
         sample = arr.shape[1:]
@@ -332,13 +359,13 @@ class Model:
             if arr.dtype.kind not in "fiub":
                 raise ModelError(f"input must be numeric, got dtype {arr.dtype}")
             arr = arr.astype(np.float32)
-        return np.ascontiguousarray(arr)
+        return self.backend.to_device(np.ascontiguousarray(arr)) if self.on_device else np.ascontiguousarray(arr)
 
     def _labels(self, y: Any, n: int) -> np.ndarray:
-        y = ops.as_labels(y)
+        y = ops.as_labels(on_host(y))
         if y.shape != (n,):
             raise ModelError(f"labels have shape {y.shape} but the batch has {n} samples")
-        return y
+        return self.backend.to_device(y) if self.on_device else y
 
     def _context(self, training: bool, key: Any, segments: Any = None) -> RunContext:
         if not training:
@@ -372,6 +399,7 @@ class Model:
         owns fresh arrays (no reused buffers), so it stays valid.
         """
         arr = self._input(x)
+        self._params_in()
         return self._forward(Tensor(arr), use_ws=False, ctx=self._context(training, key))
 
     __call__ = forward
@@ -408,11 +436,14 @@ class Model:
         ya = self._labels(y, n)
         ctx = self._context(True, key, segments)
         if not accumulate and self.num_state:
-            self._grads[self.num_trainable:] = 0
+            self._dgrads[self.num_trainable:] = 0
         if n == 0:
             if not accumulate:
                 self.zero_grad()
             return 0.0, 0
+        self._params_in()
+        if accumulate and self.on_device:
+            from_host(self._dgrads, self._grads)
         tensors = self._tensors.values()
         if not accumulate:
             for t in tensors:
@@ -428,6 +459,8 @@ class Model:
                     if t.overwrite_grad:  # got no gradient: it is zero
                         t.grad.fill(0)
                         t.overwrite_grad = False
+        if self.on_device:   # the gradient sum travels to the host (for MPI)
+            self.backend.to_host(self._dgrads, out=self._grads)
         return float(loss.data), correct
 
     def evaluate(self, x: Any, y: Any, chunk: Optional[int] = None) -> Tuple[float, int]:
@@ -441,6 +474,7 @@ class Model:
         ya = self._labels(y, n)
         step = int(chunk or self.eval_chunk)
         ctx = self._context(False, None)
+        self._params_in()
         total, correct = 0.0, 0
         with no_grad():
             for s in range(0, n, step):
@@ -457,10 +491,11 @@ class Model:
         step = int(chunk or self.eval_chunk)
         ctx = self._context(False, None)
         out = np.empty(n, dtype=np.int64)
+        self._params_in()
         with no_grad():
             for s in range(0, n, step):
                 logits = self._forward(Tensor(xa[s : s + step]), use_ws=True, ctx=ctx)
-                out[s : s + step] = np.argmax(logits.data, axis=1)
+                out[s : s + step] = on_host(xp_of(logits.data).argmax(logits.data, axis=1))
         return out
 
     # -- description -------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 
 from raven_hpc.errors import DatasetError, ModelError
 
+from .arrays import contiguous, from_host, xp_of
 from .layers import REQUIRED, Layer, RunContext, register_layer
 from .ops import ArrayLike
 from .tensor import Tensor, as_tensor, gradient_rule, grad_target
@@ -86,12 +87,16 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
         raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
     if rate == 0.0:
         return x
-    xd = np.ascontiguousarray(x.data)
+    xd = contiguous(x.data)
     u = buffer(ws, "u", xd.shape, np.float32)
+    # the uniforms are drawn on the host (the same numbers on every backend)
+    u_host = u if isinstance(u, np.ndarray) else np.empty(u.shape, np.float32)
     if isinstance(rng, np.random.Generator):
-        rng.random(out=u, dtype=np.float32)
+        rng.random(out=u_host, dtype=np.float32)
     else:
-        rng.uniform_into(u)   # a RunContext: one stream per snippet of the batch
+        rng.uniform_into(u_host)   # a RunContext: one stream per snippet of the batch
+    if u_host is not u:
+        from_host(u, u_host)
     y = buffer(ws, "y", xd.shape, xd.dtype)
     scale = 1.0 / (1.0 - rate)
     kernels_of(ws).dropout_forward(xd.reshape(-1), u.reshape(-1), rate, scale, y.reshape(-1))
@@ -101,7 +106,7 @@ def dropout(x: ArrayLike, rate: float, rng: np.random.Generator, *, ws: Optional
 @gradient_rule("dropout")
 def _dropout_grad(g, node):
     u, rate, scale, ws = node.ctx
-    g = np.ascontiguousarray(g)
+    g = contiguous(g)
     dx = buffer(ws, "dx", g.shape, g.dtype)
     kernels_of(ws).dropout_backward(g.reshape(-1), u.reshape(-1), rate, scale, dx.reshape(-1))
     return (dx,)
@@ -139,8 +144,9 @@ def batch_norm(
     L = math.prod(x.shape[2:])
     gamma, beta = _affine(gamma, beta, "batch_norm", (C,))
     dtype = x.dtype if gamma is None else np.result_type(x.dtype, gamma.dtype)
-    xd = np.ascontiguousarray(x.data, dtype=dtype)
+    xd = contiguous(x.data, dtype=dtype)
     x3 = xd.reshape(n, C, L)
+    xp = xp_of(xd)
     k = kernels_of(ws)
     if training:
         if n * L < 2:
@@ -149,7 +155,7 @@ def batch_norm(
         var = k.empty(C, np.float64)
         k.batchnorm_stats(x3, mean, var)
         if stats is not None:
-            shift = np.zeros(C) if running_mean is None else np.asarray(running_mean, np.float64)
+            shift = xp.zeros(C) if running_mean is None else xp.asarray(running_mean, np.float64)
             d = mean - shift
             count = n * L
             stats[0][...] += count * d
@@ -157,11 +163,11 @@ def batch_norm(
     else:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm in evaluation needs running_mean and running_var")
-        mean = np.asarray(running_mean, np.float64).reshape(C)
-        var = np.asarray(running_var, np.float64).reshape(C)
-    invstd = 1.0 / np.sqrt(var + eps)
-    g64 = np.ones(C) if gamma is None else gamma.data.astype(np.float64)
-    b = np.zeros(C, dtype) if beta is None else beta.data.astype(dtype, copy=False)
+        mean = xp.asarray(running_mean, np.float64).reshape(C)
+        var = xp.asarray(running_var, np.float64).reshape(C)
+    invstd = 1.0 / xp.sqrt(var + eps)
+    g64 = xp.ones(C) if gamma is None else gamma.data.astype(np.float64)
+    b = xp.zeros(C, dtype) if beta is None else beta.data.astype(dtype, copy=False)
     y = buffer(ws, "y", x.shape, dtype)
     k.batchnorm_apply(x3, mean.astype(dtype), (g64 * invstd).astype(dtype), b, y.reshape(n, C, L))
     parents = (x,) if gamma is None else (x, gamma, beta)
@@ -175,8 +181,8 @@ def _batch_norm_grad(g, node):
     affine = len(node.parents) == 3
     n, C, L = x3.shape
     dtype = node.data.dtype
-    g3 = np.ascontiguousarray(g, dtype=dtype).reshape(n, C, L)
-    gamma_arr = node.parents[1].data if affine else np.ones(C, dtype)
+    g3 = contiguous(g, dtype=dtype).reshape(n, C, L)
+    gamma_arr = node.parents[1].data if affine else xp_of(g3).ones(C, dtype)
     dgamma = dbeta = None
     if affine and node.parents[1].requires_grad:
         dgamma = grad_target(node.parents[1])
@@ -215,7 +221,7 @@ def layer_norm(
     D = math.prod(x.shape[1:])
     gamma, beta = _affine(gamma, beta, "layer_norm", tuple(x.shape[1:]))
     dtype = x.dtype if gamma is None else np.result_type(x.dtype, gamma.dtype)
-    x2 = np.ascontiguousarray(x.data, dtype=dtype).reshape(n, D)
+    x2 = contiguous(x.data, dtype=dtype).reshape(n, D)
     y = buffer(ws, "y", x.shape, dtype)
     mean = buffer(ws, "mean", (n,), np.float64)
     invstd = buffer(ws, "invstd", (n,), np.float64)
@@ -223,8 +229,8 @@ def layer_norm(
     if gamma is None:
         g_arr = b_arr = k.empty(0, dtype)
     else:
-        g_arr = np.ascontiguousarray(gamma.data, dtype=dtype).reshape(D)
-        b_arr = np.ascontiguousarray(beta.data, dtype=dtype).reshape(D)
+        g_arr = contiguous(gamma.data, dtype=dtype).reshape(D)
+        b_arr = contiguous(beta.data, dtype=dtype).reshape(D)
     k.layernorm_forward(x2, g_arr, b_arr, gamma is not None, float(eps), y.reshape(n, D), mean, invstd)
     parents = (x,) if gamma is None else (x, gamma, beta)
     return Tensor.from_op(y, "layer_norm", parents, (x2, mean, invstd, g_arr, ws))
@@ -237,7 +243,7 @@ def _layer_norm_grad(g, node):
     affine = len(node.parents) == 3
     n, D = x2.shape
     dtype = node.data.dtype
-    g2 = np.ascontiguousarray(g, dtype=dtype).reshape(n, D)
+    g2 = contiguous(g, dtype=dtype).reshape(n, D)
     k = kernels_of(ws)
     dx = buffer(ws, "dx", x.shape, dtype) if x.requires_grad else None
     if affine:
@@ -269,14 +275,14 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
     its position.  The ids get no gradient; ``W``'s gradient is a
     scatter-add of the output gradient.
     """
-    ids_arr = ids.data if isinstance(ids, Tensor) else np.asarray(ids)
+    ids_arr = ids.data if isinstance(ids, Tensor) else xp_of(ids).asarray(ids)
     W = as_tensor(W)
     if W.ndim != 2:
         raise ValueError(f"embedding table must be (num_embeddings, dim), got {W.shape}")
     if ids_arr.ndim < 1:
         raise ValueError("embedding ids need a batch axis")
     V, dim = W.shape
-    flat = np.ascontiguousarray(ids_arr).reshape(-1)
+    flat = contiguous(ids_arr).reshape(-1)
     if flat.dtype.kind not in "f":
         flat = flat.astype(np.float64)
     idx = buffer(ws, "idx", (flat.size,), np.int64)
@@ -291,7 +297,7 @@ def embedding(ids: ArrayLike, W: ArrayLike, *, ws: Optional[Workspace] = None, w
             f"{where}: input value {flat[bad].item()!r} at {at} is not a token id: ids must be integers in [0, {V})"
         )
     y = buffer(ws, "y", tuple(ids_arr.shape) + (dim,), W.dtype)
-    np.take(W.data, idx, axis=0, out=y.reshape(-1, dim), mode="clip")
+    xp_of(y).take(W.data, idx, axis=0, out=y.reshape(-1, dim), mode="clip")
     return Tensor.from_op(y, "embedding", (W,), (idx, ws))
 
 
@@ -303,7 +309,7 @@ def _embedding_grad(g, node):
     dW = grad_target(W)
     if dW is None or dW.dtype != dtype:
         dW = buffer(ws, "dW", W.shape, dtype)
-    kernels_of(ws).embedding_backward(idx, np.ascontiguousarray(g, dtype=dtype).reshape(-1, W.shape[1]), dW)
+    kernels_of(ws).embedding_backward(idx, contiguous(g, dtype=dtype).reshape(-1, W.shape[1]), dW)
     return (dW,)
 
 

@@ -25,6 +25,7 @@ from raven_hpc.errors import DatasetError, ModelError
 from raven_hpc.kernels import ACTIVATIONS
 from raven_hpc.kernels.activations import ACTIVATION_PARAMS, LINEAR, SAVES_INPUT
 
+from .arrays import contiguous, xp_of
 from .tensor import Tensor, as_tensor, gradient_rule, grad_target, is_grad_enabled
 from .validation import check_real
 from .workspace import Workspace, buffer, kernels_of
@@ -212,7 +213,7 @@ def apply_activation(x: ArrayLike, fn: ActFn, *, ws: Optional[Workspace] = None)
     x = as_tensor(x)
     if fn.code == LINEAR:
         return x
-    xs = np.ascontiguousarray(x.data)
+    xs = contiguous(x.data)
     y = buffer(ws, "y", xs.shape, xs.dtype)
     kernels_of(ws).act_forward(xs.reshape(-1), y.reshape(-1), fn.code, fn.p0, fn.p1)
     return Tensor.from_op(y, fn.name, (x,), (fn, xs if fn.saves_input else None, ws))
@@ -221,7 +222,7 @@ def apply_activation(x: ArrayLike, fn: ActFn, *, ws: Optional[Workspace] = None)
 def _activation_grad(g, node):
     fn, saved_input, ws = node.ctx
     s = node.data if saved_input is None else saved_input
-    g = np.ascontiguousarray(g, dtype=node.data.dtype)
+    g = contiguous(g, dtype=node.data.dtype)
     gx = buffer(ws, "gx", g.shape, g.dtype)
     kernels_of(ws).act_backward(g.reshape(-1), s.reshape(-1), gx.reshape(-1), fn.code, fn.p0, fn.p1)
     return (gx,)
@@ -305,7 +306,7 @@ def _dense_grad(g, node):
     saved = node.data if pre is None else pre  # what act' is computed from
     n, m = g.shape
     dtype = node.data.dtype
-    g = np.ascontiguousarray(g, dtype=dtype)
+    g = contiguous(g, dtype=dtype)
     db = None
     if b is not None and b.requires_grad:
         db = grad_target(b)
@@ -342,12 +343,12 @@ def _dense_grad(g, node):
 # other losses and the ``model.loss`` registry in :mod:`.losses`.
 def as_labels(labels: Any) -> np.ndarray:
     """Integer class labels as a contiguous int64 array (DatasetError otherwise)."""
-    labels = np.asarray(labels)
+    labels = xp_of(labels).asarray(labels)
     if labels.dtype != np.int64:
         if labels.dtype.kind not in "iu":
             raise DatasetError(f"labels must be integers, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
-    return np.ascontiguousarray(labels)
+    return contiguous(labels)
 
 
 def fused_loss(op: str, kernel_op: str, output: ArrayLike, labels: Any, *args: Any,
@@ -369,7 +370,7 @@ def fused_loss(op: str, kernel_op: str, output: ArrayLike, labels: Any, *args: A
     labels = as_labels(labels)
     if labels.shape != (n,):
         raise ValueError(f"labels shape {labels.shape} does not match outputs {output.shape}")
-    z = np.ascontiguousarray(output.data)
+    z = contiguous(output.data)
     want = is_grad_enabled() and output.requires_grad
     k = kernels_of(ws)
     grad = buffer(ws, "dlogits", (n, c), z.dtype) if want else k.empty((0, 0), z.dtype)
@@ -387,7 +388,7 @@ def fused_loss_grad(g, node):
     """Gradient rule shared by every :func:`fused_loss` op: scale the kept gradient."""
     grad = node.ctx
     s = float(g)
-    return (grad if s == 1.0 else grad * np.asarray(s, dtype=grad.dtype),)
+    return (grad if s == 1.0 else grad * grad.dtype.type(s),)
 
 
 def check_label_smoothing(where: str, value: Any) -> float:

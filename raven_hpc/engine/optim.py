@@ -187,12 +187,14 @@ def make_optimizer(cfg: Mapping[str, Any], num_params: Any) -> "Optimizer":
     ``num_params`` may be a :class:`~raven_hpc.engine.Model`: the optimizer
     then updates its ``num_trainable`` trainable parameters with the model's
     kernel backend (use :meth:`Model.apply_gradient` to step it and the
-    model's state together).
+    model's state together) -- on the CPU for a model on a device backend,
+    whose update steps the host vectors (:attr:`Model.params`).
     """
     norm = validate_optimizer_config(cfg)
     backend = None
     if hasattr(num_params, "num_trainable") and hasattr(num_params, "params"):
-        backend = getattr(num_params, "backend", None)
+        if not getattr(num_params, "on_device", False):
+            backend = getattr(num_params, "backend", None)
         num_params = num_params.num_trainable
     return OPTIMIZERS[norm["name"]](norm, num_params, backend=backend)
 

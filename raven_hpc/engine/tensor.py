@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .arrays import xp_of
+
 __all__ = ["Tensor", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled", "grad_target", "gradient_rule",
            "GRADIENTS"]
 
@@ -82,7 +84,7 @@ class enable_grad(_GradMode):
 
 
 def _as_float_array(data: Any) -> np.ndarray:
-    arr = np.asarray(data)
+    arr = xp_of(data).asarray(data)
     if arr.dtype != np.float32 and arr.dtype != np.float64:
         arr = arr.astype(np.float32)
     return arr
@@ -179,9 +181,9 @@ class Tensor:
                 raise RuntimeError(
                     f"backward() without a gradient needs a one-element tensor, got shape {self.data.shape}"
                 )
-            grad = np.ones_like(self.data)
+            grad = xp_of(self.data).ones_like(self.data)
         else:
-            grad = np.asarray(grad, dtype=self.data.dtype)
+            grad = xp_of(self.data).asarray(grad, dtype=self.data.dtype)
             if grad.shape != self.data.shape:
                 raise ValueError(f"gradient shape {grad.shape} != tensor shape {self.data.shape}")
         order = _toposort(self)
@@ -241,12 +243,12 @@ def _accumulate(t: Tensor, g: np.ndarray) -> None:
         raise RuntimeError(f"gradient of shape {g.shape} for tensor of shape {t.data.shape} (op {t.op})")
     if t.op is None:
         if t.grad is None:
-            t.grad = np.array(g, dtype=t.data.dtype, copy=True)
+            t.grad = xp_of(g).array(g, dtype=t.data.dtype, copy=True)
         elif t.overwrite_grad:
             if g is not t.grad:
-                np.copyto(t.grad, g)
+                xp_of(t.grad).copyto(t.grad, g)
         else:
-            np.add(t.grad, g, out=t.grad)
+            xp_of(t.grad).add(t.grad, g, out=t.grad)
         t.overwrite_grad = False
     elif t.grad is None:
         t.grad = g

@@ -6,18 +6,20 @@ backend=)`` -- and reaches the ops through the :class:`Workspace` each op
 application is given: ``ws.kernels`` is a :class:`KernelTable` of that
 backend (``ws.kernels.act_forward(...)``, ``ws.kernels.gemm(a, b, out)``)
 and ``ws.buf`` allocates with it.  Ops called without a workspace
-(stand-alone, e.g. in tests) use the CPU backend: :func:`kernels_of` and
-:func:`buffer` make that choice in one place.
+(stand-alone, e.g. in tests) use the CPU backend, or the one
+:func:`use_backend` sets: :func:`kernels_of` and :func:`buffer` make that
+choice in one place.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+import contextlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from raven_hpc.kernels import CpuBackend
 
-__all__ = ["CPU_BACKEND", "CPU_KERNELS", "KernelTable", "Workspace", "buffer", "kernels_of"]
+__all__ = ["CPU_BACKEND", "CPU_KERNELS", "KernelTable", "Workspace", "buffer", "kernels_of", "use_backend"]
 
 
 class KernelTable:
@@ -46,9 +48,22 @@ class KernelTable:
         return f"KernelTable({getattr(self.backend, 'name', self.backend)!r})"
 
 
-#: the backend and kernel table of ops called without a workspace
 CPU_BACKEND = CpuBackend()
 CPU_KERNELS = KernelTable(CPU_BACKEND)
+#: the kernel table of ops called without a workspace (innermost use_backend last)
+_DEFAULT: List[KernelTable] = [CPU_KERNELS]
+
+
+@contextlib.contextmanager
+def use_backend(backend: Any) -> Iterator[KernelTable]:
+    """Within the block, ops called without a workspace take their kernels
+    and arrays from ``backend`` (e.g. to run stand-alone ops on a GPU)."""
+    table = CPU_KERNELS if backend is None or backend is CPU_BACKEND else KernelTable(backend)
+    _DEFAULT.append(table)
+    try:
+        yield table
+    finally:
+        _DEFAULT.pop()
 
 
 class Workspace:
@@ -98,10 +113,10 @@ class Workspace:
 
 
 def kernels_of(ws: Optional[Workspace]) -> KernelTable:
-    """The kernel table an op uses: its workspace's, else the CPU backend's."""
-    return CPU_KERNELS if ws is None else ws.kernels
+    """The kernel table an op uses: its workspace's, else the default (CPU unless :func:`use_backend`)."""
+    return _DEFAULT[-1] if ws is None else ws.kernels
 
 
 def buffer(ws: Optional[Workspace], key: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
-    """``ws.buf(key, shape, dtype)``, or a fresh CPU array without a workspace."""
-    return np.empty(shape, dtype=dtype) if ws is None else ws.buf(key, shape, dtype)
+    """``ws.buf(key, shape, dtype)``, or a fresh array of the default backend without a workspace."""
+    return _DEFAULT[-1].empty(shape, dtype) if ws is None else ws.buf(key, shape, dtype)
