@@ -30,6 +30,19 @@ it leaves, not its group.
 
 The reported compute time of a task is its children's compute time divided
 by the number of children, so the parent learns the group's throughput.
+
+When the parent stops giving the collector work -- excluded (its sum proven
+wrong while its recomputation found every part right, or too many strikes)
+or drained -- it tells it to *release* its group: the collector drops its
+open tasks and tells each child (but those it excluded) to re-attach to the
+collector's parent, as when a collector fails.  The collector then serves on
+as a worker of its own: idle until the stop, which it still passes to the
+children it kept; readmitted, it computes its tasks itself.  A collector
+leading collectors releases them the same way.
+
+``[faults]`` rules naming a collector: ``sleep``, ``hang`` and ``crash`` act
+when a task arrives from the parent; ``scale``, ``bitflip`` and ``nan``
+corrupt the sum it sends up.
 """
 from __future__ import annotations
 
@@ -48,7 +61,7 @@ from .faults import FaultInjector
 from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello
 from .housekeeping import Housekeeper
 from .pump import Pump
-from .scheduler import FP_CORRECT, FP_LOSS, FP_SQ, Scheduler, Task, agree
+from .scheduler import EXCLUDED, FP_CORRECT, FP_LOSS, FP_SQ, MOVED, Scheduler, Task, agree
 from .step import fp_seed
 from .transport import Backoff, hostname, send_error
 from .worker import TaskRunner
@@ -112,6 +125,7 @@ class Collector:
         # on only after its own workers could have been (patience: its levels)
         for r, (k, _) in (slots or {}).items():
             self.sched.set_slots(r, k)
+        self.leaders = {r for r, (_, levels) in (slots or {}).items() if levels}   # children that lead groups
         self.keeper = Housekeeper(self.sched, backups=bool(poc["backup"]), timeout_s=poc["worker_timeout_s"],
                                   drain_file=poc["drain_file"],
                                   remove=lambda r, why: self.sched.remove_worker(r, self.clock(), why),
@@ -130,7 +144,8 @@ class Collector:
         self._up: list[ResultBuffer] = []      # result buffers going up
         self.parent_dead = False
         self.stop_message: dict | None = None
-        # [faults] rules naming a collector: crash, hang or sleep when a task arrives
+        # [faults] rules naming a collector: crash, hang or sleep when a task
+        # arrives; scale, bitflip or nan on the sum it sends up
         self.faults = FaultInjector(cfg["faults"]["rules"], self.rank)
         self._ledger = None
         self.t0 = clock()
@@ -184,10 +199,14 @@ class Collector:
         self._write_events()
         return self.stop_message
 
-    def _reattach(self) -> None:
-        """The parent's process failed: attach, with the whole group, to the
-        nearest live ancestor.  The parent's tasks are gone with it."""
+    def _reattach(self, ancestors=None, why: str | None = None) -> None:
+        """The parent's process failed, or it released its group (then
+        ``ancestors`` are its own and ``why`` says why): attach, with the
+        whole group, to the nearest live ancestor.  The parent's tasks are
+        gone with it."""
         self.parent_dead = False
+        if ancestors is not None:
+            self.ancestors = [int(r) for r in ancestors]
         while self.ancestors and self.ancestors[0] in self.pump.dead:
             if self.ancestors[0] == 0:
                 raise ProtocolError(f"collector {self.rank}: the master (rank 0) failed")
@@ -195,14 +214,44 @@ class Collector:
         self.parent = self.ancestors[0]
         for pid in list(self.open):
             self._drop(pid)
-        self._to_parent(self._hello_message(reattach=True))
+        self._to_parent(self._hello_message(reattach=True, why=why))
 
-    def _hello_message(self, reattach: bool = False) -> dict:
+    def _hello_message(self, reattach: bool = False, why: str | None = None) -> dict:
         msg = {"type": "ready", "rank": self.rank, "host": self.hosts[self.rank], "num_params": self.n,
                "members": {str(r): h for r, h in self.hosts.items()}}
         if reattach:
             msg["reattach"] = True
+            if why:
+                msg["why"] = why
         return msg
+
+    def _release(self, why: str) -> None:
+        """The parent gives this collector no more work (``why``: "excluded"
+        or "drained"): every child but those it excluded (and the dead)
+        re-attaches to the parent, and the collector goes on as a worker of
+        its own (see the module docstring)."""
+        now = self.clock()
+        for pid in list(self.open):
+            self._drop(pid)
+        self._local.clear()
+        if not self.computes:
+            self.computes = True
+            self.sched.add_worker(self.rank, now)
+            self.sched.set_host(self.rank, self.hosts[self.rank])
+            # kernels compiled (or loaded) now, while it has nothing to do,
+            # not in the first result it may be timed on
+            self.runner.warm_up(self.cfg["data"]["train_split"], ResultBuffer(self.n))
+        told = f"its collector (rank {self.rank}) was {why}"
+        keep = []
+        for r in self.children:
+            if r in self.pump.dead or self.sched.status(r) == EXCLUDED:
+                keep.append(r)      # an excluded child stays out of work; its stop comes from here
+                continue
+            self.sched.release(r, now, f"re-attached to rank {self.parent}: {told}")
+            self.pump.send_ctrl(r, {"type": "reattach", "ancestors": self.ancestors, "why": told})
+        self.children = keep
+        self.leaders.clear()
+        self._write_events()
 
     def close(self, message: dict) -> bool:
         """Pass the stop on to the children and wait until they took it."""
@@ -278,6 +327,10 @@ class Collector:
                 self._submit(obj)
             elif kind == "wrong":
                 self._check_wrong(obj)
+            elif kind == "release":
+                self._release(str(obj.get("why", "removed")))
+            elif kind == "reattach":
+                self._reattach(obj["ancestors"], obj.get("why"))
             elif kind == "stop":
                 self.stop_message = obj
             else:
@@ -293,10 +346,15 @@ class Collector:
             if hello is not None:
                 hello.discard(src)
             elif obj.get("reattach"):
-                # a rank whose own collector failed joins this group
+                # a rank whose own collector failed, or released its group, joins this group
                 if src not in self.children:
                     self.children.append(src)
-                self.sched.add_worker(src, self.clock(), "re-attached: its collector failed")
+                members = obj.get("members") or {}
+                if len(members) > 1:
+                    self.leaders.add(src)
+                    self.sched.set_slots(src, len(members) - 1)
+                self.sched.add_worker(src, self.clock(), f"re-attached: {obj.get('why') or 'its collector failed'}")
+                self.keeper.joined()
                 self.pump.send_params([src], self.version)
         elif kind == "skipped":
             if self.sched.task(obj["task"]) is not None:
@@ -410,6 +468,8 @@ class Collector:
         out = self._up_buffer(ResultBuffer.nbytes_for(self.n if is_grad else 0))
         if is_grad:
             np.copyto(out.grad, entry.acc, casting="same_kind")
+            if self.faults.active:
+                self.faults.corrupt(msg["step"], parent_id, out.grad)
         workers = max(1, len(self.sched.live_workers()))
         out.set(kind=KIND_GRAD if is_grad else KIND_EVAL, step=msg["step"], task=parent_id, version=msg["version"],
                 samples=entry.samples, loss_sum=entry.loss_sum, correct=entry.correct,
@@ -452,13 +512,18 @@ class Collector:
     def _check_wrong(self, obj: dict) -> None:
         """The parent rejected the group's result for ``obj["task"]``:
         recompute its sub-tasks, convict the children whose results differ,
-        and tell the parent whom (none: the parts were right)."""
+        and tell the parent whom (none: the parts were right).  ``full``
+        says every part was checked against its whole fingerprint: only then
+        may the parent, having proven the sum wrong, blame the collector's
+        own sum (a short check value -- norm, loss, correct count -- does not
+        rule out a wrong part)."""
         pid = int(obj["task"])
         entry = self.done.get(pid)
         guilty: list[int] = []
-        checked = False
+        checked = full = False
         if entry is not None and int(entry.msg["version"]) == self.version and entry.msg["kind"] == GRAD:
             checked = True
+            full = all(fp is not None and len(fp) == FP_SIZE + 2 for _, _, fp in entry.by.values())
             now = self.clock()
             out = ResultBuffer(self.n)
             seed = fp_seed(self.cfg["train"]["seed"], int(entry.msg["step"]))
@@ -471,11 +536,13 @@ class Collector:
                 mine = (*self._fp, out.get("loss_sum"), out.get("correct"))
                 if fp is None or not self._same(fp, mine):
                     guilty.append(rank)
+                    if self.sched.status(rank) == MOVED:
+                        continue    # it re-attached to the parent since: the parent excludes it
                     self.sched.convict(rank, now, f"its result for snippets {list(snippets)} of step "
                                                   f"{entry.msg['step']} differs from collector {self.rank}'s "
                                                   f"recomputation (the parent rejected the group's task {pid})")
             self._write_events()
-        self._to_parent({"type": "convicted", "task": pid, "ranks": guilty, "checked": checked})
+        self._to_parent({"type": "convicted", "task": pid, "ranks": guilty, "checked": checked, "full": full})
 
     def _same(self, kept: tuple, mine: tuple) -> bool:
         """Does a child's kept check value match the collector's own
@@ -492,6 +559,10 @@ class Collector:
         backups = self.keeper.tick(self.clock())
         if backups is not None:
             self._send_tasks(backups)
+            # child collectors this one gives no more work to release their groups
+            for r, why in self.keeper.to_release(self.leaders):
+                self.leaders.discard(r)
+                self.pump.send_ctrl(r, {"type": "release", "why": why})
             self._write_events()
 
     def _readmit(self, rank: int, reason: str) -> None:

@@ -12,6 +12,13 @@ every *gradient* task (evaluation tasks are never faulted)::
     compute_s += injector.after(step, task, compute_s)   # slow
     injector.corrupt(step, task, grad)               # scale / bitflip / nan
 
+A rule naming a gradient collector (a rank that leads a group, see
+:mod:`raven_hpc.protocol.collector`) applies to what that rank itself does:
+``before`` when a gradient task arrives from its parent (``sleep``, ``hang``,
+``crash``), and ``corrupt`` on the sum of its group it sends up (``scale``,
+``bitflip``, ``nan``), with the parent's step and task id.  ``slow`` and
+``emulate`` describe computing and do not apply to a collector's sum.
+
 This module is pure Python and numpy: no MPI, no files.  Sleeping, killing
 and exiting go through callables given to the injector, so tests run
 instantly.

@@ -4,13 +4,17 @@ second -- giving up on hung ranks and following the drain file.
 
 A rank that leads a group itself (a collector) is given up on only after
 the timeout has passed once per level below it (its *patience*), so that
-its own hung workers are found and replaced first.
+its own hung workers are found and replaced first.  A collector this leader
+gives no more work to -- excluded, or drained once none of its copies is
+out -- is named by :meth:`Housekeeper.to_release`: the leader tells it to
+release its group, whose ranks re-attach to the leader.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from ..drain import DrainWatch
+from .scheduler import DRAINED, EXCLUDED
 
 __all__ = ["Housekeeper", "BACKUP_CHECK_S", "MEMBER_CHECK_S"]
 
@@ -48,3 +52,27 @@ class Housekeeper:
                     self.remove(r, f"no result for {k * t:g} s (hung)")
             self.drain_watch.poll(self.sched, now)
         return out
+
+    def to_release(self, leaders) -> list[tuple[int, str]]:
+        """The ranks of ``leaders`` (children that lead groups) whose groups
+        are to be released now, each with the word why ("excluded",
+        "drained").  An excluded one's copies were already taken back; a
+        drained one first finishes what it holds (a drain is graceful).
+        Each is named once: it is no longer a leader of groups here, and
+        readmitted it is a worker of its own (slots 1, its speed learnt
+        afresh)."""
+        out = []
+        for r in sorted(leaders):
+            status = self.sched.status(r)
+            if status == EXCLUDED or (status == DRAINED and not self.sched.outstanding(r)):
+                out.append((r, status))
+                self.patience.pop(r, None)
+                self.sched.set_slots(r, 1)
+                self.sched.relearn(r)    # what was measured of it was its group's speed
+        return out
+
+    def joined(self) -> None:
+        """A rank joined (re-attached from a collector): the drain file is
+        read again at the next check, so a rank listed in it is drained
+        here too (the watch re-reads only when the file changes)."""
+        self.drain_watch._mtime = None

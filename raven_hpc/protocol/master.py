@@ -30,7 +30,7 @@ from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello
 from .housekeeping import Housekeeper
 from .pump import Pump
-from .scheduler import Scheduler, Task
+from .scheduler import EXCLUDED, Scheduler, Task
 from .topology import Tree, build_tree
 from .state import RollBack, StopRequested, TrainingDiverged, TrainState
 from .step import NormScreen, StepSum, fp_seed
@@ -129,6 +129,7 @@ class Master:
         self._audit_rng = random.SystemRandom()
         self.audit_step: int | None = None      # a step whose every result is audited (a suspect)
         self._nonfinite: dict[int, set] = {}
+        self._proven: set[tuple[int, int]] = set()   # (collector, task): its sum proven wrong by the master
         self.stats = self.pump.stats     # messages and bytes; audits, arbitrations, rollbacks are added
         warm_up()
 
@@ -250,14 +251,7 @@ class Master:
             if self.sched.task(obj["task"]) is not None:
                 self.sched.skipped(src, obj["task"], self.clock())
         elif kind == "convicted":
-            # a collector's answer to "wrong": the workers of its group it proved wrong
-            ranks = obj.get("ranks") or []
-            if ranks:
-                self.sched.pardon(src, self.clock(), f"collector {src} proved rank{'s' if len(ranks) > 1 else ''} "
-                                                     f"{', '.join(map(str, ranks))} of its group wrong (task "
-                                                     f"{obj['task']}) and excluded {'them' if len(ranks) > 1 else 'it'}")
-                self.rec.notice(f"collector {src} excluded rank{'s' if len(ranks) > 1 else ''} "
-                                f"{', '.join(map(str, ranks))}: proven wrong by its recomputation")
+            self._convicted(src, obj)
         else:
             raise ProtocolError(f"unknown control message {kind!r} from rank {src}")
 
@@ -341,6 +335,43 @@ class Master:
         self._tell_collectors(events)
         self.rec.ledger(events, self.hosts)
 
+    def _convicted(self, src: int, obj: dict) -> None:
+        """A collector's answer to "wrong": the workers of its group it
+        proved wrong (a rank of them that has re-attached to the master since
+        is excluded here too).  None of them, and every part checked against
+        its whole fingerprint, while the master's own computation proved the
+        sum wrong: the collector's sum itself is wrong, and the collector is
+        excluded (its group is released, :meth:`_release_groups`)."""
+        ranks = [int(r) for r in obj.get("ranks") or []]
+        task = obj["task"]
+        proven = (src, task) in self._proven
+        self._proven.discard((src, task))
+        now = self.clock()
+        if ranks:
+            them = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+            self.sched.pardon(src, now, f"collector {src} proved {them} of its group wrong (task {task}) and "
+                                        f"excluded {'them' if len(ranks) > 1 else 'it'}")
+            self.rec.notice(f"collector {src} excluded {them}: proven wrong by its recomputation")
+            for r in ranks:
+                if self.sched.is_worker(r) and self.sched.status(r) != EXCLUDED:
+                    self.sched.convict(r, now, f"collector {src}'s recomputation proved its part of task {task} "
+                                               "wrong (it re-attached to the master since)")
+        elif proven and obj.get("checked") and obj.get("full") and self.sched.status(src) != EXCLUDED:
+            self.sched.convict(src, now, f"its sum for task {task} disagreed with the master's computation, while "
+                                         "its own recomputation found every part from its group right")
+            self._release_groups()
+
+    def _release_groups(self) -> None:
+        """Collectors the master gives no more work to (excluded, or drained
+        with nothing left out) release their groups: told so, each passes it
+        on to its children, which re-attach to the master (:meth:`_adopt`) as
+        when their collector fails.  Readmitted, such a rank is a worker of
+        its own."""
+        for r, why in self.keeper.to_release(self.collectors):
+            self.collectors.discard(r)
+            self.pump.send_ctrl(r, {"type": "release", "why": why})
+            self.rec.notice(f"collector {r} ({self.hosts.get(r, '?')}) {why}: its group re-attaches to the master")
+
     def _tell_collectors(self, events: list[dict], guilty=(), task_id: int | None = None) -> None:
         """A collector's result was rejected (outvoted, arbitrated, failed an
         audit): it finds and names the wrong worker of its group (while it
@@ -371,17 +402,23 @@ class Master:
         if backups is None:
             return
         self._send_tasks(backups)
+        self._release_groups()
         for task in self.sched.stuck():
             self._arbitrate(task, open_ids, total)
 
     def _adopt(self, rank: int, obj: dict) -> None:
-        """A rank whose collector failed attaches to this master."""
+        """A rank whose collector failed, or released its group (excluded or
+        drained), attaches to this master."""
+        why = obj.get("why") or "its collector failed"
         if rank not in self.worker_ranks:
             self.worker_ranks.append(rank)
-        if obj.get("members") and len(obj["members"]) > 1:
+        members = obj.get("members") or {}
+        if len(members) > 1:
             self.collectors.add(rank)
-        self.sched.add_worker(rank, self.clock(), "re-attached: its collector failed")
-        self.rec.notice(f"rank {rank} ({obj['host']}) re-attached to the master: its collector failed")
+            self.sched.set_slots(rank, len(members) - 1)
+        self.sched.add_worker(rank, self.clock(), f"re-attached: {why}")
+        self.keeper.joined()
+        self.rec.notice(f"rank {rank} ({obj['host']}) re-attached to the master: {why}")
         self.send_params(only=rank)
 
     def _remove(self, rank: int, reason: str) -> None:
@@ -410,7 +447,12 @@ class Master:
         self.stats["arbitrations"] = self.stats.get("arbitrations", 0) + 1
         done = self.sched.is_done(task)
         wrong = self.step_sum.undo.get(task.task_id) if done else None
+        before = self.sched.rejected(task.task_id)
         apply = self.sched.arbitrate(task.task_id, fp, self.clock(), replace=wrong is not None)
+        # a collector's sum the master's computation proved wrong: if its
+        # recomputation finds every part right, the sum itself is (_convicted)
+        self._proven.update((r, task.task_id) for r in self.sched.rejected(task.task_id) - before
+                            if r in self.collectors)
         self._held.pop(task.task_id, None)
         if apply and done:
             self.step_sum.swap(wrong, buf)        # the applied result was wrong: take it out

@@ -6,6 +6,13 @@ group (:mod:`raven_hpc.protocol.topology`), which looks the same to it.
 The loop reads the parent's messages in the order they were sent (one
 ``Improbe`` on any tag from the parent), so a parameter version always
 arrives before the tasks that need it.
+
+A worker changes parent in two ways, both to the nearest live ancestor:
+when MPI reports its collector's process failed, and when its collector,
+excluded or drained by its own parent, releases its group (a ``reattach``
+message naming the ancestors).  Either way the tasks it held are dropped
+and it says hello again, with the reason, to the new parent, which sends
+parameters, then tasks.
 """
 from __future__ import annotations
 
@@ -201,6 +208,15 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
             elif tag == TAG_CTRL:
                 if obj["type"] == "task":
                     queue.append(obj)
+                elif obj["type"] == "reattach":
+                    # its collector released its group: its tasks are gone
+                    ancestors[:] = [int(r) for r in obj["ancestors"]]
+                    while len(ancestors) > 1 and ancestors[0] in dead:
+                        ancestors.pop(0)
+                    parent = ancestors[0]
+                    queue.clear()
+                    version = -1
+                    outbox.add(comm.isend(dict(hello, reattach=True, why=obj.get("why")), dest=parent, tag=TAG_CTRL))
                 elif obj["type"] == "stop":
                     signals.stop_received(bool(obj.get("interrupted")))
                     if obj.get("peer_failed"):

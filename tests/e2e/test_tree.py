@@ -10,13 +10,18 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
+import subprocess
+import threading
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from raven_hpc.drain import update_drain
 from tests.conftest import REPO, mpiexec_cmd, raven_cmd, run, write_config
+from tests.conftest import test_env as child_env   # (an alias: not collected as a test)
 
 TIMEOUT = 240
 STEPS = 12
@@ -145,6 +150,96 @@ def test_a_wrong_worker_is_named_by_its_collector_and_only_it_leaves(tmp_path, c
     assert len([e for e in root if e["ev"] == "strike"]) == len(cleared)
     assert json.loads((rd / "summary.json").read_text())["workers_status"]["1"]["status"] == "active"
     np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
+
+
+def test_a_collector_whose_own_sums_are_wrong_is_excluded_and_its_group_reattaches(tmp_path, cfg, flat):
+    """Every task goes to both groups (redundancy 2, quorum 2) and collector
+    1 halves each sum it sends up, its workers being right: the master
+    computes every disputed task, collector 1 recomputes its parts and finds
+    them all right -- so its own sum is wrong, and the master excludes
+    collector 1 (strikes alone would take 100 results: the conviction does
+    it).  Collector 1 releases its group: workers 2 and 3 re-attach to the
+    master and work on; no wrong sum reaches the model."""
+    rd = tmp_path / "badsum"
+    res = ok(train(7, cfg, rd, *COMMON, *tree(2), "--set", "poc.redundancy=2", "--set", "poc.quorum=2",
+                   "--set", "poc.max_strikes=100",
+                   "--set", 'faults.rules=[{rank = 1, mode = "scale", factor = 0.5}]'))
+    root = records(rd / "ledger.jsonl")
+    excluded = [e for e in root if e["ev"] == "exclude"]
+    assert [e["rank"] for e in excluded] == [1], excluded
+    assert "found every part from its group right" in excluded[0]["reason"]
+    assert not [e for e in records(rd / "ledger.collector-1.jsonl") if e["ev"] == "exclude"]   # its workers were right
+    why = "its collector (rank 1) was excluded"
+    assert {e["rank"]: e["reason"] for e in root if e["ev"] == "readmit"} == {2: f"re-attached: {why}",
+                                                                              3: f"re-attached: {why}"}
+    for r in (2, 3):
+        assert f"re-attached to the master: {why}" in res.stdout
+    # the re-attached workers' results were voted with and used; none of collector 1's sums was
+    agreed = collections.Counter(e["rank"] for e in root if e["ev"] == "copy" and e["step"] > excluded[0]["step"]
+                                 and (e["state"] == "accepted" or e["agreed"] is True))
+    assert agreed[2] > 0 and agreed[3] > 0, agreed
+    assert not [e for e in root if e["ev"] == "copy" and e["rank"] == 1 and e["state"] == "accepted"]
+    assert json.loads((rd / "summary.json").read_text())["workers_status"]["1"]["status"] == "excluded"
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
+
+
+def train_and(n, cfg, run_dir, *extra, when, then, timeout=TIMEOUT):
+    """``train``, calling ``then()`` once, as soon as ``when(output so far)``
+    holds (stdout and stderr together); a hard timeout on the whole run."""
+    cmd = mpiexec_cmd(n) + raven_cmd() + ["train", str(cfg), "--run-dir", str(run_dir), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    out, done = [], False
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if not done and when("".join(out)):
+                then()
+                done = True
+        proc.wait()
+    finally:
+        timer.cancel()
+    if proc.returncode < 0:
+        pytest.fail(f"killed after {timeout} s: {' '.join(cmd)}\n{''.join(out)}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(out), "")
+
+
+def test_a_drained_collector_releases_its_group_and_comes_back_as_a_worker(tmp_path, cfg, flat):
+    """Collector 4 is listed in the drain file from the start: once the
+    tasks it holds are done it releases its group, whose workers 5 and 6
+    re-attach to the master and do accepted work there.  When both have,
+    its line is removed: rank 4 comes back as a worker of its own and
+    computes its tasks itself.  The parameters are the flat run's.  (Its
+    group's workers and 2, 3 sleep 50 ms a task, so steps last long enough
+    for the drain file to be watched.)"""
+    rd = tmp_path / "drained"
+    rd.mkdir()
+    (rd / "drain").write_text("4\n")
+    why = "its collector (rank 4) was drained"
+    res = ok(train_and(7, cfg, rd, *COMMON, *tree(2),
+                       "--set", 'faults.rules=[{rank = [2, 3, 5, 6], mode = "sleep", seconds = 0.05}]',
+                       when=lambda out: all(re.search(rf"rank {r} \([^)]*\) re-attached to the master: {re.escape(why)}",
+                                                      out) for r in (5, 6)),
+                       then=lambda: update_drain(rd, [4], undo=True)))
+    assert "collector 4 (" in res.stdout and "drained: its group re-attaches to the master" in res.stdout
+    root = records(rd / "ledger.jsonl")
+    assert [e["rank"] for e in root if e["ev"] == "drain"] == [4]
+    back = [e["step"] for e in root if e["ev"] == "undrain" and e["rank"] == 4]
+    assert len(back) == 1, res.stdout
+    assert {e["rank"]: e["reason"] for e in root if e["ev"] == "readmit"} == {5: f"re-attached: {why}",
+                                                                              6: f"re-attached: {why}"}
+    accepted = collections.Counter(e["rank"] for e in root if e["ev"] == "copy" and e["state"] == "accepted")
+    assert accepted[5] > 0 and accepted[6] > 0, accepted
+    # back, rank 4 computes alone: its results are accepted, and each piece is its own
+    assert [e for e in root if e["ev"] == "copy" and e["rank"] == 4 and e["state"] == "accepted"
+            and e["step"] > back[0]], res.stdout
+    group = records(rd / "ledger.collector-4.jsonl")
+    assert {e["rank"] for e in group if e["ev"] == "copy" and e["step"] > back[0]} == {4}
+    check_group_sums(rd, 4)
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-6, atol=1e-7)
+    rep = ok(run(raven_cmd() + ["report", str(rd)], timeout=60))
+    assert "integrity: OK" in rep.stdout, rep.stdout
 
 
 def test_straggler_hung_and_drained_workers_inside_groups(tmp_path, cfg):

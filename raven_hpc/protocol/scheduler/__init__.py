@@ -70,7 +70,7 @@ from __future__ import annotations
 from .core import Scheduler
 from .forecast import REPROBE_MAX_FACTOR, REPROBE_STEPS, SLOWER_MARGIN, STRAGGLER_RATIO, Plan
 from .states import (ACCEPTED, ACTIVE, ASSIGNED, CLOSED, COPY_STATES, CREDITED_COPIES, DONE, DRAINED, DUPLICATE,
-                     EXCLUDED, FP_CORRECT, FP_LOSS, FP_SQ, GONE, HELD, LATE, LOST, OVERHEAD_SAMPLES,
+                     EXCLUDED, FP_CORRECT, FP_LOSS, FP_SQ, GONE, HELD, LATE, LOST, MOVED, OVERHEAD_SAMPLES,
                      PENDING, REJECTED, RUNNING, SKIPPED, TRANSITIONS, Assignment, AuditVerdict, Copy, Task, Verdict,
                      Worker, agree, check_move)
 
@@ -78,6 +78,6 @@ __all__ = [
     "Task", "Copy", "Verdict", "AuditVerdict", "Assignment", "Scheduler", "Plan", "Worker", "TRANSITIONS",
     "COPY_STATES", "agree", "FP_LOSS", "FP_CORRECT", "FP_SQ", "ASSIGNED", "HELD", "ACCEPTED",
     "DUPLICATE", "LATE", "REJECTED", "LOST", "SKIPPED", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE",
-    "EXCLUDED", "DRAINED", "GONE", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "REPROBE_STEPS", "REPROBE_MAX_FACTOR",
+    "EXCLUDED", "DRAINED", "GONE", "MOVED", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "REPROBE_STEPS", "REPROBE_MAX_FACTOR",
     "SLOWER_MARGIN", "STRAGGLER_RATIO", "check_move",
 ]

@@ -13,7 +13,7 @@ from ... import ledger_schema as schema
 from ...errors import ProtocolError
 from .forecast import REPROBE_STEPS, Forecast
 from .states import (ACCEPTED, ACTIVE, ASSIGNED, CLOSED, CREDITED_COPIES, DONE, DRAINED, DUPLICATE, EXCLUDED, GONE,
-                     HELD, LATE, LOST, PENDING, REJECTED, RUNNING, SKIPPED, Assignment, Copy, Task, Verdict,
+                     HELD, LATE, LOST, MOVED, PENDING, REJECTED, RUNNING, SKIPPED, Assignment, Copy, Task, Verdict,
                      Worker, agree, check_move)
 from .trust import Trust
 
@@ -84,12 +84,17 @@ class Scheduler(Forecast, Trust):
 
     # -- membership ---------------------------------------------------------
     def add_worker(self, rank: int, now: float | None = None, reason: str = "") -> None:
-        """Add a worker, or readmit one that left (drained, lost, excluded)."""
+        """Add a worker, or readmit one that left (drained, lost, excluded).
+        A rank joining with a ``reason`` (one re-attached from a collector
+        that failed or released its group) is recorded as readmitted."""
         w = self.workers.get(rank)
         if w is None:
             w = self.workers[rank] = Worker(rank)
             # seeded phase of the sampled-verification quota, in [0, 1)
             w.verify_credit = ((rank * 0x9E3779B1 + self.seed * 0x85EBCA77) % 2**32) / 2**32
+            if reason:
+                w.last_heard = now
+                self._event(schema.READMIT, rank, reason)
             return
         was = w.status
         if was == EXCLUDED:
@@ -112,6 +117,19 @@ class Scheduler(Forecast, Trust):
         w = self.workers.get(rank)
         if w is not None:
             w.slots = max(1, int(slots))
+
+    def relearn(self, rank: int) -> None:
+        """Forget ``rank``'s measured speed and overhead: they are learnt
+        again from its next results (a collector that released its group
+        computes alone from then on)."""
+        w = self.workers.get(rank)
+        if w is None:
+            return
+        w.sec_per_sample = None
+        w.measured_step = None
+        w.probing = False
+        w.overheads.clear()
+        w.overhead_s = 0.0
 
     def live_workers(self) -> list[int]:
         return [r for r, w in self.workers.items() if w.live]
@@ -149,6 +167,26 @@ class Scheduler(Forecast, Trust):
         if not self.live_workers() and self._open_task_ids():
             raise ProtocolError(f"no live workers left (last one, rank {rank}, {reason})")
         return requeued
+
+    def release(self, rank: int, now: float, reason: str) -> list[int]:
+        """``rank`` leaves this scheduler for good: it re-attaches to another
+        leader (its collector released its group).  Its copies go as when it
+        is removed; it is kept, marked moved, so that a late result of it is
+        only late and nothing readmits it here.  Returns the requeued task ids."""
+        w = self.workers.get(rank)
+        if w is None:
+            return []
+        requeued = self.remove_worker(rank, now, reason, status=MOVED) if w.live else []
+        w.live = False
+        w.accepting = False
+        w.status = MOVED
+        return requeued
+
+    def status(self, rank: int) -> str | None:
+        """``rank``'s membership: active, excluded, drained, lost or moved
+        (None: not a worker of this scheduler)."""
+        w = self.workers.get(rank)
+        return None if w is None else w.status
 
     def drain(self, rank: int, now: float, reason: str = "drained by the operator") -> None:
         """Stop giving ``rank`` work; what it has out still counts."""
@@ -648,6 +686,11 @@ class Scheduler(Forecast, Trust):
     def evaluating(self) -> bool:
         """Is an evaluation task open?"""
         return any(t.kind == schema.EVAL and t.state in (PENDING, RUNNING) for t in self.tasks.values())
+
+    def rejected(self, task_id: int) -> set[int]:
+        """The ranks whose copies of ``task_id`` were rejected (so far)."""
+        task = self.tasks.get(task_id)
+        return set() if task is None else {c.rank for c in task.copies if c.state == REJECTED}
 
     def compared(self, task: Task) -> bool:
         """Will a result of ``task`` be compared with another copy's (so the

@@ -14,7 +14,7 @@ from ...ledger_schema import ACCEPTED, DUPLICATE, GRAD, LATE, LOST_COPY, REJECTE
 __all__ = [
     "ASSIGNED", "HELD", "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST", "SKIPPED", "COPY_STATES",
     "TRANSITIONS", "PENDING", "RUNNING", "DONE", "CLOSED", "ACTIVE", "EXCLUDED", "DRAINED",
-    "GONE", "FP_SQ", "FP_LOSS", "FP_CORRECT", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "agree", "Task", "Copy",
+    "GONE", "MOVED", "FP_SQ", "FP_LOSS", "FP_CORRECT", "CREDITED_COPIES", "OVERHEAD_SAMPLES", "agree", "Task", "Copy",
     "Verdict", "AuditVerdict", "Worker", "Assignment", "check_move",
 ]
 
@@ -63,6 +63,7 @@ ACTIVE = "active"
 EXCLUDED = "excluded"
 DRAINED = "drained"
 GONE = "lost"
+MOVED = "moved"      # re-attached to another leader (its collector released its group): never readmitted here
 
 #: fingerprint layout: projections..., squared norm, loss sum, correct count
 FP_SQ = -3

@@ -147,20 +147,21 @@ class Trust:
     def _auditor(rank: int) -> str:
         return "the master" if rank == 0 else f"trusted rank {rank}"
 
-    def _convict(self, rank: int, now: float, why: str) -> None:
+    def _convict(self, rank: int, now: float, why: str, proof: str = "a trusted audit") -> None:
         w = self.workers.get(rank)
         if w is None:
             return
         w.strikes = max(w.strikes, self.max_strikes)
         w.strike_log.append((self.step, None, why))
         if w.status != EXCLUDED:
-            self._exclude(w, now, f"proven wrong by a trusted audit: {why}", f"proven wrong: {why}")
+            self._exclude(w, now, f"proven wrong by {proof}: {why}", f"proven wrong: {why}")
 
     def convict(self, rank: int, now: float, why: str) -> None:
         """``rank`` was proven wrong by a trusted recomputation (a collector
-        checking its group's part of a result its parent rejected):
-        excluded at once, like a failed audit."""
-        self._convict(rank, now, why)
+        checking its group's part of a result its parent rejected; the
+        master, a collector whose parts were all right but whose sum was
+        not): excluded at once, like a failed audit."""
+        self._convict(rank, now, why, proof="a trusted recomputation")
 
     def pardon(self, rank: int, now: float, why: str) -> None:
         """Clear ``rank``'s last strike: the fault was found in a rank below
