@@ -94,23 +94,31 @@ class ReportedElsewhere(RavenError):
 
 def job_tree(comm, cfg: dict):
     """Who leads whom (:mod:`raven_hpc.protocol.topology`); the same on every
-    rank.  Collective when ``collectors = "auto"`` or a GPU backend needs to
-    know the nodes (a GPU is picked by the rank's place on its node)."""
+    rank.  Collective: every rank learns which ranks share its node, for
+    ``collectors = "auto"`` and for the GPU a rank takes (its place among
+    the ranks of its node)."""
+    from .kernels import cuda
     from .protocol.topology import build_tree, node_keys
 
-    cl, size = cfg["cluster"], comm.Get_size()
-    keys = None
-    if (cl["collectors"] == "auto" and size - 1 > cl["fan_in"]) or cl["backend"] != "cpu":
-        keys = node_keys(comm)
-    if cl["backend"] != "cpu":
-        # a rank's GPU: its place among the ranks of its node
-        from .kernels import cuda
+    cl, size, rank = cfg["cluster"], comm.Get_size(), comm.Get_rank()
+    keys = node_keys(comm)
+    cuda.set_local_rank(sum(1 for r in range(rank) if keys[r] == keys[rank]))
+    grouped = cl["collectors"] == "auto" and size - 1 > cl["fan_in"]
+    return build_tree(size, cl["collectors"], cl["fan_in"], keys if grouped else None)
 
-        rank = comm.Get_rank()
-        cuda.set_local_rank(sum(1 for r in range(rank) if keys[r] == keys[rank]))
-    if not (cl["collectors"] == "auto" and size - 1 > cl["fan_in"]):
-        keys = None
-    return build_tree(size, cl["collectors"], cl["fan_in"], keys)
+
+#: a rank's own environment may set its backend (MPMD launches, a module per node type)
+BACKEND_ENV = "RAVEN_BACKEND"
+
+
+def rank_backend(cfg: dict, environ=None) -> str:
+    """The kernel backend this rank computes on: ``RAVEN_BACKEND`` from its
+    own environment when set, else ``cluster.backend`` (the configuration
+    is read on rank 0 and broadcast, so a per-rank choice has to come from
+    the rank's environment).  The name is checked where the rank builds its
+    model, whose errors reach the master."""
+    value = (os.environ if environ is None else environ).get(BACKEND_ENV, "").strip()
+    return value or cfg["cluster"]["backend"]
 
 
 def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | None:
@@ -119,6 +127,7 @@ def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | Non
     tree = job_tree(comm, cfg)
     rank = comm.Get_rank()
     if rank != 0:
+        cfg["cluster"]["backend"] = rank_backend(cfg)
         ancestors = tree.ancestors(rank)
         if tree.children_of(rank):
             from .protocol.collector import run_collector
