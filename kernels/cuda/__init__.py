@@ -166,6 +166,12 @@ class CudaBackend:
                     f"CUDA device {self.device} asked for, but this node has {device_count()} GPU(s)")
             cuda.select_device(self.device)
             cp.cuda.Device(self.device).use()
+            # CuPy and numba both launch on the legacy default stream, so work
+            # is ordered without numba synchronising the stream a CuPy array
+            # names each time one is passed to a kernel (a full wait per launch)
+            from numba.core import config as numba_config
+
+            numba_config.CUDA_ARRAY_INTERFACE_SYNC = False
         self._cp = cp
         self.xp = cp if cp is not None else np
         if gemm not in ("auto", "cublas", "numba"):
