@@ -367,7 +367,11 @@ class Collector:
 
     # -- tasks ------------------------------------------------------------------------
     def _submit(self, msg: dict) -> None:
-        """A task from the parent: cut into sub-tasks for the group."""
+        """A task from the parent: cut into sub-tasks for the group (one of
+        an older version than the parameters held is skipped)."""
+        if int(msg["version"]) < self.version:
+            self._to_parent({"type": "skipped", "task": int(msg["task"])})
+            return
         step = int(msg["step"])
         if self.faults.active and msg["kind"] == GRAD:
             self.faults.before(step, int(msg["task"]))
@@ -399,9 +403,13 @@ class Collector:
         self.sched.submit(subs)
 
     def _compute_one(self) -> bool:
-        """Compute one piece given to the collector itself (collector_computes)."""
+        """Compute one piece given to the collector itself (collector_computes);
+        a piece of an older version than the parameters held is skipped."""
         task = self._local.pop(0)
         if self.sched.task(task.task_id) is None:
+            return False
+        if task.version < self.version:
+            self.sched.skipped(self.rank, task.task_id, self.clock())
             return False
         buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == GRAD else 0))
         self.runner.run(task.message(), buf)
@@ -495,10 +503,15 @@ class Collector:
         self.done[parent_id] = entry
 
     def _drop_older(self, version: int) -> None:
-        """A new parameter version after a rollback: the parent dropped every
-        task of older versions (the children skip those they hold)."""
+        """A new parameter version (the parent applied an update, or rolled
+        back): the tasks of older versions still open here can no longer be
+        computed on their own parameters.  Each is dropped and the parent
+        told ``skipped`` (the copy was never finished); the children skip
+        the pieces they still hold, and pieces already computed come back
+        late."""
         for pid in [pid for pid, e in self.open.items() if int(e.msg["version"]) < version]:
             self._drop(pid)
+            self._to_parent({"type": "skipped", "task": pid})
 
     def _drop(self, pid: int) -> None:
         """Forget an open parent task and its sub-tasks."""

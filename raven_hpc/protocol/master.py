@@ -117,11 +117,15 @@ class Master:
         self._wait_s: float | None = None   # EWMA of a result's time from assignment to arrival
         self._local: list[Task] = []
         self._next_task_id = 1
-        # parameter version: grows with every rollback, so a worker never
-        # computes a task on parameters from before one (between rollbacks a
-        # worker gets parameters and tasks in the order they were sent, so
-        # each task runs on the parameters sent just before it)
-        self.version = self.state.step
+        # parameter version: grows by one whenever the parameters change (every
+        # applied update, every rollback; :meth:`new_version`).  Every task
+        # carries the version it is computed on, and a rank skips a task of
+        # an older version than the parameters it holds: a copy still queued
+        # anywhere (a redundant copy, a backup, prefetch) when a later
+        # version arrives is never computed on parameters that are not its
+        # own.  Every rank of a run starts without parameters, so a run
+        # (fresh or resumed) may start the count anywhere.
+        self.version = 0
         # trusted audits: which accepted results the master recomputes, drawn
         # with randomness the workers cannot predict
         self.audit_rate = float(poc.get("audit", 0.0))
@@ -194,6 +198,12 @@ class Master:
         """Point the model at a parameter buffer no send is still reading."""
         if self.pump.writable_params():
             self.model.bind_params(self.pump.params_buf.params, copy=True)
+
+    def new_version(self) -> None:
+        """The parameters changed (an update, a rollback): they go out as a new
+        version, and the copies of older versions still queued on workers
+        and collectors are skipped there (``skipped``), not computed on them."""
+        self.version += 1
 
     def send_params(self, only: int | None = None) -> None:
         """The current parameter version to ``only``, or to every live worker."""
@@ -285,6 +295,11 @@ class Master:
             results = self._poll()
             if not results and self._local:
                 task = self._local.pop(0)
+                if task.version != self.version:
+                    # a copy of an earlier version (a redundant copy of a
+                    # finished step): its parameters are gone
+                    self.sched.skipped(0, task.task_id, now)
+                    continue
                 buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == GRAD else 0))
                 self.runner.run(task.message(), buf)
                 results = [(0, buf)]
@@ -329,7 +344,7 @@ class Master:
         self._nonfinite.clear()
         self.step_sum.reset()
         self.audit_step = self.state.step if rb.audit_step else None
-        self.version += 1
+        self.new_version()
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
         events = self.sched.drain_events()
         self._tell_collectors(events)

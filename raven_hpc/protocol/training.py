@@ -226,6 +226,7 @@ class Trainer:
         self.state.step += 1
         self.state.step_in_epoch += 1
         self.state.samples += samples
+        m.new_version()
         m.send_params()
 
     def step_gradient(self) -> np.ndarray:

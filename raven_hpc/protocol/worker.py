@@ -5,7 +5,10 @@ A worker talks to its *parent*: rank 0, or the gradient collector of its
 group (:mod:`raven_hpc.protocol.topology`), which looks the same to it.
 The loop reads the parent's messages in the order they were sent (one
 ``Improbe`` on any tag from the parent), so a parameter version always
-arrives before the tasks that need it.
+arrives before the tasks that need it.  Versions change with every update
+and rollback: a queued task of an older version than the parameters held
+(a redundant copy of a finished step, prefetch) is skipped, never computed
+on parameters that are not its own.
 
 A worker changes parent in two ways, both to the nearest live ancestor:
 when MPI reports its collector's process failed, and when its collector,
@@ -234,7 +237,9 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
         if queue and queue[0]["version"] <= version:
             task = queue.popleft()
             if task["version"] < version:
-                # Its parameters are gone: the master closed that version.
+                # Its parameters are gone (replaced by a later step's update
+                # or a rollback): computing it on these would be a wrong
+                # result, so the parent hears it was skipped.
                 outbox.add(comm.isend({"type": "skipped", "task": task["task"]}, dest=parent, tag=TAG_CTRL))
                 continue
             pool = eval_bufs if task["kind"] == "eval" else grad_bufs

@@ -217,6 +217,30 @@ def test_quorum_1_dispute_inside_the_step_replaces_the_wrong_result(tmp_path, cf
         np.testing.assert_allclose(params_of(rd), clean, rtol=1e-6, atol=1e-6)
 
 
+
+def test_copies_still_queued_when_their_step_ends_are_skipped_not_computed_on_later_parameters(tmp_path, cfg, clean):
+    """Redundancy 2, quorum 1, three copies out per worker (``prefetch = 3``,
+    no chunks): at step 2 rank 2 stalls 0.5 s before each task, while rank 1
+    (30 ms a task) settles the step alone and training goes on.  So when
+    rank 2 has computed its first copy of step 2, its other two are still
+    queued and later parameter versions have reached it: it skips them
+    (``skipped``) instead of computing them on another step's parameters,
+    where they would disagree with the accepted results and an honest rank
+    would be rejected (struck, under a quorum).  No copy is rejected,
+    nobody is struck, and the model is a clean run's."""
+    rd = tmp_path / "run"
+    ok(train(3, cfg, rd, "--set", "poc.redundancy=2", "--set", "cluster.max_chunk=1", "--set", "cluster.prefetch=3",
+             *faults('{rank = 1, mode = "sleep", seconds = 0.03}',
+                     '{rank = 2, mode = "sleep", seconds = 0.5, from_step = 2, until_step = 3}')))
+    rec = ledger(rd)
+    accepted_once(rec)
+    copies = [e for e in rec if e["ev"] == "copy"]
+    assert not [e for e in copies if e["state"] == "rejected"], [e for e in copies if e["state"] == "rejected"]
+    assert not [e for e in rec if e["ev"] in ("strike", "exclude")]
+    lagging = {e["state"] for e in copies if e["rank"] == 2 and e["step"] == 2 and e["state"] != "accepted"}
+    assert "skipped" in lagging and lagging <= {"skipped", "duplicate", "late"}, lagging
+    np.testing.assert_allclose(params_of(rd), clean, rtol=1e-6, atol=1e-7)
+
 def test_bad_poc_and_fault_settings_fail_fast(tmp_path, cfg):
     for extra, words in ((["--set", "poc.quorum=2"], "quorum"),
                          (faults('{rank = 0, mode = "slow", factor = 2.0}'), "rank"),

@@ -183,6 +183,37 @@ def test_a_collector_whose_own_sums_are_wrong_is_excluded_and_its_group_reattach
     np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-5, atol=1e-6)
 
 
+
+def test_copies_still_queued_when_their_step_ends_are_skipped_through_the_tree(tmp_path, cfg, flat):
+    """Every task goes to both groups (5 ranks: 1 leads 2, 3 leads 4;
+    redundancy 2, quorum 1; three tasks out per rank, ``prefetch = 3``): at
+    step 2 rank 4 stalls 0.5 s before each piece, while group 1 (30 ms a
+    task) settles the step and training goes on.  When the next parameter
+    version reaches collector 3, its tasks of step 2 are still open: it drops
+    them and tells the master ``skipped``, and rank 4 skips the pieces it
+    still holds instead of computing them on another step's parameters (a
+    wrong sum from an honest group, rejected -- struck, under a quorum).
+    No copy is rejected at either level, nobody is struck, and the model is
+    the flat run's."""
+    rd = tmp_path / "lag"
+    ok(train(5, cfg, rd, *COMMON, *tree(2), "--set", "poc.redundancy=2", "--set", "cluster.prefetch=3",
+             "--set", 'faults.rules=[{rank = 2, mode = "sleep", seconds = 0.03}, '
+                          '{rank = 4, mode = "sleep", seconds = 0.5, from_step = 2, until_step = 3}]'))
+    root = records(rd / "ledger.jsonl")
+    groups = {c: records(rd / f"ledger.collector-{c}.jsonl") for c in (1, 3)}
+    for recs in (root, *groups.values()):
+        assert not [e for e in recs if e["ev"] == "copy" and e["state"] == "rejected"]
+        assert not [e for e in recs if e["ev"] in ("strike", "exclude")]
+    lagging = {e["state"] for e in root if e["ev"] == "copy" and e["rank"] == 3 and e["step"] == 2
+               and e["state"] != "accepted"}
+    assert "skipped" in lagging and lagging <= {"skipped", "duplicate"}, lagging
+    late = {e["state"] for e in groups[3] if e["ev"] == "copy" and e["rank"] == 4 and e["step"] == 2
+            and e["state"] != "accepted"}
+    assert late and late <= {"skipped", "late"}, late
+    for c in (1, 3):
+        check_group_sums(rd, c)
+    np.testing.assert_allclose(params_of(rd), params_of(flat), rtol=1e-6, atol=1e-7)
+
 def train_and(n, cfg, run_dir, *extra, when, then, timeout=TIMEOUT):
     """``train``, calling ``then()`` once, as soon as ``when(output so far)``
     holds (stdout and stderr together); a hard timeout on the whole run."""

@@ -461,7 +461,9 @@ class Scheduler(Forecast, Trust):
         return self._vote(task, copy, now)
 
     def skipped(self, rank: int, task_id: int, now: float) -> Verdict:
-        """``rank`` dropped the task: the parameter version it needed was gone."""
+        """``rank`` dropped the task: the parameter version it needed was gone
+        (replaced by a later update or a rollback before the copy ran).  A
+        task still open gets another copy; a finished one just settles."""
         task = self.tasks.get(task_id)
         copy = None if task is None else next(
             (c for c in task.copies if c.rank == rank and c.state == ASSIGNED), None)
@@ -469,7 +471,7 @@ class Scheduler(Forecast, Trust):
             return Verdict(False, LATE, "copy not outstanding")
         self.workers[rank].outstanding.discard(task_id)
         self.workers[rank].last_heard = now
-        self._move(task, copy, SKIPPED, now, "parameters stale")
+        self._move(task, copy, SKIPPED, now, "its parameter version was replaced before it ran")
         self._reopen(task)
         return Verdict(False, SKIPPED, copy.reason)
 

@@ -12,7 +12,7 @@ import pytest
 from raven_hpc import ledger_schema
 from raven_hpc.errors import ProtocolError
 from raven_hpc.protocol.scheduler import (
-    ACCEPTED, ASSIGNED, DUPLICATE, EXCLUDED, HELD, LATE, LOST, REJECTED, Scheduler, agree,
+    ACCEPTED, ASSIGNED, DUPLICATE, EXCLUDED, HELD, LATE, LOST, REJECTED, SKIPPED, Scheduler, agree,
 )
 
 from .scenarios import WRONG, copies_of, fp, learn, pair_scheduler, run_voted_step, simulate, tasks
@@ -167,6 +167,26 @@ def test_forget_drops_settled_tasks_only():
     s.forget([t.task_id])
     assert t.task_id not in s.tasks
 
+
+
+def test_a_copy_skipped_after_its_task_was_accepted_settles_it():
+    """A redundant copy still queued when the next parameter version reached
+    its worker comes back ``skipped``: the accepted task is not reopened,
+    the worker has room again, the task can be forgotten, and the ledger
+    says why."""
+    s = Scheduler([1, 2], redundancy=2, prefetch=1)
+    (t,) = tasks(1)
+    s.submit([t])
+    s.assign(0.0)
+    assert s.complete(1, t.task_id, 1.0).accept
+    s.forget([t.task_id])
+    assert t.task_id in s.tasks and s.outstanding(2) == {t.task_id}
+    assert s.skipped(2, t.task_id, 2.0).state == SKIPPED
+    assert s.outstanding(2) == set() and s.assign(2.0) == [] and s.is_done(t)
+    s.forget([])
+    assert t.task_id not in s.tasks
+    (rec,) = [e for e in s.drain_events() if e["ev"] == "copy" and e["rank"] == 2]
+    assert rec["state"] == SKIPPED and "replaced" in rec["reason"]
 
 def test_rejected_task_prefers_a_worker_that_has_not_rejected_it():
     s = Scheduler([1, 2], prefetch=2)
