@@ -47,6 +47,10 @@ class CpuBackend:
     #: arrays live in host memory: the engine's glue is NumPy
     xp = np
 
+    def label(self) -> str:
+        """What this rank computes on, in a word (start-up lines, hello messages)."""
+        return "cpu"
+
     def to_host(self, arr: np.ndarray, out: np.ndarray = None) -> np.ndarray:
         if out is None or out is arr:
             return arr

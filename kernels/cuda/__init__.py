@@ -185,6 +185,15 @@ class CudaBackend:
         where = "simulator" if self.simulated else f"device {self.device}"
         return f"CudaBackend({where}, gemm={self.gemm_impl})"
 
+    def label(self) -> str:
+        """What this rank computes on, in a few words: ``cuda:0 (NVIDIA H200)``."""
+        if self.simulated:
+            return "cuda (simulator)"
+        from numba import cuda
+
+        name = cuda.get_current_device().name
+        return f"cuda:{self.device} ({name.decode() if isinstance(name, bytes) else name})"
+
     def describe(self) -> str:
         """One line for logs: the device, its memory, the GEMM in use."""
         if self.simulated:

@@ -58,7 +58,8 @@ from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
 from ..ledger_schema import COLLECTOR, COPY, EV, GRAD, GROUP_SUM, collector_ledger_name
 from . import signals
 from .faults import FaultInjector
-from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello
+from .messages import (KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello,
+                       hello_backends)
 from .housekeeping import Housekeeper
 from .pump import Pump
 from .scheduler import EXCLUDED, FP_CORRECT, FP_LOSS, FP_SQ, MOVED, Scheduler, Task, agree
@@ -133,6 +134,7 @@ class Collector:
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.pump = Pump(comm, self.n, self.backoff, in_use=self._held_buffers, on_dead=self._on_dead)
         self.hosts = {self.rank: hostname()}
+        self.backends = {self.rank: model.backend.label()}   # what each rank of the group computes on
         self.sched.set_host(self.rank, self.hosts[self.rank])
         self.version = -1
         self.step = -1
@@ -218,7 +220,8 @@ class Collector:
 
     def _hello_message(self, reattach: bool = False, why: str | None = None) -> dict:
         msg = {"type": "ready", "rank": self.rank, "host": self.hosts[self.rank], "num_params": self.n,
-               "members": {str(r): h for r, h in self.hosts.items()}}
+               "members": {str(r): h for r, h in self.hosts.items()},
+               "backend": self.backends[self.rank], "backends": {str(r): b for r, b in self.backends.items()}}
         if reattach:
             msg["reattach"] = True
             if why:
@@ -342,6 +345,7 @@ class Collector:
         kind = obj.get("type")
         if kind == "ready":
             self.hosts.update(check_hello(obj, src, self.n, f"collector {self.rank}"))
+            self.backends.update(hello_backends(obj, src))
             self.sched.set_host(src, obj["host"])
             if hello is not None:
                 hello.discard(src)

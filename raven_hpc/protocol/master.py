@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import ConfigError, ProtocolError
 from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
-from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello
+from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello, hello_backends
 from .housekeeping import Housekeeper
 from .pump import Pump
 from .scheduler import EXCLUDED, Scheduler, Task
@@ -106,6 +106,7 @@ class Master:
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
         self.runner = TaskRunner(model, splits)
         self.hosts = {0: hostname()}
+        self.backends = {0: model.backend.label()}   # what each rank computes on (from the hellos)
         self.sched.set_host(0, self.hosts[0])
         self.n = model.num_params
         # the step's accepted results: float64 sum, or the one received buffer
@@ -168,7 +169,22 @@ class Master:
                 self.backoff.idle()
             else:
                 self.backoff.busy()
+        self._say_backends()
         self.send_params()
+
+    def _say_backends(self) -> None:
+        """One start-up line naming the ranks that compute on something else
+        than the CPU (nothing when every rank is on the CPU)."""
+        other = {r: b for r, b in sorted(self.backends.items()) if b != "cpu"}
+        if not other:
+            return
+        by = {}
+        for r, b in other.items():
+            by.setdefault(b, []).append(r)
+        cpu = len(self.backends) - len(other)
+        parts = [f"rank{'s' if len(rs) > 1 else ''} {', '.join(map(str, rs))} on {b}" for b, rs in by.items()]
+        self.rec.notice("backends: " + "; ".join(parts) + (f"; {cpu} rank{'s' if cpu != 1 else ''} on the cpu"
+                                                            if cpu else ""))
 
     def stop(self) -> bool:
         """Tell every worker to leave; True when all stop messages were delivered
@@ -252,6 +268,7 @@ class Master:
             raise_remote(obj)
         elif kind == "ready":
             self.hosts.update(check_hello(obj, src, self.n, "the master"))
+            self.backends.update(hello_backends(obj, src))
             self.sched.set_host(src, obj["host"])
             if hello is not None:
                 hello.discard(src)

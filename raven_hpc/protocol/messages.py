@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT", "check_hello",
+    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT", "check_hello", "hello_backends", "hello_backends",
     "RESULT_HEADER", "RESULT_FIELDS", "KIND_GRAD", "KIND_EVAL",
     "ParamsBuffer", "ResultBuffer",
 ]
@@ -32,6 +32,14 @@ RESULT_HEADER = len(RESULT_FIELDS)
 _FIELD = {name: i for i, name in enumerate(RESULT_FIELDS)}
 
 PARAMS_HEADER = 2  # int64: version, number of parameters
+
+
+def hello_backends(obj: dict, src: int) -> dict[int, str]:
+    """What a ``ready`` message says rank ``src`` (and, from a collector, each
+    rank of its group: ``backends``) computes on, as ``{rank: label}``."""
+    out = {int(r): b for r, b in obj.get("backends", {}).items()}
+    out[src] = obj.get("backend", "cpu")
+    return out
 
 
 def check_hello(obj: dict, src: int, num_params: int, leader: str) -> dict[int, str]:

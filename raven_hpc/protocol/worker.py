@@ -175,7 +175,8 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
     queue: deque = deque()
     status = MPI.Status()
     dead: set = set()
-    hello = {"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(), "num_params": model.num_params}
+    hello = {"type": "ready", "rank": rank, "host": hostname(), "pid": os.getpid(), "num_params": model.num_params,
+             "backend": model.backend.label()}
     parent = ancestors[0]
     outbox.add(comm.isend(hello, dest=parent, tag=TAG_CTRL))
     while True:
