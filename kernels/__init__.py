@@ -24,13 +24,14 @@ from . import activations, dense, losses, optim  # noqa: F401  (registration)
 from . import conv, pool  # noqa: F401  (registration)
 from . import norm  # noqa: F401  (registration)
 from .activations import ACTIVATIONS
-from ._backend import CpuBackend, get_backend
+from ._backend import CpuBackend, auto_reason, get_backend
 
 __all__ = [
     "ACTIVATIONS",
     "BACKENDS",
     "BackendUnavailableError",
     "CpuBackend",
+    "auto_reason",
     "available_backends",
     "get_backend",
     "get_kernel",

@@ -21,8 +21,9 @@ class CpuBackend:
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, note: str = "") -> None:
         self._table: Dict[str, Callable] = {}
+        self.note = note   # why "auto" gave this rank the CPU on a node with a GPU
 
     def kernel(self, op: str) -> Callable:
         """The kernel of ``op``; callers bind it once, outside inner loops."""
@@ -49,7 +50,7 @@ class CpuBackend:
 
     def label(self) -> str:
         """What this rank computes on, in a word (start-up lines, hello messages)."""
-        return "cpu"
+        return f"cpu ({self.note})" if self.note else "cpu"
 
     def to_host(self, arr: np.ndarray, out: np.ndarray = None) -> np.ndarray:
         if out is None or out is arr:
@@ -78,9 +79,9 @@ def get_backend(name: str = "cpu"):
             return CpuBackend()
         try:
             return cuda.CudaBackend(device=cuda.local_device())
-        except BackendUnavailableError as exc:
+        except BackendUnavailableError as exc:   # a GPU it cannot use: the start-up line says why
             _AUTO_REASON = str(exc)
-            return CpuBackend()
+            return CpuBackend(note=f"auto, the GPU unusable: {exc}")
     from raven_hpc.errors import ConfigError
 
     raise ConfigError(f"unknown kernel backend {name!r}; known backends: {', '.join(BACKENDS)}, auto")

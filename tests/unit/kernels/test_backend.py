@@ -59,3 +59,26 @@ def test_cuda_without_a_gpu_is_one_clear_refusal():
     if out.stdout.strip() == "GPU":  # pragma: no cover - GPU nodes
         pytest.skip("this node has a GPU")
     assert "BackendUnavailableError CUDA backend not available" in out.stdout, out.stdout + out.stderr
+
+
+def test_auto_takes_the_cpu_without_a_real_gpu_and_says_why():
+    """The simulator is used only when CUDA is asked for by name: "auto" on
+    a node without a GPU is the CPU, with the reason kept for the logs."""
+    from raven_hpc.kernels import auto_reason, cuda
+
+    if cuda.device_count():  # pragma: no cover - GPU nodes
+        pytest.skip("this node has a GPU")
+    be = get_backend("auto")
+    assert isinstance(be, CpuBackend) and be.label() == "cpu"
+    assert "no CUDA GPU" in auto_reason()
+    assert cuda.local_device() is None
+
+
+def test_a_ranks_gpu_is_its_local_rank_modulo_the_gpus(monkeypatch):
+    from raven_hpc.kernels import cuda
+
+    monkeypatch.setattr(cuda, "device_count", lambda: 4)
+    for local, want in [(0, 0), (1, 1), (5, 1), (8, 0)]:
+        cuda.set_local_rank(local)
+        assert cuda.local_device() == want
+    cuda.set_local_rank(0)
