@@ -8,7 +8,6 @@ in memory.
 """
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import h5py
@@ -20,9 +19,11 @@ from .layout import (
     FORMAT_VERSION,
     LABEL_DTYPE,
     REQUIRED_ATTRS,
+    Normalizer,
     SNIPPET_DTYPE,
     check_normalization,
     snippet_bounds,
+    snippet_checksum,
     split_order,
     stored_dtype,
 )
@@ -38,24 +39,6 @@ def open_dataset(path, *, cache: bool = False) -> "PreparedDataset":
     served from memory (see :meth:`Split.enable_cache`).
     """
     return PreparedDataset(path, cache=cache)
-
-
-class _Normalizer:
-    """``(x * scale - mean) / std`` into float32 as ``x * a + b`` (a = scale/std, b = -mean/std).
-
-    One multiply from the stored dtype straight into the float32 output, then
-    one in-place add; both SIMD, on data that is still in cache, which beats
-    a 256-entry lookup table (numbers in docs/decisions.md).
-    """
-
-    def __init__(self, scale: float, mean: float, std: float):
-        self.a = np.float32(scale / std)
-        self.b = np.float32(-mean / std)
-
-    def __call__(self, raw: np.ndarray, out: np.ndarray) -> np.ndarray:
-        np.multiply(raw, self.a, out=out, casting="unsafe")
-        np.add(out, self.b, out=out)
-        return out
 
 
 def _attr_value(v):
@@ -144,7 +127,7 @@ class PreparedDataset:
         self.attrs = attrs
         self.source = attrs["source"]
         self.normalization = dict(zip(("scale", "mean", "std"), self._norm))
-        self._normalizer = _Normalizer(*self._norm)
+        self._normalizer = Normalizer(*self._norm)
 
     @property
     def split_names(self) -> list[str]:
@@ -352,11 +335,11 @@ class Split:
         )
 
     def _verify_cached(self, sids):
-        crc, raw, y = zlib.crc32, self._raw, self._y
+        raw, y = self._raw, self._y
         for sid in sids.tolist():
             a = int(self._start[sid])
             b = a + int(self._count[sid])
-            got = crc(y[a:b], crc(raw[a:b])) & 0xFFFFFFFF
+            got = snippet_checksum(raw[a:b], y[a:b])
             if got != self._crc[sid]:
                 self._have[sid] = False
                 raise self._mismatch(sid, got)
@@ -381,6 +364,14 @@ class Split:
         """Split ``ids`` into runs of consecutive ids: yields (pos, first_id, length)."""
         if ids.size == 0:
             return []
+        if ids.size <= 64:     # a task's few snippets: plain Python is cheaper than numpy's calls
+            lst = ids.tolist()
+            out, pos = [], 0
+            for k in range(1, len(lst) + 1):
+                if k == len(lst) or lst[k] != lst[k - 1] + 1:
+                    out.append((pos, lst[pos], k - pos))
+                    pos = k
+            return out
         breaks = np.flatnonzero(np.diff(ids) != 1) + 1
         pos = np.concatenate(([0], breaks))
         lens = np.diff(np.concatenate((pos, [ids.size])))
@@ -411,37 +402,65 @@ class Split:
         ids = self._ids(ids)
         counts = self._count[ids]
         n = int(counts.sum())
-        shape = self._ds.feature_shape
-        x = np.empty((n,) + shape, np.float32)
-        y = np.empty(n, np.int64)
-        norm = self._norm
+        x = np.empty((n,) + self._ds.feature_shape, np.float32)
         if self._raw is not None:
             self._fill_cache(ids, verify)
             raw, lab, start = self._raw, self._y, self._start
+            y = np.empty(n, np.int64)
             o = 0
             for sid, c in zip(ids.tolist(), counts.tolist()):
                 a = int(start[sid])
-                norm(raw[a:a + c], x[o:o + c])
+                self._norm(raw[a:a + c], x[o:o + c])
                 y[o:o + c] = lab[a:a + c]
                 o += c
             return x, y
-        raw = np.empty((n,) + shape, self._stored)
+        raw, y = self._read_uncached(ids, counts, verify)
+        self._norm(raw, x)
+        return x, y.astype(np.int64, copy=False)
+
+    def read_raw(self, ids, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The stored bytes of the snippets ``ids``, in that order: features
+        in the stored dtype (not normalised), shape ``(n, *feature_shape)``,
+        and labels as little-endian int64 -- exactly what each snippet's
+        checksum covers.  Checksums are verified as in :meth:`read_snippets`.
+        What rank 0 sends a worker that does not read the file
+        (:mod:`raven_hpc.data.packet`)."""
+        ids = self._ids(ids)
+        counts = self._count[ids]
+        if self._raw is None:
+            return self._read_uncached(ids, counts, verify)
+        self._fill_cache(ids, verify)
+        n = int(counts.sum())
+        raw = np.empty((n,) + self._ds.feature_shape, self._stored)
+        y = np.empty(n, LABEL_DTYPE)
+        o = 0
+        for sid, c in zip(ids.tolist(), counts.tolist()):
+            a = int(self._start[sid])
+            raw[o:o + c] = self._raw[a:a + c]
+            y[o:o + c] = self._y[a:a + c]
+            o += c
+        return raw, y
+
+    def _read_uncached(self, ids, counts, verify):
+        """Read ``ids`` from the file (runs of consecutive ids in one read each)."""
+        n = int(counts.sum())
+        raw = np.empty((n,) + self._ds.feature_shape, self._stored)
         y = np.empty(n, LABEL_DTYPE)  # little-endian, as checksummed
-        offs = np.concatenate(([0], np.cumsum(counts))).tolist()
+        offs = [0]
+        for c in counts.tolist():
+            offs.append(offs[-1] + c)
         for pos, first, length in self._runs(ids):
             a = int(self._start[first])
             o0, o1 = offs[pos], offs[pos + length]
             self._read_rows(a, a + (o1 - o0), raw[o0:o1], y[o0:o1])
         if verify:
-            crc = zlib.crc32
             for k, sid in enumerate(ids.tolist()):
                 o0, o1 = offs[k], offs[k + 1]
-                got = crc(y[o0:o1], crc(raw[o0:o1])) & 0xFFFFFFFF
+                got = snippet_checksum(raw[o0:o1], y[o0:o1])
                 if got != self._crc[sid]:
                     raise self._mismatch(sid, got)
         self._check_labels(y, 0)
-        norm(raw, x)
-        return x, y.astype(np.int64, copy=False)
+        return raw, y
 
     def load_all(self, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The whole split as ``(x float32 normalised, y int64)`` (evaluation, one process)."""
@@ -453,9 +472,8 @@ class Split:
             y = np.empty(self.num_samples, LABEL_DTYPE)
             self._read_rows(0, self.num_samples, raw, y)
             if verify:
-                crc = zlib.crc32
                 for sid, (a, c) in enumerate(zip(self._start.tolist(), self._count.tolist())):
-                    got = crc(y[a:a + c], crc(raw[a:a + c])) & 0xFFFFFFFF
+                    got = snippet_checksum(raw[a:a + c], y[a:a + c])
                     if got != self._crc[sid]:
                         raise self._mismatch(sid, got)
             self._check_labels(y, 0)
