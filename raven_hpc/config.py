@@ -85,7 +85,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "path": Key((str,), "", "prepared HDF5 dataset (relative paths: from the config file's folder)"),
         "train_split": Key((str,), "train", "split used for training"),
         "test_split": Key((str,), "test", "split used for evaluation (\"\": no evaluation)"),
-        "cache": Key((bool,), True, "workers load their split into memory once (checksums verified once)"),
+        "cache": Key((bool,), True, "workers load their split into memory once (checksums verified once); "
+                                    "ranks that read the file only"),
+        "delivery": Key((str,), "read", "how workers get the data: \"read\" (each opens data.path: a filesystem "
+                                        "every node reads), \"scatter\" (only rank 0 opens it and sends each "
+                                        "task's snippets with the task: a worker holds only the data it "
+                                        "computes), \"auto\" (scatter when some worker cannot open data.path, "
+                                        "else read)", choices=("read", "scatter", "auto")),
     },
     "model": {
         "layers": Key((list,), [], "layer list, e.g. {type = \"dense\", units = 256, activation = \"relu\"}"),
@@ -140,6 +146,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                               "up", minimum=0),
         "fan_in": Key((int,), 16, "most ranks one master or collector leads; above it \"auto\" adds collectors "
                                   "and levels", minimum=2),
+        "worker_cache_mb": Key((float,), 128.0, "data.delivery = \"scatter\": the snippets a worker (or "
+                                                "collector) keeps of what it was sent, in MiB (least recently "
+                                                "used out; rank 0 sends again only what it no longer holds); "
+                                                "0: keep nothing", minimum=0.0),
         "collector_computes": Key((bool,), False, "collectors also compute tasks of their group (on a node "
                                                  "whose collector would otherwise only sum, one more worker)"),
     },

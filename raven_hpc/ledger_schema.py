@@ -16,6 +16,11 @@ sub-tasks, membership), each with ``collector`` (its rank) and copies with
 :data:`COLLECTOR` record opens each run's part of the file, and a
 :data:`GROUP_SUM` record says which accepted sub-tasks went into a sum it
 sent up: the report checks every sub-task was counted exactly once.
+
+With ``data.delivery = "scatter"`` every leader (rank 0, each collector)
+also writes :data:`SENT` records: which snippets' bytes it sent each rank
+it leads, one record per rank and split per step, so a report can say how
+much of the dataset each rank and host saw (``raven_hpc.report.exposure``).
 """
 from __future__ import annotations
 
@@ -25,10 +30,13 @@ __all__ = [
     "ACCEPTED", "DUPLICATE", "LATE", "REJECTED", "LOST_COPY", "SKIPPED", "COPY_STATES", "RETURNED_STATES",
     "GRAD", "EVAL", "SCHEDULER_KINDS", "FIELDS", "OPTIONAL", "check_record",
     "COLLECTOR", "GROUP_SUM", "COLLECTOR_LEDGER", "collector_ledger_name", "COLLECTOR_FIELDS",
+    "SENT", "SUPERSEDED_NAME", "TRANSIT",
 ]
 
 #: the ledger's file name inside a run directory
 LEDGER_NAME = "ledger.jsonl"
+#: where a resumed run moves the records written after its checkpoint (see recorder.cut_back)
+SUPERSEDED_NAME = "ledger.superseded.jsonl"
 #: the field every record carries: its kind
 EV = "ev"
 #: a collector's ledger file name (``str.format`` with ``rank``)
@@ -57,10 +65,11 @@ CHECKPOINT = "checkpoint"
 END = "end"
 COLLECTOR = "collector"     # (collector ledgers) a run's part of the file starts
 GROUP_SUM = "group_sum"     # (collector ledgers) a sum of accepted sub-tasks went up
+SENT = "sent"               # (data.delivery = "scatter") the snippets whose bytes a leader sent a rank
 
 #: the record kinds the master writes
 KNOWN_KINDS = (RUN, COPY, STEP, STRIKE, EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST, EXONERATE,
-               AUDIT, ROLLBACK, ARBITRATED, CHECKPOINT, END)
+               AUDIT, ROLLBACK, ARBITRATED, CHECKPOINT, END, SENT)
 #: the kinds that change a rank's membership (strike only counts towards exclude)
 MEMBERSHIP_KINDS = (EXCLUDE, READMIT, DRAIN, UNDRAIN, LOST)
 #: the kinds the scheduler writes (the master's recorder adds ``host`` to each)
@@ -77,6 +86,12 @@ SKIPPED = "skipped"        # a copy never run (its task closed first)
 COPY_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED, LOST_COPY, SKIPPED)
 #: the states of a copy whose result came back to the master
 RETURNED_STATES = (ACCEPTED, DUPLICATE, LATE, REJECTED)
+
+#: how the ``reason`` of a copy rejected because its snippets arrived damaged
+#: starts: the bytes were corrupted between the leader and the rank, which
+#: computed nothing and gets no strike (the report counts these apart from
+#: wrong results)
+TRANSIT = "data corrupted in transit"
 
 # -- task kinds (the value of a copy record's ``kind``) --------------------------
 GRAD = "grad"   # a gradient task: counts towards exactly-once and the epoch coverage
@@ -108,6 +123,8 @@ FIELDS: dict[str, dict[str, str]] = {
         "epochs": "the plan: epochs",
         "max_steps": "the plan: the step limit",
         "collectors": "the ranks that lead groups (gradient collectors; empty: a flat star)",
+        "data": "how workers get the data: {delivery: read | scatter, splits: {name: {samples, snippets, "
+                "snippet_size}}} (the splits the run uses)",
     },
     COPY: {
         EV: "the record kind",
@@ -164,6 +181,16 @@ FIELDS: dict[str, dict[str, str]] = {
     CHECKPOINT: {EV: "the record kind", "step": "the step saved", "path": "the checkpoint file"},
     END: {EV: "the record kind", "step": "the last step", "t": "seconds since the run started",
           "status": "how the run ended"},
+    SENT: {
+        EV: "the record kind",
+        "step": "the step (or the evaluation after it) during which they were sent",
+        "rank": "the rank they were sent to",
+        "split": "the split the snippets belong to",
+        "snippets": "the snippet ids whose bytes were sent (a snippet the rank still held was not sent again)",
+        "samples": "the samples in those snippets",
+        "host": "the host name of ``rank`` (added when the record is written)",
+        "collector": "(collector ledgers) the collector that sent them",
+    },
 }
 
 #: the fields a collector adds to its scheduler records, and its own kinds
@@ -188,8 +215,9 @@ COLLECTOR_FIELDS: dict[str, dict[str, str]] = {
 #: plan of a run record the master did not pass, ``audit`` of a copy that is
 #: no audit, ``host`` of a scheduler record the recorder has not written yet
 OPTIONAL: dict[str, frozenset] = {
-    RUN: frozenset({"train_snippets", "steps_per_epoch", "epochs", "max_steps", "collectors"}),
+    RUN: frozenset({"train_snippets", "steps_per_epoch", "epochs", "max_steps", "collectors", "data"}),
     COPY: frozenset({"audit", "host"}),
+    SENT: frozenset({"host", "collector"}),
     **{kind: frozenset({"host"}) for kind in SCHEDULER_KINDS if kind != COPY},
 }
 

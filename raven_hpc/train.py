@@ -42,6 +42,7 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
         overrides.append(f"run.resume={json.dumps(resume)}")
     cfg = load_config(config_path, overrides)
     from .data import open_dataset
+    from .data.packet import DatasetInfo
 
     with open_dataset(cfg["data"]["path"]) as ds:
         for key in ("train_split", "test_split"):
@@ -49,6 +50,8 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
                 ds.split(cfg["data"][key])
         shape, classes = tuple(ds.feature_shape), int(ds.num_classes)
         counts = ds.split(cfg["data"]["train_split"]).snippets["count"] if cfg["data"]["train_split"] else None
+        # what a rank that never opens the file needs to know of it (data.delivery = "scatter")
+        info = DatasetInfo.from_dataset(ds).to_dict()
     validate(cfg, shape, classes, counts, ds.snippet_size)
     run = Path(cfg["run"]["dir"])
     ck = run / "checkpoint.h5"
@@ -65,6 +68,7 @@ def setup_run(config_path, overrides: list[str] | None = None, run_dir: str | No
                               "another --run-dir")
     cfg["meta"]["input_shape"] = list(shape)
     cfg["meta"]["num_classes"] = classes
+    cfg["meta"]["dataset"] = info
     return cfg
 
 
@@ -124,7 +128,10 @@ def rank_backend(cfg: dict, environ=None) -> str:
 def run_training(comm, cfg: dict, on_event: EventFn | None = None) -> dict | None:
     """Rank 0 runs the master and returns the summary; collectors lead their
     groups and workers compute (both return None)."""
+    from .protocol.scatter import resolve_delivery
+
     tree = job_tree(comm, cfg)
+    resolve_delivery(comm, cfg)     # collective: "auto" asks every worker whether it can open data.path
     rank = comm.Get_rank()
     if rank != 0:
         cfg["cluster"]["backend"] = rank_backend(cfg)
@@ -215,7 +222,7 @@ def _run(trainer) -> dict:
         trainer.train()
         summary = rec.finish(trainer.state, trainer.facts())
     except BaseException as exc:
-        rec.ledger(master.sched.drain_events(), master.hosts)
+        rec.ledger(master.drain_events(), master.hosts)
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         rec.close_ledger("interrupted" if interrupted else "failed", trainer.state.step)
         # Stopped by a signal too: the workers keep working until this stop

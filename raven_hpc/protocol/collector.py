@@ -58,7 +58,7 @@ from ..kernels.reduce import FP_SIZE, accumulate, fingerprint
 from ..ledger_schema import COLLECTOR, COPY, EV, GRAD, GROUP_SUM, collector_ledger_name
 from . import signals
 from .faults import FaultInjector
-from .messages import (KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello,
+from .messages import (KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_DATA, TAG_PARAMS, TAG_RESULT, ResultBuffer, check_hello,
                        hello_backends)
 from .housekeeping import Housekeeper
 from .pump import Pump
@@ -87,6 +87,7 @@ class _Open:
     compute_s: float = 0.0
     finite: bool = True
     by: dict = field(default_factory=dict)  # sub-task id -> (snippets, rank, fingerprint) of the accepted result
+    data: object = None                     # scatter: the task's snippets as the parent sent them (TaskData)
 
 
 class Collector:
@@ -105,6 +106,20 @@ class Collector:
         self.splits = splits
         self.counts = {name: np.asarray(sp.snippets["count"]) for name, sp in splits.items()}
         self.runner = TaskRunner(model, splits)     # recomputes sub-tasks of a rejected result
+        # data.delivery = "scatter": fed by its parent, it never opens the
+        # file; it checks what it is sent like a worker (its own cache, the
+        # parent's mirror) and sends each piece's snippets on to the child
+        # that computes it, like rank 0 (a mirror of each child's cache)
+        cl = cfg["cluster"]
+        self.inbox = self.scatter = self.info = None
+        self._packet = None
+        if cfg["data"]["delivery"] == "scatter":
+            from .scatter import MIB, Inbox, Scatter, dataset_info
+
+            self.info = dataset_info(cfg)
+            self.counts = {name: self.info.counts(name) for name in self.info.split_names}
+            self.inbox = Inbox(self.info, int(cl["worker_cache_mb"] * MIB))
+            self.scatter = Scatter(self.info, int(cl["worker_cache_mb"] * MIB))
         self._fp = np.zeros(FP_SIZE, np.float64)
         self.rtol = cfg["poc"]["rtol"]
         self.clock = clock
@@ -216,6 +231,9 @@ class Collector:
         self.parent = self.ancestors[0]
         for pid in list(self.open):
             self._drop(pid)
+        if self.inbox is not None:
+            self.inbox.reset()      # the new parent knows nothing of its cache
+            self._packet = None
         self._to_parent(self._hello_message(reattach=True, why=why))
 
     def _hello_message(self, reattach: bool = False, why: str | None = None) -> dict:
@@ -243,7 +261,7 @@ class Collector:
             self.sched.set_host(self.rank, self.hosts[self.rank])
             # kernels compiled (or loaded) now, while it has nothing to do,
             # not in the first result it may be timed on
-            self.runner.warm_up(self.cfg["data"]["train_split"], ResultBuffer(self.n))
+            self.runner.warm_up(self.cfg["data"]["train_split"], ResultBuffer(self.n), self.info)
         told = f"its collector (rank {self.rank}) was {why}"
         keep = []
         for r in self.children:
@@ -290,7 +308,7 @@ class Collector:
             got = True
             if src == self.parent:
                 try:
-                    self._from_parent(msg, tag)
+                    self._from_parent(msg, tag, nbytes)
                 except self.pump.MPI.Exception as exc:   # the parent died mid-message
                     self.pump.process_failed(exc)
                     return True
@@ -310,7 +328,7 @@ class Collector:
                 self._take(p.rank, p.buf)
         return got
 
-    def _from_parent(self, msg, tag: int) -> None:
+    def _from_parent(self, msg, tag: int, nbytes: int) -> None:
         MPI = self.pump.MPI
         if tag == TAG_PARAMS:
             if self.pump.writable_params():
@@ -323,11 +341,16 @@ class Collector:
             self.version = version
             self.model.bind_params(buf.params, copy=False)   # the received values are the parameters
             self._send_params(self.sched.live_workers())
+        elif tag == TAG_DATA:
+            self._packet = np.empty(nbytes, np.uint8)
+            msg.Recv([self._packet, MPI.BYTE])
         elif tag == TAG_CTRL:
             obj = msg.recv()
             kind = obj.get("type")
             if kind == "task":
-                self._submit(obj)
+                data = self._delivered(obj) if obj.get("data") else None
+                if data is not False:
+                    self._submit(obj, data)
             elif kind == "wrong":
                 self._check_wrong(obj)
             elif kind == "release":
@@ -358,11 +381,19 @@ class Collector:
                     self.leaders.add(src)
                     self.sched.set_slots(src, len(members) - 1)
                 self.sched.add_worker(src, self.clock(), f"re-attached: {obj.get('why') or 'its collector failed'}")
+                if self.scatter is not None:
+                    self.scatter.reset(src)
                 self.keeper.joined()
                 self.pump.send_params([src], self.version)
         elif kind == "skipped":
+            reason = None
+            if obj.get("missing") is not None and self.scatter is not None:
+                self.scatter.report(src, obj.get("gen"))
+                reason = f"snippets {obj['missing']} it was to hold were not in its cache: sent again"
             if self.sched.task(obj["task"]) is not None:
-                self.sched.skipped(src, obj["task"], self.clock())
+                self.sched.skipped(src, obj["task"], self.clock(), reason=reason)
+        elif kind == "bad_data" and self.scatter is not None:
+            self._bad_data(src, obj)
         elif kind == "error":
             # errors go to rank 0 directly; one reaching a collector is passed on
             self.pump.send_ctrl(0, obj)
@@ -370,9 +401,20 @@ class Collector:
             raise ProtocolError(f"collector {self.rank}: unknown control message {kind!r} from rank {src}")
 
     # -- tasks ------------------------------------------------------------------------
-    def _submit(self, msg: dict) -> None:
+    def _delivered(self, msg: dict):
+        """The snippets that came with the parent's task ``msg`` (scatter):
+        checked on arrival like a worker's.  Their :class:`TaskData`, or
+        False when the task cannot be run here (the parent is told why)."""
+        from .worker import _delivered
+
+        packet, self._packet = self._packet, None
+        got = _delivered(msg, packet, self.inbox, self.faults, self.comm, self.pump.outbox, self.parent, self.rank)
+        return False if got is None else got.pop("_data")
+
+    def _submit(self, msg: dict, data=None) -> None:
         """A task from the parent: cut into sub-tasks for the group (one of
-        an older version than the parameters held is skipped)."""
+        an older version than the parameters held is skipped).  ``data``:
+        its snippets (scatter)."""
         if int(msg["version"]) < self.version:
             self._to_parent({"type": "skipped", "task": int(msg["task"])})
             return
@@ -393,7 +435,7 @@ class Collector:
         per *= max(1, min(self.max_piece, -(-tasks // (2 * children))))
         counts = self.counts[msg["split"]]
         acc = np.zeros(self.n, np.float64) if msg["kind"] == GRAD else None
-        entry = _Open(msg, set(), acc)
+        entry = _Open(msg, set(), acc, data=data)
         subs = []
         for i in range(0, max(len(snippets), 1), per):
             part = tuple(snippets[i:i + per])
@@ -416,7 +458,11 @@ class Collector:
             self.sched.skipped(self.rank, task.task_id, self.clock())
             return False
         buf = self.pump.result_buffer(ResultBuffer.nbytes_for(self.n if task.kind == GRAD else 0))
-        self.runner.run(task.message(), buf)
+        msg = task.message()
+        entry = self.open.get(self.sub_of.get(task.task_id))
+        if entry is not None:
+            msg["_data"] = entry.data
+        self.runner.run(msg, buf)
         self._take(self.rank, buf)
         return True
 
@@ -427,7 +473,32 @@ class Collector:
                 continue
             msg = task.message()
             msg["type"] = "task"
+            if self.scatter is not None:
+                data = self.open[self.sub_of[task.task_id]].data
+                crc = [data.checksums[int(i)] for i in msg["snippets"]]
+                fetch = lambda split, ids, d=data.data: {i: d[i] for i in ids}   # noqa: E731
+                self.pump.send_data(rank, self.scatter.packet(rank, msg, crc, fetch))
+                msg["data"] = True
             self.pump.send_ctrl(rank, msg)
+
+    def _bad_data(self, src: int, obj: dict) -> None:
+        """A child found the snippets of a piece damaged on arrival (see
+        Master._bad_data): the copy is rejected without a strike and the
+        piece computed by another child; rank 0 hears of it (a notice)."""
+        from ..ledger_schema import TRANSIT
+
+        self.scatter.report(src, obj.get("gen"))
+        sid, ids = obj["task"], obj.get("snippets") or []
+        host = self.hosts.get(src, obj.get("host", "?"))
+        named = f"snippet{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+        why = obj.get("why", "damaged")
+        if self.sched.task(sid) is not None:
+            self.sched.complete(src, sid, self.clock(), ok=False, strike=False,
+                                reason=f"{TRANSIT}: {named} {why} at rank {src} ({host}); not computed, no strike")
+        self.pump.send_ctrl(0, {"type": "notice", "transit": True,
+                                "text": f"rank {src} ({host}): {named} of a piece of task "
+                                        f"{self.sub_of.get(sid, '?')} {why} ({TRANSIT}) on its way from collector "
+                                        f"{self.rank}: the piece is rejected and computed again"})
 
     def _take(self, rank: int, buf: ResultBuffer) -> None:
         sid = int(buf.get("task"))
@@ -548,7 +619,7 @@ class Collector:
                 if rank in guilty:
                     continue
                 self.runner.run({"task": pid, "step": entry.msg["step"], "kind": GRAD, "split": entry.msg["split"],
-                                 "version": self.version, "snippets": list(snippets)}, out)
+                                 "version": self.version, "snippets": list(snippets), "_data": entry.data}, out)
                 fingerprint(out.grad, seed, self._fp)
                 mine = (*self._fp, out.get("loss_sum"), out.get("correct"))
                 if fp is None or not self._same(fp, mine):
@@ -588,6 +659,8 @@ class Collector:
 
     def _write_events(self) -> None:
         events = self.sched.drain_events()
+        if self.scatter is not None:
+            events += self.scatter.drain_sent(self.step)
         if self._ledger is None or not events:
             return
         out = []
@@ -616,15 +689,22 @@ def run_collector(comm, cfg: dict, ancestors, children: list[int], slots: dict |
         from ..engine import build_model
         from .worker import open_splits
 
-        cfg_c = json.loads(json.dumps(cfg))
-        if not cfg["cluster"]["collector_computes"]:
-            cfg_c["data"]["cache"] = False      # it reads only the snippet tables (and a rejected task's pieces)
-        ds, splits = open_splits(cfg_c)
-        model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes),
-                            backend=cfg["cluster"]["backend"])
+        if cfg["data"]["delivery"] == "scatter":
+            from .scatter import dataset_info
+
+            info = dataset_info(cfg)    # fed by its parent: it never opens data.path
+            ds, splits, shape, classes = None, {}, info.feature_shape, info.num_classes
+        else:
+            cfg_c = json.loads(json.dumps(cfg))
+            if not cfg["cluster"]["collector_computes"]:
+                cfg_c["data"]["cache"] = False      # it reads only the snippet tables (and a rejected task's pieces)
+            info = None
+            ds, splits = open_splits(cfg_c)
+            shape, classes = ds.feature_shape, ds.num_classes
+        model = build_model(cfg["model"], tuple(shape), int(classes), backend=cfg["cluster"]["backend"])
         coll = Collector(comm, cfg, ancestors, children, model, splits, slots=slots)
         if coll.computes:   # compile (or load) the kernels before the first timed piece, as workers do
-            coll.runner.warm_up(cfg["data"]["train_split"], ResultBuffer(model.num_params))
+            coll.runner.warm_up(cfg["data"]["train_split"], ResultBuffer(model.num_params), info)
         coll.ds = ds
         stop = coll.run()
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the master
@@ -635,7 +715,8 @@ def run_collector(comm, cfg: dict, ancestors, children: list[int], slots: dict |
         raise
     coll.close(stop)
     coll.pump.outbox.flush(coll.backoff, timeout_s=STOP_TIMEOUT_S)
-    coll.ds.close()
+    if coll.ds is not None:
+        coll.ds.close()
     signals.stop_received(bool(stop.get("interrupted")))
     if stop.get("peer_failed"):
         from . import transport

@@ -12,11 +12,16 @@ every *gradient* task (evaluation tasks are never faulted)::
     compute_s += injector.after(step, task, compute_s)   # slow
     injector.corrupt(step, task, grad)               # scale / bitflip / nan
 
+With ``data.delivery = "scatter"`` the rank also calls
+``injector.transit(step, task, payload)`` on the snippet bytes that come
+with a gradient task, before checking them (``transit``).
+
 A rule naming a gradient collector (a rank that leads a group, see
 :mod:`raven_hpc.protocol.collector`) applies to what that rank itself does:
 ``before`` when a gradient task arrives from its parent (``sleep``, ``hang``,
 ``crash``), and ``corrupt`` on the sum of its group it sends up (``scale``,
-``bitflip``, ``nan``), with the parent's step and task id.  ``slow`` and
+``bitflip``, ``nan``), with the parent's step and task id, and
+``transit`` on the snippet bytes it receives from its parent.  ``slow`` and
 ``emulate`` describe computing and do not apply to a collector's sum.
 
 This module is pure Python and numpy: no MPI, no files.  Sleeping, killing
@@ -95,6 +100,18 @@ mode         keys (default)                        effect
                                                    random elements
 ``nan``      ``count`` (1)                         set ``count`` random
                                                    elements to NaN
+``transit``  ``count`` (1)                         ``data.delivery =
+                                                   "scatter"``: flip (XOR
+                                                   0xFF) ``count`` random
+                                                   bytes of the snippets
+                                                   (features and labels) the
+                                                   rank is sent with a task,
+                                                   on arrival, before their
+                                                   checksums are checked (a
+                                                   transfer that damaged
+                                                   them); no effect on a task
+                                                   whose snippets the rank
+                                                   already held
 ``emulate``  ``seconds`` (0.0),                    do not run the model: sleep
              ``seconds_per_sample`` (0.0)          ``seconds +
                                                    seconds_per_sample x
@@ -129,7 +146,9 @@ counts from 0 in the configured list), so a test can predict it:
    (``u < probability``; drawn even when ``probability = 1``);
 2. ``sleep`` with ``jitter`` then sleeps ``seconds * rng.random()``;
 3. ``bitflip`` and ``nan`` pick their elements (flat indices) with
-   ``rng.choice(grad.size, min(count, grad.size), replace=False)``.
+   ``rng.choice(grad.size, min(count, grad.size), replace=False)``, and
+   ``transit`` its bytes with ``rng.choice(payload.size, min(count,
+   payload.size), replace=False)``.
 
 Tasks with a negative step or task id (the kernels' warm-up) are never
 faulted.
@@ -183,6 +202,7 @@ MODES: dict[str, dict[str, Any]] = {
     "bitflip": {"count": 1, "bit": 30},
     "nan": {"count": 1},
     "emulate": {"seconds": 0.0, "seconds_per_sample": 0.0},
+    "transit": {"count": 1},
 }
 
 CRASH_HOWS = ("kill", "exit", "raise")
@@ -192,6 +212,7 @@ _BEFORE = ("sleep", "hang", "crash")
 _EMULATE = ("emulate",)
 _AFTER = ("slow",)
 _CORRUPT = ("scale", "bitflip", "nan")
+_TRANSIT = ("transit",)
 
 
 # --------------------------------------------------------------------------- validation
@@ -389,6 +410,9 @@ def describe_rule(rule: dict, rank: int | None = None) -> str:
     elif mode == "bitflip":
         n = rule["count"]
         what = f"bitflip bit {rule['bit']} of {n} element{'s' if n > 1 else ''}"
+    elif mode == "transit":
+        n = rule["count"]
+        what = f"corrupt {n} byte{'s' if n > 1 else ''} of the snippets it is sent (in transit)"
     elif mode == "emulate":
         what = f"emulate compute {_fmt(rule['seconds'])} s + {_fmt(rule['seconds_per_sample'])} s/sample"
     else:
@@ -635,6 +659,28 @@ class FaultInjector:
             applied.append(mode)
             self._record(step, task, index, mode, detail)
         return "+".join(applied) if applied else None
+
+    def transit(self, step: int, task: int, payload: np.ndarray) -> str | None:
+        """Damage the snippet bytes of gradient task ``task`` of ``step`` as
+        they arrive (``transit``): XOR 0xFF into ``count`` random bytes of
+        the ``uint8`` array ``payload``, in place.  Returns a description of
+        what was flipped, or None when no rule fired (or there were no bytes)."""
+        if not self.active:
+            return None
+        step, task = int(step), int(task)
+        done = []
+        for index, rule in self._rules:
+            if rule["mode"] not in _TRANSIT:
+                continue
+            rng = self._fires(index, rule, step, task)
+            if rng is None or payload.size == 0:
+                continue
+            where = rng.choice(payload.size, min(rule["count"], payload.size), replace=False)
+            payload[where] ^= np.uint8(0xFF)
+            detail = f"{len(where)} byte(s) at {sorted(int(w) for w in where)[:8]}"
+            self._record(step, task, index, "transit", detail)
+            done.append(detail)
+        return "; ".join(done) if done else None
 
     def describe(self) -> list[str]:
         """One line per rule of this rank, for the log."""

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, ProtocolError
-from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED
+from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED, TRANSIT
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello, hello_backends
 from .housekeeping import Housekeeper
@@ -104,6 +104,18 @@ class Master:
         self.screen = NormScreen(poc["screen"])   # gradient norms per sample that are outliers
         self.interrupted: int | None = None       # signal number once told to stop
         self.backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
+        # data.delivery = "scatter": the master reads the snippets (ahead of
+        # the schedule, when it would otherwise sleep) and sends each copy's
+        # with the copy (scatter.py); its own computations read them the same way
+        self.scatter = self.feeder = None
+        if cfg["data"]["delivery"] == "scatter" and self.worker_ranks:
+            from .scatter import FEEDER_MIN_BYTES, FEEDER_STEPS, MIB, Feeder, Scatter, dataset_info
+
+            info = dataset_info(cfg)
+            self.scatter = Scatter(info, int(cl["worker_cache_mb"] * MIB))
+            step_bytes = (cfg["train"]["batch_size"] + info.snippet_size) * info.sample_nbytes
+            self.feeder = Feeder(splits, info, max(FEEDER_MIN_BYTES, FEEDER_STEPS * step_bytes))
+            splits = {name: self.feeder.split(name) for name in splits}
         self.runner = TaskRunner(model, splits)
         self.hosts = {0: hostname()}
         self.backends = {0: model.backend.label()}   # what each rank computes on (from the hellos)
@@ -166,11 +178,67 @@ class Master:
                 if self.clock() - t0 > STARTUP_TIMEOUT_S:
                     raise ProtocolError(
                         f"ranks {sorted(waiting)} did not start within {STARTUP_TIMEOUT_S:.0f} s")
-                self.backoff.idle()
+                if not self._read_ahead():
+                    self.backoff.idle()
             else:
                 self.backoff.busy()
         self._say_backends()
+        self._say_delivery()
         self.send_params()
+
+    def _say_delivery(self) -> None:
+        """One start-up line on how the workers get the data (nothing when
+        each reads the file, as configured)."""
+        note = self.cfg.get("meta", {}).get("delivery_note")
+        if note is None and self.scatter is not None:
+            mb = self.cfg["cluster"]["worker_cache_mb"]
+            note = (f"data delivery: scatter: only rank 0 opens data.path; each task's snippets travel with it "
+                    f"(checksums verified on arrival; workers keep up to {mb:g} MiB of them)")
+        if note:
+            self.rec.notice(note)
+
+    # -- scattered data -----------------------------------------------------------
+    def want_data(self, units) -> None:
+        """The snippets the next steps (or an evaluation) need, in order:
+        read ahead of the schedule (scatter only)."""
+        if self.feeder is not None:
+            self.feeder.want(units)
+
+    def _read_ahead(self) -> bool:
+        """Read one snippet the schedule needs next (instead of sleeping)."""
+        return self.feeder is not None and self.feeder.read_ahead()
+
+    def _send_data(self, rank: int, msg: dict) -> None:
+        """The copy ``msg``'s snippets go to ``rank`` right before it (the
+        bytes it does not hold already)."""
+        split = self.splits[msg["split"]]
+        crc = split.snippets["checksum"][list(msg["snippets"])]
+        self.pump.send_data(rank, self.scatter.packet(rank, msg, crc, self.feeder.fetch))
+        msg["data"] = True
+
+    def _bad_data(self, src: int, obj: dict) -> None:
+        """``src`` found snippets of a copy damaged on arrival: it computed
+        nothing; the copy is rejected (no strike: the bytes were corrupted
+        in transit, not by the rank) and the task computed elsewhere."""
+        self.scatter.report(src, obj.get("gen"))
+        tid, ids = obj["task"], obj.get("snippets") or []
+        host = self.hosts.get(src, obj.get("host", "?"))
+        named = f"snippet{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+        self.stats["transit_errors"] = self.stats.get("transit_errors", 0) + 1
+        self.rec.notice(f"rank {src} ({host}): {named} of task {tid} {obj.get('why', 'damaged')} ({TRANSIT}): "
+                        "the copy is rejected and computed again")
+        if self.sched.task(tid) is not None:
+            self.sched.complete(src, tid, self.clock(), ok=False, strike=False,
+                                reason=f"{TRANSIT}: {named} {obj.get('why', 'damaged')} at rank {src} ({host}); "
+                                       "not computed, no strike")
+
+    def drain_events(self) -> list[dict]:
+        """Ledger records since the last call: the scheduler's, then (scatter)
+        which snippets went to which rank."""
+        events = self.sched.drain_events()
+        if self.scatter is not None:
+            events += self.scatter.drain_sent(self.state.step)
+        return events
 
     def _say_backends(self) -> None:
         """One start-up line naming the ranks that compute on something else
@@ -275,8 +343,20 @@ class Master:
             elif obj.get("reattach"):
                 self._adopt(src, obj)
         elif kind == "skipped":
+            reason = None
+            if obj.get("missing") is not None and self.scatter is not None:
+                # its cache lacked snippets the master counted on: both start afresh
+                self.scatter.report(src, obj.get("gen"))
+                reason = f"snippets {obj['missing']} it was to hold were not in its cache: sent again"
             if self.sched.task(obj["task"]) is not None:
-                self.sched.skipped(src, obj["task"], self.clock())
+                self.sched.skipped(src, obj["task"], self.clock(), reason=reason)
+        elif kind == "bad_data" and self.scatter is not None:
+            self._bad_data(src, obj)
+        elif kind == "notice":
+            # a collector's note (e.g. a damaged packet within its group)
+            if obj.get("transit"):
+                self.stats["transit_errors"] = self.stats.get("transit_errors", 0) + 1
+            self.rec.notice(str(obj.get("text", "")))
         elif kind == "convicted":
             self._convicted(src, obj)
         else:
@@ -326,7 +406,7 @@ class Master:
                 self.backoff.busy()
             self._housekeeping(open_ids, total)
             if not results and not self._local:
-                if not self._audit_next(race=not open_ids):
+                if not self._audit_next(race=not open_ids) and not self._read_ahead():
                     self._idle()
         while self._audit_next():
             pass
@@ -341,7 +421,7 @@ class Master:
                 raise RollBack(step, f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
                                      f"excluded: the results only they vouched for since step {step} are undone",
                                guilty=ranks)
-        events = self.sched.drain_events()
+        events = self.drain_events()
         self._tell_collectors(events)
         if tasks and tasks[0].kind == GRAD:
             step = self.state.step
@@ -363,7 +443,7 @@ class Master:
         self.audit_step = self.state.step if rb.audit_step else None
         self.new_version()
         self.stats["rollbacks"] = self.stats.get("rollbacks", 0) + 1
-        events = self.sched.drain_events()
+        events = self.drain_events()
         self._tell_collectors(events)
         self.rec.ledger(events, self.hosts)
 
@@ -426,6 +506,8 @@ class Master:
                 msg["type"] = "task"
                 if rank in self.collectors and self.sched.compared(task):
                     msg["compared"] = True   # its collector fingerprints every part (see collector.py)
+                if self.scatter is not None:
+                    self._send_data(rank, msg)
                 self.pump.send_ctrl(rank, msg)
 
     # -- Proof-of-Calculation: stragglers, hung workers, arbitration, drain ---------
@@ -449,6 +531,8 @@ class Master:
             self.collectors.add(rank)
             self.sched.set_slots(rank, len(members) - 1)
         self.sched.add_worker(rank, self.clock(), f"re-attached: {why}")
+        if self.scatter is not None:
+            self.scatter.reset(rank)   # it emptied its cache before saying hello again
         self.keeper.joined()
         self.rec.notice(f"rank {rank} ({obj['host']}) re-attached to the master: {why}")
         self.send_params(only=rank)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT", "check_hello", "hello_backends", "hello_backends",
+    "TAG_CTRL", "TAG_PARAMS", "TAG_RESULT", "TAG_DATA", "check_hello", "hello_backends",
     "RESULT_HEADER", "RESULT_FIELDS", "KIND_GRAD", "KIND_EVAL",
     "ParamsBuffer", "ResultBuffer",
 ]
@@ -18,6 +18,9 @@ __all__ = [
 TAG_CTRL = 11     # pickled dict, both directions
 TAG_PARAMS = 12   # master -> worker: int64 header + float32 parameters
 TAG_RESULT = 13   # worker -> master: float64 header + float32 gradient sum
+TAG_DATA = 14     # leader -> worker (data.delivery = "scatter"): a task's snippets, right before the
+                  # task's control message (raven_hpc.data.packet: int64 header and rows, stored-dtype
+                  # features, int64 labels)
 
 KIND_GRAD = 0
 KIND_EVAL = 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ProtocolError
 from . import transport
-from .messages import TAG_CTRL, TAG_PARAMS, ParamsBuffer, ResultBuffer
+from .messages import TAG_CTRL, TAG_DATA, TAG_PARAMS, ParamsBuffer, ResultBuffer
 from .transport import Backoff, Outbox
 
 __all__ = ["Pending", "Pump", "stop_ranks", "failed_ranks"]
@@ -155,6 +155,19 @@ class Pump:
             self.outbox.add(self.comm.isend(obj, dest=rank, tag=TAG_CTRL))
         except self.MPI.Exception as exc:
             self.process_failed(exc)
+
+    def send_data(self, rank: int, buf: np.ndarray) -> None:
+        """A task's snippet packet (``data.delivery = "scatter"``), raw
+        bytes, kept alive until delivered; sent right before the task's
+        control message, so the receiver takes them in that order."""
+        if rank in self.dead:
+            return
+        try:
+            self.outbox.add(self.comm.Isend([buf, self.MPI.BYTE], dest=rank, tag=TAG_DATA), buf)
+        except self.MPI.Exception as exc:
+            self.process_failed(exc)
+            return
+        self.stats["bytes_out"] += buf.nbytes
 
     def send_params(self, ranks: Iterable[int], version: int) -> None:
         """Send the current parameter buffer, as ``version``, to ``ranks``."""

@@ -23,6 +23,9 @@ from .step import LossWatch
 
 __all__ = ["Trainer"]
 
+#: steps whose snippets rank 0 reads ahead (data.delivery = "scatter")
+READ_AHEAD_STEPS = 3
+
 
 class Trainer:
     """Trains ``master.model`` with ``optimizer`` from ``master.state`` to the end."""
@@ -44,6 +47,8 @@ class Trainer:
                        "worker_idle_s": 0.0}
         train = self.splits[self.cfg["data"]["train_split"]]
         self._snippet_size = int(ds.attrs.get("snippet_size", int(train.snippets["count"].max())))
+        self._plans: dict = {}
+        master.want_data(self._upcoming())
 
     # -- what the recorder is handed ----------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -80,7 +85,7 @@ class Trainer:
             total_steps = min(total_steps, max_steps)
         self.rec.begin(self.state, m.hosts, self._workers(), m.n,
                        {"collectors": m.tree.collectors, "train_snippets": int(train.num_snippets), "steps_per_epoch": steps_per_epoch,
-                        "epochs": tr["epochs"], "max_steps": max_steps})
+                        "epochs": tr["epochs"], "max_steps": max_steps, "data": self._data_facts()})
         self.lr_schedule = make_schedule(dict(cfg["optimizer"]), total_steps)
         # the state training starts from is kept as a checkpoint: the point a
         # rollback returns to when every later result is in doubt
@@ -88,6 +93,7 @@ class Trainer:
         while True:
             try:
                 self._train_epochs()
+                self._say_data()
                 return self.state
             except RollBack as rb:
                 self._roll_back(rb)
@@ -106,10 +112,62 @@ class Trainer:
                           f"written to {path}; continue with --resume (or --resume auto)")
 
     def _plan(self, epoch: int):
-        tr = self.cfg["train"]
-        return make_plan(self.splits[self.cfg["data"]["train_split"]].num_snippets, epoch, seed=tr["seed"],
-                         batch_size=tr["batch_size"], snippet_size=self._snippet_size,
-                         task_snippets=tr["task_snippets"])
+        plan = self._plans.get(epoch)
+        if plan is None:
+            tr = self.cfg["train"]
+            plan = make_plan(self.splits[self.cfg["data"]["train_split"]].num_snippets, epoch, seed=tr["seed"],
+                             batch_size=tr["batch_size"], snippet_size=self._snippet_size,
+                             task_snippets=tr["task_snippets"])
+            if len(self._plans) > 2:
+                self._plans.pop(min(self._plans))
+            self._plans[epoch] = plan
+        return plan
+
+    # -- the data (scatter: what rank 0 reads ahead, what the ledger says) ------------
+    def _data_facts(self) -> dict:
+        """How the workers get the data, and the size of each split the run
+        uses (for the exposure report)."""
+        d = self.cfg["data"]
+        names = [n for n in (d["train_split"], d["test_split"]) if n]
+        return {"delivery": d["delivery"],
+                "splits": {n: {"samples": int(self.splits[n].num_samples), "snippets": int(self.splits[n].num_snippets),
+                               "snippet_size": self._snippet_size} for n in names}}
+
+    def _upcoming(self, steps: int = READ_AHEAD_STEPS) -> list:
+        """(split, snippet ids) of the current step and the next ones, and of
+        the evaluation an epoch ends with, in the order they will run: what
+        rank 0 reads ahead (the order is fixed by (seed, epoch))."""
+        d, tr, st = self.cfg["data"], self.cfg["train"], self.state
+        test, max_steps, ev = d["test_split"], tr["max_steps"], tr["eval_every"]
+        evaluation = (test, range(self.splits[test].num_snippets)) if test else None
+        out: list = []
+        epoch, i, step, n = st.epoch, st.step_in_epoch, st.step, 0
+        while epoch < tr["epochs"] and n < steps:
+            plan = self._plan(epoch)
+            while i < plan.num_steps and n < steps:
+                if max_steps and step >= max_steps:
+                    return out + ([evaluation] if evaluation else [])
+                out.append((d["train_split"], plan.step_snippets(i)))
+                i, step, n = i + 1, step + 1, n + 1
+            if i >= plan.num_steps:
+                if evaluation and (epoch + 1 >= tr["epochs"] or (ev and (epoch + 1) % ev == 0)):
+                    out.append(evaluation)
+                epoch, i = epoch + 1, 0
+        return out
+
+    def _say_data(self) -> None:
+        """One line at the end (scatter): what went to the workers and
+        whether rank 0's reading kept ahead of the schedule."""
+        m = self.master
+        if m.scatter is None:
+            return
+        sc, fd = m.scatter.stats, m.feeder.stats
+        sent, held = sc["snippets_sent"], sc["snippets_held"]
+        bad = m.stats.get("transit_errors", 0)
+        self.rec.notice(f"data: {sc['packets']:,} packets, {sc['data_bytes'] / 2 ** 20:.1f} MiB to the workers "
+                        f"({sent:,} snippets sent, {held:,} held in their caches); rank 0 read {fd['read_ahead']:,} "
+                        f"snippets ahead ({1e3 * fd['read_ahead_s']:.0f} ms) and {fd['read_now']:,} on demand "
+                        f"({1e3 * fd['read_now_s']:.0f} ms)" + (f"; {bad} damaged in transit" if bad else ""))
 
     def _train_epochs(self) -> None:
         """Train from :attr:`state` to the end (raises :class:`RollBack`)."""
@@ -123,6 +181,7 @@ class Trainer:
             while st.step_in_epoch < plan.num_steps:
                 if max_steps and st.step >= max_steps:
                     break
+                m.want_data(self._upcoming())
                 m.begin_step(st.step)
                 tasks = m.new_tasks(plan.step_tasks(st.step_in_epoch), GRAD, train.name)
                 t0 = time.perf_counter()
@@ -242,6 +301,7 @@ class Trainer:
         split = self.splits[name]
         groups = eval_tasks(split.num_snippets, self.cfg["train"]["eval_task_snippets"])
         m = self.master
+        m.want_data([(name, range(split.num_snippets))])
         total = m.run_tasks(m.new_tasks(groups, EVAL, name))
         n = max(1, total["samples"])
         return {"test_loss": total["loss_sum"] / n, "test_accuracy": total["correct"] / n,

@@ -26,7 +26,7 @@ from collections import deque
 import numpy as np
 
 from ..errors import ProtocolError
-from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
+from .messages import KIND_EVAL, KIND_GRAD, TAG_CTRL, TAG_DATA, TAG_PARAMS, TAG_RESULT, ParamsBuffer, ResultBuffer
 from . import signals
 from .faults import FaultInjector
 from .transport import Backoff, Outbox, hostname, send_error
@@ -45,19 +45,34 @@ class TaskRunner:
         self.model = model
         self.splits = splits
 
-    def warm_up(self, split: str, out: ResultBuffer) -> None:
+    def warm_up(self, split: str, out: ResultBuffer, info=None) -> None:
         """Compute one snippet's gradient and evaluation once, so kernels are
-        compiled (or loaded from cache) before the first timed task."""
+        compiled (or loaded from cache) before the first timed task.  A rank
+        that is sent its data (``info``: the dataset's description) warms up
+        on zeros of a snippet's shape."""
         params = self.model.params.copy()
+        data = None
+        if info is not None:
+            from ..data.packet import TaskData
+
+            c = int(info.counts(split)[0])
+            data = TaskData(info, split, {0: (np.zeros((c,) + tuple(info.feature_shape), info.stored),
+                                              np.zeros(c, np.int64))})
         for kind in ("grad", "eval"):
-            self.run({"task": 0, "step": -1, "kind": kind, "split": split, "version": -1, "snippets": [0]},
-                     out if kind == "grad" else ResultBuffer(0))
+            self.run({"task": 0, "step": -1, "kind": kind, "split": split, "version": -1, "snippets": [0],
+                      "_data": data}, out if kind == "grad" else ResultBuffer(0))
         self.model.params[:] = params
 
-    def run(self, task: dict, out: ResultBuffer) -> None:
-        split = self.splits.get(task["split"])
+    def _split(self, task: dict):
+        """Where the task's snippets are read from: the data sent with it
+        (``_data``, scatter), else the split this rank opened."""
+        split = task.get("_data") or self.splits.get(task["split"])
         if split is None:
             raise ProtocolError(f"task {task['task']} names split {task['split']!r}, which this rank has not opened")
+        return split
+
+    def run(self, task: dict, out: ResultBuffer) -> None:
+        split = self._split(task)
         t0 = time.perf_counter()
         x, y = split.read_snippets(task["snippets"])
         if task["kind"] == "eval":
@@ -83,7 +98,7 @@ class TaskRunner:
         """Fill ``out`` with the fault injector's emulated result of gradient
         task ``task`` (an ``emulate`` rule, for benchmarks) instead of
         computing it; False when no such rule fires."""
-        split = self.splits.get(task["split"])
+        split = task.get("_data") or self.splits.get(task["split"])
         if not faults.emulating or split is None:
             return False
         ids = [int(s) for s in task["snippets"]]
@@ -161,15 +176,27 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
     backoff = Backoff(cl["poll_min_us"] * 1e-6, cl["poll_max_us"] * 1e-6)
     outbox = Outbox()
 
-    ds, splits = open_splits(cfg)
-    model = build_model(cfg["model"], tuple(ds.feature_shape), int(ds.num_classes), backend=cl["backend"])
+    inbox = None
+    if cfg["data"]["delivery"] == "scatter":
+        # it never opens data.path: every task comes with its snippets
+        from .scatter import MIB, Inbox, dataset_info
+
+        info = dataset_info(cfg)
+        inbox = Inbox(info, int(cl["worker_cache_mb"] * MIB))
+        splits, shape, classes = {}, info.feature_shape, info.num_classes
+    else:
+        info = None
+        ds, splits = open_splits(cfg)
+        shape, classes = ds.feature_shape, ds.num_classes
+    model = build_model(cfg["model"], tuple(shape), int(classes), backend=cl["backend"])
     runner = TaskRunner(model, splits)
     faults = FaultInjector(cfg["faults"]["rules"], rank)
     pbuf = ParamsBuffer(model.num_params)
     model.bind_params(pbuf.params)   # parameters are received straight into the model
     grad_bufs = [ResultBuffer(model.num_params) for _ in range(cl["prefetch"] + 1)]
     eval_bufs = [ResultBuffer(0) for _ in range(cl["prefetch"] + 1)]
-    runner.warm_up(cfg["data"]["train_split"], grad_bufs[-1])
+    runner.warm_up(cfg["data"]["train_split"], grad_bufs[-1], info)
+    packet = None   # the last snippet packet: it belongs to the task message that follows it
     t_sent = 0.0   # when the last result left: the next task's wait starts there
     version = -1
     queue: deque = deque()
@@ -192,6 +219,9 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
                         version = pbuf.version
                     elif tag == TAG_CTRL:
                         obj = msg.recv()
+                    elif tag == TAG_DATA:
+                        packet = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+                        msg.Recv([packet, MPI.BYTE])
             except MPI.Exception as exc:
                 if not _reattach(comm, exc, ancestors, dead):
                     raise
@@ -202,16 +232,23 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
                     parent = ancestors[0]
                     queue.clear()
                     version = -1
+                    packet = None
+                    if inbox is not None:
+                        inbox.reset()   # the new parent knows nothing of its cache
                     outbox.add(comm.isend(dict(hello, reattach=True), dest=parent, tag=TAG_CTRL))
                 continue
             if msg is None:
                 break
             progressed = True
-            if tag == TAG_PARAMS:
+            if tag in (TAG_PARAMS, TAG_DATA):
                 pass
             elif tag == TAG_CTRL:
                 if obj["type"] == "task":
-                    queue.append(obj)
+                    if obj.get("data"):
+                        obj = _delivered(obj, packet, inbox, faults, comm, outbox, parent, rank)
+                        packet = None
+                    if obj is not None:
+                        queue.append(obj)
                 elif obj["type"] == "reattach":
                     # its collector released its group: its tasks are gone
                     ancestors[:] = [int(r) for r in obj["ancestors"]]
@@ -220,6 +257,9 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
                     parent = ancestors[0]
                     queue.clear()
                     version = -1
+                    packet = None
+                    if inbox is not None:
+                        inbox.reset()
                     outbox.add(comm.isend(dict(hello, reattach=True, why=obj.get("why")), dest=parent, tag=TAG_CTRL))
                 elif obj["type"] == "stop":
                     signals.stop_received(bool(obj.get("interrupted")))
@@ -270,6 +310,37 @@ def _worker_loop(comm, cfg: dict, ancestors: list) -> None:
             backoff.transfer()
         else:
             backoff.idle()
+
+
+def _delivered(task: dict, packet, inbox, faults, comm, outbox, parent: int, rank: int) -> dict | None:
+    """A task whose snippets came in ``packet`` (the message before it):
+    check them on arrival.  Returns the task with its data (``_data``), or
+    None when it cannot be computed -- snippets that fail their checksum
+    (named to the parent, which has the copy computed elsewhere) or that the
+    parent believed cached here (the parent sends them again)."""
+    if inbox is None or packet is None:
+        raise ProtocolError(f"rank {rank}: task {task['task']} says its snippets came with it, but "
+                            + ("this rank reads the file itself" if inbox is None else "no snippets came"))
+    if faults.active and task["kind"] == "grad":
+        from ..data.packet import PacketError, PacketView
+
+        try:
+            payload = PacketView(packet, inbox.info).payload
+        except PacketError:
+            payload = None
+        if payload is not None:
+            faults.transit(task["step"], task["task"], payload)
+    got = inbox.receive(packet, task)
+    if got.ok:
+        task["_data"] = got.data
+        return task
+    if got.bad:
+        msg = {"type": "bad_data", "task": task["task"], "snippets": got.bad, "why": got.reason, "gen": got.gen,
+               "rank": rank, "host": hostname()}
+    else:
+        msg = {"type": "skipped", "task": task["task"], "missing": got.missing, "gen": got.gen}
+    outbox.add(comm.isend(msg, dest=parent, tag=TAG_CTRL))
+    return None
 
 
 def await_stop(comm, timeout_s: float = 60.0, parent: int = 0) -> bool:

@@ -103,6 +103,21 @@ def test_backend_is_cpu_cuda_or_auto(tmp_path):
         load_config(write(tmp_path, BASE, "d.toml"), ["cluster.backend=\"tpu\""], environ={})
 
 
+def test_data_delivery_and_the_worker_cache(tmp_path):
+    """data.delivery: read (the default: each worker opens data.path),
+    scatter or auto; cluster.worker_cache_mb bounds what a worker keeps of
+    the data it was sent (0: nothing)."""
+    cfg = load_config(write(tmp_path, BASE), environ={})
+    assert cfg["data"]["delivery"] == "read" and cfg["cluster"]["worker_cache_mb"] == 128.0
+    for mode in ("read", "scatter", "auto"):
+        assert load_config(write(tmp_path, BASE), [f'data.delivery="{mode}"'], environ={})["data"]["delivery"] == mode
+    assert load_config(write(tmp_path, BASE), ["cluster.worker_cache_mb=0"], environ={})["cluster"]["worker_cache_mb"] == 0.0
+    with pytest.raises(ConfigError, match=r"delivery = 'shared' is not one of 'read', 'scatter', 'auto'"):
+        load_config(write(tmp_path, BASE), ['data.delivery="shared"'], environ={})
+    with pytest.raises(ConfigError, match=r"worker_cache_mb = -1.0 must be >= 0"):
+        load_config(write(tmp_path, BASE), ["cluster.worker_cache_mb=-1"], environ={})
+
+
 def test_every_relative_path_is_relative_to_the_config_files_folder(tmp_path, monkeypatch):
     """data.path, run.dir and poc.drain_file follow one rule, whatever the
     current directory and wherever the value came from."""

@@ -460,10 +460,12 @@ class Scheduler(Forecast, Trust):
             return Verdict(True, ACCEPTED, "")
         return self._vote(task, copy, now)
 
-    def skipped(self, rank: int, task_id: int, now: float) -> Verdict:
+    def skipped(self, rank: int, task_id: int, now: float, reason: str | None = None) -> Verdict:
         """``rank`` dropped the task: the parameter version it needed was gone
-        (replaced by a later update or a rollback before the copy ran).  A
-        task still open gets another copy; a finished one just settles."""
+        (replaced by a later update or a rollback before the copy ran), or
+        (``reason``) it could not run it for another reason that is nobody's
+        fault.  A task still open gets another copy; a finished one just
+        settles."""
         task = self.tasks.get(task_id)
         copy = None if task is None else next(
             (c for c in task.copies if c.rank == rank and c.state == ASSIGNED), None)
@@ -471,7 +473,7 @@ class Scheduler(Forecast, Trust):
             return Verdict(False, LATE, "copy not outstanding")
         self.workers[rank].outstanding.discard(task_id)
         self.workers[rank].last_heard = now
-        self._move(task, copy, SKIPPED, now, "its parameter version was replaced before it ran")
+        self._move(task, copy, SKIPPED, now, reason or "its parameter version was replaced before it ran")
         self._reopen(task)
         return Verdict(False, SKIPPED, copy.reason)
 

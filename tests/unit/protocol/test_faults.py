@@ -612,3 +612,26 @@ def test_task_runner_fills_the_result_buffer_from_an_emulate_rule():
     plain, _ = injector([{"rank": 1, "mode": "nan"}])
     assert not runner.emulate(task, out, plain)
     assert not runner.emulate(dict(task, split="test"), out, inj)
+
+
+def test_transit_flips_bytes_of_the_payload_it_is_given():
+    rule = {"rank": 2, "mode": "transit", "count": 3, "from_step": 1}
+    assert validate_faults([rule])[0] == {"rank": [2], "mode": "transit", "from_step": 1, "until_step": 0,
+                                          "probability": 1.0, "seed": 0, "count": 3}
+    assert describe_rule(validate_faults([rule])[0]) == (
+        "rank 2: corrupt 3 bytes of the snippets it is sent (in transit) from step 1")
+    with pytest.raises(ConfigError, match="count = 0 must be >= 1"):
+        validate_faults([dict(rule, count=0)])
+    inj, _ = injector([rule], rank=2)
+    payload = np.zeros(100, np.uint8)
+    assert inj.transit(0, 5, payload) is None and not payload.any()     # before from_step
+    assert inj.transit(1, 5, payload) is not None
+    where = rule_rng(0, 2, 1, 5, 0)
+    where.random()
+    expect = np.zeros(100, np.uint8)
+    expect[where.choice(100, 3, replace=False)] = 0xFF
+    np.testing.assert_array_equal(payload, expect)
+    assert inj.fired == {"transit": 1} and inj.events[-1].mode == "transit"
+    assert inj.transit(2, 5, np.zeros(0, np.uint8)) is None             # nothing was sent: nothing to damage
+    other, _ = injector([rule], rank=1)
+    assert other.transit(1, 5, payload) is None
