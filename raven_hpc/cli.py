@@ -4,7 +4,7 @@ and prints for humans; everything else returns values or raises RavenError.
     raven-hpc prepare [KIND] SOURCE OUT.h5 [--snippet-size 32] [--force]
     mpirun -n N raven-hpc train CONFIG.toml [--run-dir D] [--set k=v] [--resume [auto]]
     raven-hpc evaluate RUN_DIR|CHECKPOINT [--data FILE] [--split test] [--json]
-    raven-hpc report RUN_DIR [--json]
+    raven-hpc report RUN_DIR [--json] [--plots [--out DIR]]
     raven-hpc drain [--undo] RUN_DIR RANK [RANK...]
     raven-hpc model CONFIG.toml
     raven-hpc info
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
@@ -58,61 +59,192 @@ def cmd_prepare(args) -> int:
 
 
 # ------------------------------------------------------------------- train --
-class _Progress:
-    """Rank 0's display: a bar on a terminal, plain lines in batch logs."""
+#: a membership notice of the master's scheduler (see Recorder.NOTICES) -> what it leaves the rank as
+_NOTICE_STATE = {"excluded": "excluded", "drained": "drained", "lost": "lost", "readmitted": None, "undrained": None}
+_RANK_NOTICE = re.compile(r"\brank (\d+) \([^)]*\) (" + "|".join(_NOTICE_STATE) + r")\b")
+_GROUP_NOTICE = re.compile(r"\bcollector \d+ excluded ranks? ([\d, ]+):")
 
-    def __init__(self, mode: str):
-        tty = sys.stdout.isatty()
+
+def _clock(seconds) -> str:
+    """h:mm:ss (or m:ss under an hour)."""
+    if seconds is None or seconds != seconds or seconds < 0 or seconds > 1e8:
+        return "?"
+    s = int(round(seconds))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _rate(v: float) -> str:
+    return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v >= 1e3 else f"{v:.0f}"
+
+
+def progress_line(*, step: int, total: int | None, epoch: int, epochs: int, samples_per_s: float, eta_s,
+                  loss, workers: int, out: dict, notice: str, width: int) -> str:
+    """The live line: ``step 120/504 [###.....] 24% | epoch 2/8 | 1.2k samples/s | ETA 1:05 | loss
+    0.1409 | workers 2/3 (1 excluded) | <the last notice>``, cut to ``width`` characters (the notice
+    goes first)."""
+    if total:
+        frac = min(max(step / total, 0.0), 1.0)
+        fill = int(12 * frac)
+        head = f"step {step:,}/{total:,} [{'#' * fill}{'.' * (12 - fill)}] {100 * frac:.0f}%"
+    else:
+        head = f"step {step:,}"
+    gone = {}
+    for state in out.values():
+        gone[state] = gone.get(state, 0) + 1
+    active = max(workers - len(out), 0)
+    who = f"workers {active}/{workers}" + (" (" + ", ".join(f"{n} {k}" for k, n in sorted(gone.items())) + ")"
+                                             if gone else "")
+    parts = [head, f"epoch {min(epoch + 1, epochs)}/{epochs}", f"{_rate(samples_per_s)} samples/s",
+             f"ETA {_clock(eta_s)}", f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss ?", who]
+    line = " | ".join(parts)
+    if notice:
+        room = width - len(line) - 3
+        if room >= 12:
+            line += " | " + (notice if len(notice) <= room else notice[:room - 3] + "...")
+    return line[:width]
+
+
+class _Progress:
+    """Rank 0's display.  ``bar`` (a terminal): one line rewritten in place
+    (``\\r``) after each logged step, with the step, epoch, samples/s,
+    ETA, loss, the active / excluded workers and the last notice; epoch
+    results, notices and the end print as lines above it.  ``lines`` (batch
+    logs): only those lines.  ``none``: nothing."""
+
+    #: logged steps the rate behind the ETA is measured over
+    WINDOW = 8
+
+    def __init__(self, mode: str, max_steps: int = 0, stream=None, width: int | None = None):
+        self.out = stream if stream is not None else sys.stdout
+        tty = bool(getattr(self.out, "isatty", lambda: False)())
         self.mode = {"auto": "bar" if tty else "lines"}.get(mode, mode)
+        self.max_steps = max_steps
+        self.width = width
         self.epochs = 0
         self.t_epoch = time.monotonic()
         self._barlen = 0
+        self.workers = 0
+        self.gone: dict[int, str] = {}     # rank -> excluded | drained | lost
+        self.notice = ""
+        self.start_step = 0
+        self.recent: list[tuple] = []      # (wall_s, step) of the last logged steps
+        self.last: dict | None = None
+
+    def _print(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.out, flush=True)
+
+    def _clear(self) -> None:
+        if self._barlen:
+            self.out.write("\r" + " " * self._barlen + "\r")
+            self._barlen = 0
+
+    def _columns(self) -> int:
+        if self.width:
+            return self.width
+        import shutil
+
+        return max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+
+    def eta(self) -> float | None:
+        """Seconds to the last planned step at the pace of the last logged steps."""
+        info = self.last
+        if not info:
+            return None
+        total = self.total()
+        if not total:
+            return None
+        if len(self.recent) >= 2:
+            (w0, s0), (w1, s1) = self.recent[0], self.recent[-1]
+        else:
+            (w0, s0), (w1, s1) = (0.0, self.start_step), self.recent[-1]
+        if s1 <= s0 or w1 <= w0:
+            return None
+        return max(total - info["step"], 0) * (w1 - w0) / (s1 - s0)
+
+    def total(self) -> int | None:
+        info = self.last
+        spe = info.get("steps_per_epoch") if info else None
+        total = spe * self.epochs if spe and self.epochs else None
+        if self.max_steps:
+            total = self.max_steps if total is None else min(total, self.max_steps)
+        return total
+
+    def line(self) -> str:
+        info = self.last
+        return progress_line(step=info["step"], total=self.total(), epoch=info["epoch"], epochs=self.epochs,
+                             samples_per_s=info.get("samples_per_s") or 0.0, eta_s=self.eta(),
+                             loss=info.get("loss"), workers=self.workers, out=self.gone, notice=self.notice,
+                             width=self._columns())
+
+    def _draw(self) -> None:
+        if self.mode != "bar" or self.last is None:
+            return
+        text = self.line()
+        pad = max(self._barlen - len(text), 0)
+        self.out.write("\r" + text + " " * pad)
+        self.out.flush()
+        self._barlen = len(text)
+
+    def _member(self, text: str) -> None:
+        """Follow the workers' membership through the notices."""
+        m = _RANK_NOTICE.search(text)
+        if m:
+            rank, state = int(m.group(1)), _NOTICE_STATE[m.group(2)]
+            if state is None:
+                self.gone.pop(rank, None)
+            else:
+                self.gone[rank] = state
+            return
+        m = _GROUP_NOTICE.search(text)
+        if m:
+            for r in re.findall(r"\d+", m.group(1)):
+                self.gone[int(r)] = "excluded"
 
     def __call__(self, kind: str, info: dict) -> None:
         if self.mode == "none":
             return
         if kind == "begin":
             self.epochs = info["epochs"]
+            self.workers = info["workers"]
+            self.start_step = info["resumed_at_step"] or 0
+            self.recent = []
             self.t_epoch = time.monotonic()
             resumed = f", resuming at step {info['resumed_at_step']}" if info["resumed_at_step"] else ""
             coll = info.get("collectors") or []
             coll = f", {len(coll)} collector{'s' if len(coll) != 1 else ''} ({','.join(map(str, coll))})" if coll else ""
-            print(f"raven-hpc {__version__}: {info['ranks']} rank(s), {info['workers']} worker(s){coll}, "
-                  f"{info['num_params']:,} parameters, run dir {info['run_dir']}{resumed}", flush=True)
-        elif kind == "step" and self.mode == "bar":
-            done, total = info["step_in_epoch"], info["steps_per_epoch"]
-            width = 24
-            fill = int(width * done / max(total, 1))
-            line = (f"\repoch {info['epoch'] + 1}/{self.epochs} [{'#' * fill}{'.' * (width - fill)}] "
-                    f"{done}/{total} loss {info['loss']:.4f} {info['samples_per_s'] / 1000:.1f}k samples/s")
-            self._barlen = len(line)
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            self._print(f"raven-hpc {__version__}: {info['ranks']} rank(s), {info['workers']} worker(s){coll}, "
+                        f"{info['num_params']:,} parameters, run dir {info['run_dir']}{resumed}")
+        elif kind == "step":
+            self.last = info
+            if isinstance(info.get("wall_s"), (int, float)):
+                self.recent = (self.recent + [(info["wall_s"], info["step"])])[-self.WINDOW:]
+            self._draw()
         elif kind == "epoch":
-            if self._barlen:
-                sys.stdout.write("\r" + " " * self._barlen + "\r")
-                self._barlen = 0
             dt = time.monotonic() - self.t_epoch
             self.t_epoch = time.monotonic()
             acc = info.get("test_accuracy")
             acc_s = f"  test_acc {100 * acc:.2f}%" if acc is not None else ""
             loss = info.get("loss")
             loss_s = f"  loss {loss:.4f}" if loss is not None else ""
-            print(f"epoch {info['epoch']}/{self.epochs}  step {info['step']}{loss_s}{acc_s}  {dt:.1f} s", flush=True)
+            self._print(f"epoch {info['epoch']}/{self.epochs}  step {info['step']}{loss_s}{acc_s}  {dt:.1f} s")
+            self._draw()
         elif kind == "notice":
-            if self._barlen:
-                sys.stdout.write("\r" + " " * self._barlen + "\r")
-                self._barlen = 0
-            print(f"note: {info['text']}", flush=True)
+            self._member(info["text"])
+            self.notice = info["text"]
+            self._print(f"note: {info['text']}")
+            self._draw()
         elif kind == "resume":
-            print(f"resuming from {info['path']} (epoch {info['epoch']}, step {info['step']})", flush=True)
+            self._print(f"resuming from {info['path']} (epoch {info['epoch']}, step {info['step']})")
         elif kind == "end":
+            self._clear()
             acc = info.get("final_test_accuracy")
-            print(f"done: {info['steps']} steps, {info['samples_this_run']:,} samples in {info['wall_s']:.1f} s "
-                  f"= {info['samples_per_s']:,.0f} samples/s; master CPU {info['master_cpu_s']:.1f} s "
-                  f"({100 * (info['master_cpu_fraction'] or 0):.0f}% of wall)", flush=True)
+            self._print(f"done: {info['steps']} steps, {info['samples_this_run']:,} samples in {info['wall_s']:.1f} s "
+                        f"= {info['samples_per_s']:,.0f} samples/s; master CPU {info['master_cpu_s']:.1f} s "
+                        f"({100 * (info['master_cpu_fraction'] or 0):.0f}% of wall)")
             if acc is not None:
-                print(f"final test accuracy: {100 * acc:.2f}%", flush=True)
+                self._print(f"final test accuracy: {100 * acc:.2f}%")
 
 
 def cmd_train(args) -> int:
@@ -152,7 +284,7 @@ def cmd_train(args) -> int:
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug: show it, end the job
         raise exc
-    progress = _Progress(cfg["run"]["progress"]) if rank == 0 else None
+    progress = _Progress(cfg["run"]["progress"], max_steps=cfg["train"]["max_steps"]) if rank == 0 else None
     if rank == 0:
         for note in cfg["meta"].get("notes", []):
             print(f"raven-hpc: note: {note}", file=sys.stderr, flush=True)
@@ -395,9 +527,17 @@ REPORT_EXIT = {"OK": 0, "FAILED": 1, "INCOMPLETE": 3}
 def cmd_report(args) -> int:
     from .report import run_report
 
-    rep = run_report(args.run_dir)
+    if args.plots or args.out:     # the figures and report.html; the report is read in the same pass
+        from .report.plots import write_plots
+
+        plots = write_plots(args.run_dir, args.out)
+    else:
+        plots = None
+    rep = plots["report"] if plots else run_report(args.run_dir)
     rc = REPORT_EXIT[rep["ledger"]["integrity"]["status"]] if rep["ledger"] is not None else 0
     if args.json:
+        if plots:
+            print(_plots_line(plots), file=sys.stderr, flush=True)
         print(json.dumps(rep, indent=2, default=str))
         return rc
     summary, epochs = rep["summary"], rep["epochs"]
@@ -425,7 +565,13 @@ def cmd_report(args) -> int:
     _print_ledger(rep)
     if rep["drain"] and rep["drain"]["ranks"]:
         print(f"drain file {rep['drain']['path']} lists rank {', '.join(map(str, rep['drain']['ranks']))}")
+    if plots:
+        print(_plots_line(plots))
     return rc
+
+
+def _plots_line(plots: dict) -> str:
+    return f"plots: {plots['html']} ({len(plots['files'])} figures, also as PNG files beside it)"
 
 
 def cmd_drain(args) -> int:
@@ -569,6 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(no run directory). --json exits the same way.")
     sp.add_argument("run_dir", metavar="RUN_DIR")
     sp.add_argument("--json", action="store_true", help="print everything as one JSON document")
+    sp.add_argument("--plots", action="store_true",
+                    help="also draw the run (loss, accuracy, lr, gradient norm, samples/s with resumes, rollbacks "
+                    "and membership events, a per-rank timeline of the task copies, per-rank and per-host "
+                    "panels) as PNG files and one self-contained report.html, into RUN_DIR/report (needs "
+                    "matplotlib)")
+    sp.add_argument("--out", metavar="DIR", help="where --plots writes (default RUN_DIR/report); implies --plots")
     sp.set_defaults(fn=cmd_report)
 
     sp = sub.add_parser("drain", help="take worker ranks out of a running job's schedule (or --undo: readmit)",

@@ -8,7 +8,10 @@ rollback checks and the verdict), :mod:`.collectors` (the gradient
 collectors' ledgers: their workers' rows and the group-sum check),
 :mod:`.common` (constants, a rank's row and whether it is a suspect, words) and
 :mod:`.drain` (the drain file). The record kinds and fields live in
-:mod:`raven_hpc.ledger_schema`.
+:mod:`raven_hpc.ledger_schema`.  ``report --plots``: :mod:`.plotdata` (what
+the figures draw, as arrays, read in the report's own pass over the ledger),
+:mod:`.plots` (the figures, matplotlib's Agg canvas) and :mod:`.html`
+(``report.html``).
 
 Pure in the CLI's sense: functions here read files and return dicts (or
 write the one file the operator owns, the drain file); only

@@ -66,7 +66,7 @@ from ..ledger_schema import (ACCEPTED, COLLECTOR, COLLECTOR_LEDGER, COPY, COPY_S
 from .common import MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, int_list
 from .integrity import ids_words
 
-__all__ = ["CLOCK_SLACK_S", "find_group_ledgers", "merge_groups", "GroupSegment"]
+__all__ = ["CLOCK_SLACK_S", "find_group_ledgers", "merge_groups", "match_run", "GroupSegment"]
 
 #: how much earlier than its collectors' records a run record may be stamped (the hosts' clocks differ)
 CLOCK_SLACK_S = 5.0
@@ -153,7 +153,7 @@ def _at(step) -> str:
     return f"step {step:,}" if type(step) is int else "step ?"
 
 
-def _match(runs: list, collector: int, t) -> tuple[int, bool]:
+def match_run(runs: list, collector: int, t) -> tuple[int, bool]:
     """(index of the run a segment starting at ``t`` belongs to, exact)."""
     if not runs:
         return 0, False
@@ -182,7 +182,7 @@ class _Reader:
         if self.segments:
             self.segments[-1].close()
         seg = GroupSegment(self.rank, rec or {})
-        seg.run, seg.exact = _match(s.runs, self.rank, seg.unix_time)
+        seg.run, seg.exact = match_run(s.runs, self.rank, seg.unix_time)
         self.segments.append(seg)
         hosts = (rec or {}).get("hosts")
         hosts = hosts if isinstance(hosts, dict) else {}

@@ -6,15 +6,16 @@ from pathlib import Path
 
 
 # ------------------------------------------------------------------ history --
-def read_history(run_dir) -> dict:
-    """``summary.json`` (without its history), the epoch records of
-    ``metrics.jsonl`` and its rollbacks.  A metrics line
+def read_history(run_dir, steps: bool = False) -> dict:
+    """``summary.json`` (without its history), the step and epoch records
+    of ``metrics.jsonl`` and its rollbacks.  A metrics line
     ``{"event": "rollback", "step": S, "to_step": K}`` voids the earlier step
     and epoch lines with step > K (training went back to K and redid them):
-    ``epochs`` holds only the lines that stand.  A metrics line that is not
+    ``steps`` (only when ``steps`` is true; else empty) and ``epochs`` hold
+    only the lines that stand, in file order.  A metrics line that is not
     JSON (a killed run's last line) is skipped and named in ``warnings``."""
     run = Path(run_dir)
-    out: dict = {"summary": {}, "epochs": [], "rollbacks": [], "warnings": []}
+    out: dict = {"summary": {}, "steps": [], "epochs": [], "rollbacks": [], "warnings": []}
     sp = run / "summary.json"
     if sp.exists():
         try:
@@ -26,7 +27,7 @@ def read_history(run_dir) -> dict:
                 out["summary"] = {k: v for k, v in summary.items() if k != "history"}
     mp = run / "metrics.jsonl"
     if mp.exists():
-        epochs = out["epochs"]
+        epochs, kept_steps = out["epochs"], out["steps"]
         with mp.open("r", encoding="utf-8", errors="replace") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
@@ -39,7 +40,10 @@ def read_history(run_dir) -> dict:
                 if not isinstance(rec, dict):
                     continue
                 event = rec.get("event")
-                if event == "epoch":
+                if event == "step":
+                    if steps:
+                        kept_steps.append(rec)
+                elif event == "epoch":
                     epochs.append(rec)
                 elif event == "rollback":
                     k = rec.get("to_step")
@@ -47,5 +51,6 @@ def read_history(run_dir) -> dict:
                         out["warnings"].append(f"{mp.name} line {n}: rollback without an integer to_step; skipped")
                         continue
                     out["rollbacks"].append(rec)
-                    epochs[:] = [e for e in epochs if not (type(e.get("step")) is int and e["step"] > k)]
+                    for kept in (epochs, kept_steps):
+                        kept[:] = [e for e in kept if not (type(e.get("step")) is int and e["step"] > k)]
     return out

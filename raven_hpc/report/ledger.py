@@ -122,20 +122,27 @@ def ledger_summary(records: Iterable[dict], warnings: list[str] | None = None,
     return acc.result(list(warnings or []))
 
 
-def summarize_ledger(path, groups: dict[int, Path] | None = None) -> dict:
+def summarize_ledger(path, groups: dict[int, Path] | None = None, tap=None) -> dict:
     """:func:`ledger_summary` of a ledger file, streamed, with the checks on
     the file itself (empty, garbled, damaged, a torn last line).  ``groups``
     ({collector rank: ledger path}) defaults to the collectors' ledgers next
-    to a file named ``ledger.jsonl`` (a run directory's)."""
+    to a file named ``ledger.jsonl`` (a run directory's).
+
+    ``tap``: an object whose ``stream(records, source)`` yields the records
+    it is given, looking at each on the way (``source`` None for this
+    ledger, the collector's rank for a collector's), so a caller that needs
+    more of the records than the summary (the plots) reads the files in the
+    same single pass."""
     path = Path(path)
     if groups is None:
         groups = find_group_ledgers(path.parent) if path.name == LEDGER_NAME else {}
     warnings: list[str] = []
     stats: dict = {}
     acc = Summary(leaders=groups)
-    acc.feed(iter_ledger(path, warnings, stats))
+    records = iter_ledger(path, warnings, stats)
+    acc.feed(records if tap is None else tap.stream(records, None))
     if groups:
-        merge_groups(acc, _group_sources(groups, warnings))
+        merge_groups(acc, _group_sources(groups, warnings, tap))
     out = acc.result(warnings, stats)
     out["path"] = str(path)
     for g in out["collectors"]:
@@ -143,11 +150,13 @@ def summarize_ledger(path, groups: dict[int, Path] | None = None) -> dict:
     return out
 
 
-def _group_sources(groups: dict[int, Path], warnings: list[str]):
-    """(rank, records, name, stats) of each collector's ledger file, streamed."""
+def _group_sources(groups: dict[int, Path], warnings: list[str], tap=None):
+    """(rank, records, name, stats) of each collector's ledger file, streamed
+    (through ``tap.stream`` when there is a tap)."""
     for rank, p in sorted(groups.items()):
         stats: dict = {}
-        yield rank, iter_ledger(p, warnings, stats, start=COLLECTOR, name=Path(p).name), Path(p).name, stats
+        records = iter_ledger(p, warnings, stats, start=COLLECTOR, name=Path(p).name)
+        yield rank, records if tap is None else tap.stream(records, rank), Path(p).name, stats
 
 
 def check_against(integrity: dict, sources: Iterable[tuple[str, int | None]]) -> dict:
@@ -198,18 +207,18 @@ def _checkpoint_step(run: Path, warnings: list[str]) -> int | None:
         return None
 
 
-def run_report(run_dir) -> dict:
+def run_report(run_dir, tap=None) -> dict:
     """Everything ``raven-hpc report`` shows: ``summary``, ``epochs``,
     ``ledger`` (:func:`summarize_ledger`, or None without a ledger, its
     integrity cross-checked against ``summary.json``'s and
     ``checkpoint.h5``'s step) and ``drain`` (the drain file's path and the
-    ranks it lists now)."""
+    ranks it lists now).  ``tap``: as for :func:`summarize_ledger`."""
     run = Path(run_dir)
     if not run.is_dir():
         raise RavenError(f"no run directory at {run}")
     hist = read_history(run)
     lp = run / LEDGER_NAME
-    ledger = summarize_ledger(lp) if lp.is_file() else None
+    ledger = summarize_ledger(lp, tap=tap) if lp.is_file() else None
     if not hist["summary"] and not hist["epochs"] and ledger is None:
         raise RavenError(f"{run} holds no summary.json, metrics.jsonl or {LEDGER_NAME}: "
                          "is it a raven-hpc run directory?")

@@ -270,3 +270,79 @@ def test_report_merges_the_collectors_ledgers(tmp_path):
     assert res.returncode == 1
     i = json.loads(res.stdout)["ledger"]["integrity"]
     assert i["status"] == "FAILED" and i["collectors"]["problems"] == 1
+
+
+# ------------------------------------------------------------------- --plots --
+def test_report_plots_out_and_json(tmp_path):
+    """--out DIR (implies --plots) with --json: the JSON document alone on stdout, the plots line on stderr."""
+    pytest.importorskip("matplotlib")
+    rd = make_run(tmp_path / "run", scenario())
+    res = report(rd, "--out", tmp_path / "figs", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["ledger"]["integrity"]["ok"]
+    assert res.stderr.strip() == f"plots: {tmp_path / 'figs' / 'report.html'} (5 figures, also as PNG files beside it)"
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == [
+        "curves.png", "optimizer.png", "ranks.png", "report.html", "throughput.png", "timeline.png"]
+    assert not (rd / "report").exists()
+    res = report(rd, "--plots")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[-1] == f"plots: {rd / 'report' / 'report.html'} (5 figures, also as PNG files beside it)"
+    assert "integrity: OK" in res.stdout
+
+
+def test_report_plots_of_a_real_run_match_its_ledger(tmp_path, small_h5):
+    """A real 4-rank run (redundancy 2, quorum 2; rank 3 returns wrong gradients from step 2 and is
+    excluded, rank 2 is 4x slower): what --plots draws is what the ledger and metrics.jsonl hold."""
+    pytest.importorskip("matplotlib")
+    import collections
+
+    import numpy as np
+
+    from raven_hpc.report.plotdata import collect
+    from raven_hpc.report.plots import draw_curves, draw_throughput, draw_timeline
+    from tests.conftest import mpiexec_cmd, write_config
+    from tests.unit.report.test_plots import copies_of, expected_fate
+
+    cfg = write_config(tmp_path / "c.toml", small_h5, epochs=2, task_snippets=1)
+    rd = tmp_path / "run"
+    res = run(mpiexec_cmd(4) + raven_cmd() + [
+        "train", str(cfg), "--run-dir", str(rd), "--set", "poc.redundancy=2", "--set", "poc.quorum=2",
+        "--set", 'faults.rules=[{rank = 3, mode = "scale", factor = -1.0, from_step = 2}, '
+                 '{rank = 2, mode = "slow", factor = 4.0}]'], timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = report(rd, "--plots")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {p.name for p in (rd / "report").iterdir()} == {
+        "curves.png", "optimizer.png", "ranks.png", "report.html", "throughput.png", "timeline.png"}
+    records = [json.loads(x) for x in (rd / "ledger.jsonl").read_text().splitlines()]
+    metrics = [json.loads(x) for x in (rd / "metrics.jsonl").read_text().splitlines()]
+    pd = collect(rd)
+    # the timeline: one bar per copy, per rank and fate as many as the ledger has
+    copies = copies_of(rd / "ledger.jsonl")
+    want = collections.Counter((c["rank"], expected_fate(c)) for c in copies)
+    fig = draw_timeline(pd)
+    drawn = collections.Counter()
+    for pc in fig.axes[0].collections:
+        for path in pc.get_paths():
+            drawn[(pd.timeline["rows"][int(round(path.vertices[:, 1].mean()))], pc.fate)] += 1
+    assert drawn == want and want[(3, "rejected")] >= 1
+    # the loss curve: the step lines of metrics.jsonl
+    steps = [m for m in metrics if m["event"] == "step"]
+    line = draw_curves(pd).axes[0].lines[0]
+    assert list(zip(line.get_xdata(), line.get_ydata())) == [(m["step"], m["loss"]) for m in steps]
+    np.testing.assert_allclose(pd.metrics["steps"]["time"], [m["wall_s"] for m in steps])
+    # the exclusion of rank 3, marked where the ledger has it
+    excl = [r for r in records if r["ev"] == "exclude"]
+    assert [e["rank"] for e in excl] == [3]
+    ax = draw_throughput(pd).axes[0]
+    marks = [ln for ln in ax.lines if ln.get_linestyle() == ":"]
+    assert len(marks) == 1 and [t.get_text() for t in ax.texts] == ["3"]
+    # per rank: the share of accepted snippets, the credits
+    acc = collections.Counter()
+    for c in copies:
+        if c["state"] == "accepted" and c["kind"] == "grad":
+            acc[c["rank"]] += len(c["snippets"])
+    assert pd.ranks["share"] == [acc[r] / sum(acc.values()) for r in pd.ranks["ranks"]]
+    assert pd.ranks["credited"] == [sum(c["credited"] for c in copies if c["rank"] == r) for r in pd.ranks["ranks"]]
+    page = (rd / "report" / "report.html").read_text()
+    assert "Suspect nodes" in page and any(s["rank"] == 3 for s in pd.report["ledger"]["suspects"])
