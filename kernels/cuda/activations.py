@@ -18,8 +18,9 @@ already hold in a register.
 
 Elementwise kernels are grid-stride loops over the flat index (adjacent
 threads touch adjacent elements).  Softmax gives one block per row: each
-thread folds a strided slice of the row, then a shared-memory tree combines
-the partials in a fixed order, so results do not depend on timing.
+thread folds a strided slice of the row, then the shared-memory trees of
+:mod:`._blocks` combine the partials in a fixed order, so results do not
+depend on timing.
 """
 from __future__ import annotations
 
@@ -47,23 +48,17 @@ from ..activations import (
     act_params,
 )
 from . import _launch
+from ._blocks import MAX_THREADS, block_max, block_sum
 
 __all__ = [
-    "MAX_THREADS",
     "act_value",
     "act_grad",
-    "block_sum",
-    "block_max",
     "row_block",
     "act_forward",
     "act_backward",
     "softmax_forward",
     "softmax_backward",
 ]
-
-#: the largest block CUDA allows; shared scratch of block reductions has this size
-MAX_THREADS = 1024
-
 
 # -- scalar rules (device functions, float64 in and out) --------------------------------
 @cuda.jit(device=True)
@@ -139,58 +134,6 @@ def act_grad(g, s, act, p0, p1):
     if act == HARDTANH:
         return g * (1.0 if (p0 < s and s < p1) else 0.0)
     return g
-
-
-# -- block reductions (every thread of the block must call them) --------------------------
-@cuda.jit(device=True)
-def _tree_start(nt):
-    """The largest power of two below ``nt`` (the first fold of a tree over ``nt`` slots)."""
-    half = 1
-    while half < nt:
-        half *= 2
-    return half // 2
-
-
-@cuda.jit(device=True)
-def block_sum(sm, v):
-    """Sum of ``v`` over the block, returned to every thread.
-
-    ``sm`` is float64 shared scratch of at least ``blockDim.x`` slots; the
-    tree's shape depends only on the block size, so the order is fixed.
-    """
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    sm[tid] = v
-    cuda.syncthreads()
-    half = _tree_start(nt)
-    while half > 0:
-        if tid < half and tid + half < nt:
-            sm[tid] = sm[tid] + sm[tid + half]
-        cuda.syncthreads()
-        half //= 2
-    r = sm[0]
-    cuda.syncthreads()  # sm is free again for the caller's next reduction
-    return r
-
-
-@cuda.jit(device=True)
-def block_max(sm, v):
-    """Maximum of ``v`` over the block, returned to every thread (see :func:`block_sum`)."""
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    sm[tid] = v
-    cuda.syncthreads()
-    half = _tree_start(nt)
-    while half > 0:
-        if tid < half and tid + half < nt:
-            other = sm[tid + half]
-            if other > sm[tid]:
-                sm[tid] = other
-        cuda.syncthreads()
-        half //= 2
-    r = sm[0]
-    cuda.syncthreads()
-    return r
 
 
 # -- kernels --------------------------------------------------------------------------------

@@ -29,7 +29,8 @@ from numba import cuda, float32, float64
 from .._registry import register
 from ..activations import act_params
 from . import _launch
-from .activations import MAX_THREADS, act_grad, act_value
+from ._blocks import MAX_THREADS
+from .activations import act_grad, act_value
 
 __all__ = ["TILE", "bias_act_forward", "bias_act_forward_keep", "bias_act_backward", "col_sum", "gemm"]
 

@@ -30,7 +30,8 @@ from numba import cuda, float64, int64
 
 from .._registry import register
 from . import _launch
-from .reduce import MAX_THREADS, block_min, block_sum, dummy, read_partials
+from ._blocks import MAX_THREADS, block_min, block_sum
+from .reduce import dummy, read_partials
 
 __all__ = ["bce_logits_onehot", "huber_onehot", "mse_onehot", "softmax_xent"]
 

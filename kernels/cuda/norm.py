@@ -7,9 +7,10 @@ return value of its CPU twin in :mod:`raven_hpc.kernels.norm`.
   (batch norm) or per-row (layer norm) statistic belongs to one block: each
   thread sums a fixed stride of the values in float64, then a shared-memory
   tree adds the threads' partials in a fixed pattern
-  (:func:`_block_sum2`).  Per-column sums over the batch (layer norm's
-  ``dgamma``/``dbeta``) belong to one thread looping over the rows in order.
-  The result therefore depends only on the block size, never on timing.
+  (:func:`~raven_hpc.kernels.cuda._blocks.block_sum`).  Per-column sums
+  over the batch (layer norm's ``dgamma``/``dbeta``) belong to one thread
+  looping over the rows in order.  The result therefore depends only on the
+  block size, never on timing.
 * **Batch norm** views ``x`` as ``(n, C, L)``; its statistics are shifted by
   the channel's first value as on the CPU, so a large mean does not cancel
   the variance away.  The backward's per-channel sums also produce the
@@ -30,8 +31,9 @@ return value of its CPU twin in :mod:`raven_hpc.kernels.norm`.
 Launchers receive device arrays (CuPy on a GPU, NumPy under the simulator)
 and never call NumPy on them; scratch space is ``cuda.device_array``.
 Zero-size arrays (``dx`` not wanted, no affine parameters) are never
-passed to a kernel: the launcher skips that kernel or picks the variant
-without the argument.
+passed to a kernel: the launcher skips that kernel or passes a one-element
+stand-in (:func:`~raven_hpc.kernels.cuda.reduce.dummy`) that the kernel
+does not read.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from numba import cuda, float64, int64
 
 from .._registry import register
 from . import _launch
+from ._blocks import MAX_THREADS, block_sum
+from .reduce import dummy
 
 __all__ = [
     "batchnorm_stats",
@@ -55,40 +59,8 @@ __all__ = [
     "embedding_backward",
 ]
 
-#: shared-memory slots of a block reduction: the largest block size allowed
-_RED = 1024
-
 #: owner threads :func:`embedding_backward` aims for, per thread of a block
 _EMB_OWNERS_PER_THREAD = 64
-
-
-@cuda.jit(device=True)
-def _block_sum2(sa, sb, a, b):
-    """Sum ``a`` and ``b`` over the threads of the block (any block size up to ``_RED``).
-
-    Tree reduction in shared memory with a fixed pairing, so the result is
-    the same on every run.  Every thread gets the totals; the shared slots
-    are free again on return.
-    """
-    t = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    sa[t] = a
-    sb[t] = b
-    cuda.syncthreads()
-    s = 1
-    while s < nt:
-        s *= 2
-    s //= 2
-    while s > 0:
-        if t < s and t + s < nt:
-            sa[t] += sa[t + s]
-            sb[t] += sb[t + s]
-        cuda.syncthreads()
-        s //= 2
-    ra = sa[0]
-    rb = sb[0]
-    cuda.syncthreads()
-    return ra, rb
 
 
 def _blocks(n: int) -> int:
@@ -96,11 +68,19 @@ def _blocks(n: int) -> int:
     return max(1, min(_launch.MAX_BLOCKS, int(n)))
 
 
+@cuda.jit(device=True)
+def _split_ncl(j, CL, L):
+    """``(i, c, l)`` of the flat C-order index ``j`` of an ``(n, C, L)`` array (``CL = C * L``)."""
+    i = j // CL
+    r = j - i * CL
+    c = r // L
+    return i, c, r - c * L
+
+
 # -- batch norm --------------------------------------------------------------------
 @cuda.jit
 def _bn_stats_k(x, mean, var):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
+    sh = cuda.shared.array(MAX_THREADS, float64)
     n, C, L = x.shape
     count = n * L
     t = cuda.threadIdx.x
@@ -114,7 +94,8 @@ def _bn_stats_k(x, mean, var):
             d = x[i, c, j - i * L] - k
             a += d
             q += d * d
-        sa_tot, sq_tot = _block_sum2(sa, sb, a, q)
+        sa_tot = block_sum(sh, a)
+        sq_tot = block_sum(sh, q)
         if t == 0:
             m = sa_tot / count
             mean[c] = k + m
@@ -138,10 +119,7 @@ def _bn_apply_k(x, mean, scale, beta, y):
     n, C, L = x.shape
     CL = C * L
     for j in range(cuda.grid(1), n * CL, cuda.gridsize(1)):
-        i = j // CL
-        r = j - i * CL
-        c = r // L
-        l = r - c * L
+        i, c, l = _split_ncl(j, CL, L)
         y[i, c, l] = (x[i, c, l] - mean[c]) * scale[c] + beta[c]
 
 
@@ -160,8 +138,7 @@ def batchnorm_apply(x, mean, scale, beta, y):
 
 @cuda.jit
 def _bn_back_sums_k(g, x, mean, invstd, gamma, training, sum_g, sum_gxhat, coef):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
+    sh = cuda.shared.array(MAX_THREADS, float64)
     n, C, L = x.shape
     count = n * L
     t = cuda.threadIdx.x
@@ -176,7 +153,8 @@ def _bn_back_sums_k(g, x, mean, invstd, gamma, training, sum_g, sum_gxhat, coef)
             gv = float64(g[i, c, l])
             a += gv
             q += gv * (x[i, c, l] - m)
-        s1, s2 = _block_sum2(sa, sb, a, q)
+        s1 = block_sum(sh, a)
+        s2 = block_sum(sh, q)
         if t == 0:
             r = float64(invstd[c])
             sum_g[c] = s1
@@ -198,10 +176,7 @@ def _bn_back_dx_k(g, x, coef, dx):
     n, C, L = x.shape
     CL = C * L
     for j in range(cuda.grid(1), n * CL, cuda.gridsize(1)):
-        i = j // CL
-        r = j - i * CL
-        c = r // L
-        l = r - c * L
+        i, c, l = _split_ncl(j, CL, L)
         dx[i, c, l] = coef[0, c] * g[i, c, l] - coef[1, c] - coef[2, c] * (x[i, c, l] - coef[3, c])
 
 
@@ -230,7 +205,7 @@ def batchnorm_backward(g, x, mean, invstd, gamma, training, sum_g, sum_gxhat, dx
 
 # -- layer norm --------------------------------------------------------------------
 @cuda.jit(device=True)
-def _ln_row_stats(sa, sb, x, i, D, eps, mean, invstd, mr):
+def _ln_row_stats(sh, x, i, D, eps, mean, invstd, mr):
     """Moments of row ``i`` (shifted by its first value); thread 0 stores them.
 
     ``mean``/``invstd`` get them in float64, ``mr[i]`` in the data dtype.
@@ -244,7 +219,8 @@ def _ln_row_stats(sa, sb, x, i, D, eps, mean, invstd, mr):
         v = x[i, d] - k
         a += v
         q += v * v
-    sa_tot, sq_tot = _block_sum2(sa, sb, a, q)
+    sa_tot = block_sum(sh, a)
+    sq_tot = block_sum(sh, q)
     if t == 0:
         s = sa_tot / D
         var = sq_tot / D - s * s
@@ -260,29 +236,18 @@ def _ln_row_stats(sa, sb, x, i, D, eps, mean, invstd, mr):
 
 
 @cuda.jit
-def _ln_forward_affine_k(x, gamma, beta, eps, y, mean, invstd, mr):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
+def _ln_forward_k(x, affine, gamma, beta, eps, y, mean, invstd, mr):
+    sh = cuda.shared.array(MAX_THREADS, float64)
     n, D = x.shape
     for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        _ln_row_stats(sa, sb, x, i, D, eps, mean, invstd, mr)
+        _ln_row_stats(sh, x, i, D, eps, mean, invstd, mr)
         mt = mr[i, 0]
         rt = mr[i, 1]
         for d in range(cuda.threadIdx.x, D, cuda.blockDim.x):
-            y[i, d] = (x[i, d] - mt) * rt * gamma[d] + beta[d]
-
-
-@cuda.jit
-def _ln_forward_plain_k(x, eps, y, mean, invstd, mr):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
-    n, D = x.shape
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        _ln_row_stats(sa, sb, x, i, D, eps, mean, invstd, mr)
-        mt = mr[i, 0]
-        rt = mr[i, 1]
-        for d in range(cuda.threadIdx.x, D, cuda.blockDim.x):
-            y[i, d] = (x[i, d] - mt) * rt
+            if affine:
+                y[i, d] = (x[i, d] - mt) * rt * gamma[d] + beta[d]
+            else:
+                y[i, d] = (x[i, d] - mt) * rt
 
 
 @register("layernorm_forward", "cuda")
@@ -300,11 +265,9 @@ def layernorm_forward(x, gamma, beta, affine, eps, y, mean, invstd):
         raise ValueError("layernorm_forward needs rows of at least one value, got x of shape "
                          f"{tuple(x.shape)}")
     mr = cuda.device_array((n, 2), dtype=y.dtype)
-    launch = (_blocks(n), _launch.threads())
-    if affine:
-        _ln_forward_affine_k[launch](x, gamma, beta, float(eps), y, mean, invstd, mr)
-    else:
-        _ln_forward_plain_k[launch](x, float(eps), y, mean, invstd, mr)
+    if not affine:  # gamma and beta may be empty: a stand-in the kernel never reads
+        gamma = beta = dummy(x.dtype)
+    _ln_forward_k[_blocks(n), _launch.threads()](x, bool(affine), gamma, beta, float(eps), y, mean, invstd, mr)
 
 
 @cuda.jit
@@ -329,9 +292,10 @@ def _ln_param_grads_k(g, x, mr, dgamma, dbeta):
 
 
 @cuda.jit
-def _ln_dx_affine_k(g, x, mr, gamma, ab, dx):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
+def _ln_dx_k(g, x, mr, affine, gamma, ab, dx):
+    """``dx`` of layer norm, one block per row; ``gg`` is ``g * gamma`` when
+    ``affine``, else ``g``."""
+    sh = cuda.shared.array(MAX_THREADS, float64)
     n, D = x.shape
     t = cuda.threadIdx.x
     nt = cuda.blockDim.x
@@ -341,10 +305,11 @@ def _ln_dx_affine_k(g, x, mr, gamma, ab, dx):
         a = 0.0
         b = 0.0
         for d in range(t, D, nt):
-            gg = g[i, d] * gamma[d]
+            gg = g[i, d] * gamma[d] if affine else g[i, d]
             a += gg
             b += gg * float64((x[i, d] - mt) * rt)
-        sa_tot, sb_tot = _block_sum2(sa, sb, a, b)
+        sa_tot = block_sum(sh, a)
+        sb_tot = block_sum(sh, b)
         if t == 0:
             ab[i, 0] = sa_tot / D
             ab[i, 1] = sb_tot / D
@@ -352,34 +317,8 @@ def _ln_dx_affine_k(g, x, mr, gamma, ab, dx):
         ma = ab[i, 0]
         mb = ab[i, 1]
         for d in range(t, D, nt):
-            dx[i, d] = rt * (g[i, d] * gamma[d] - ma - (x[i, d] - mt) * rt * mb)
-
-
-@cuda.jit
-def _ln_dx_plain_k(g, x, mr, ab, dx):
-    sa = cuda.shared.array(_RED, float64)
-    sb = cuda.shared.array(_RED, float64)
-    n, D = x.shape
-    t = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    for i in range(cuda.blockIdx.x, n, cuda.gridDim.x):
-        mt = mr[i, 0]
-        rt = mr[i, 1]
-        a = 0.0
-        b = 0.0
-        for d in range(t, D, nt):
-            gg = g[i, d]
-            a += gg
-            b += gg * float64((x[i, d] - mt) * rt)
-        sa_tot, sb_tot = _block_sum2(sa, sb, a, b)
-        if t == 0:
-            ab[i, 0] = sa_tot / D
-            ab[i, 1] = sb_tot / D
-        cuda.syncthreads()
-        ma = ab[i, 0]
-        mb = ab[i, 1]
-        for d in range(t, D, nt):
-            dx[i, d] = rt * (g[i, d] - ma - (x[i, d] - mt) * rt * mb)
+            gg = g[i, d] * gamma[d] if affine else g[i, d]
+            dx[i, d] = rt * (gg - ma - (x[i, d] - mt) * rt * mb)
 
 
 @register("layernorm_backward", "cuda")
@@ -406,11 +345,9 @@ def layernorm_backward(g, x, mean, invstd, gamma, affine, dx, dgamma, dbeta):
     if not want_dx or n == 0:
         return
     ab = cuda.device_array((n, 2), dtype=x.dtype)
-    launch = (_blocks(n), _launch.threads())
-    if affine:
-        _ln_dx_affine_k[launch](g, x, mr, gamma, ab, dx)
-    else:
-        _ln_dx_plain_k[launch](g, x, mr, ab, dx)
+    if not affine:  # gamma may be empty: a stand-in the kernel never reads
+        gamma = dummy(x.dtype)
+    _ln_dx_k[_blocks(n), _launch.threads()](g, x, mr, bool(affine), gamma, ab, dx)
 
 
 # -- dropout -----------------------------------------------------------------------

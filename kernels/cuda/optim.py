@@ -22,7 +22,8 @@ from numba import cuda, float64
 
 from .._registry import register
 from . import _launch
-from .reduce import MAX_THREADS, block_sum, dummy, read_partials
+from ._blocks import MAX_THREADS, block_sum
+from .reduce import dummy, read_partials
 
 __all__ = ["adam_step", "rmsprop_step", "sgd_step", "sum_squares"]
 

@@ -41,20 +41,24 @@ __all__ = ["max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_poo
 
 
 # -- kernels --------------------------------------------------------------------------
+@cuda.jit(device=True)
+def _window(o, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+    """The window of flat output ``o``: ``(plane, hs, he, ws, we)``, the offset
+    of its input plane and its rows ``[hs, he)`` and columns ``[ws, we)``
+    clipped to the input (the padding cut off)."""
+    ow = o % OW
+    t = o // OW
+    oh = t % OH
+    q = t // OH
+    h0 = oh * sh - ph
+    w0 = ow * sw - pw
+    return q * H * W, max(h0, 0), min(h0 + kh, H), max(w0, 0), min(w0 + kw, W)
+
+
 @cuda.jit
 def _max_fwd_kernel(xf, H, W, kh, kw, sh, sw, ph, pw, OH, OW, yf, idf, total):
     for o in range(cuda.grid(1), total, cuda.gridsize(1)):
-        ow = o % OW
-        t = o // OW
-        oh = t % OH
-        q = t // OH
-        plane = q * H * W
-        h0 = oh * sh - ph
-        hs = max(h0, 0)
-        he = min(h0 + kh, H)
-        w0 = ow * sw - pw
-        ws = max(w0, 0)
-        we = min(w0 + kw, W)
+        plane, hs, he, ws, we = _window(o, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
         best_at = hs * W + ws
         best = xf[plane + best_at]
         nan_at = -1
@@ -127,17 +131,7 @@ def _max_bwd_kernel(gf, idf, bnd, H, W, OH, OW, dxf, zero, total):
 def _avg_fwd_kernel(xf, H, W, kh, kw, sh, sw, ph, pw, OH, OW, yf, total):
     inv = 1.0 / (kh * kw)
     for o in range(cuda.grid(1), total, cuda.gridsize(1)):
-        ow = o % OW
-        t = o // OW
-        oh = t % OH
-        q = t // OH
-        plane = q * H * W
-        h0 = oh * sh - ph
-        hs = max(h0, 0)
-        he = min(h0 + kh, H)
-        w0 = ow * sw - pw
-        ws = max(w0, 0)
-        we = min(w0 + kw, W)
+        plane, hs, he, ws, we = _window(o, H, W, kh, kw, sh, sw, ph, pw, OH, OW)
         s = 0.0
         for h in range(hs, he):
             for w in range(ws, we):

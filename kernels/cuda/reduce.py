@@ -1,4 +1,4 @@
-"""CUDA kernels: master-side reductions, and the block reductions the other CUDA modules share.
+"""CUDA kernels: master-side reductions, and the fixed-order sum of per-block partials.
 
 Registers ``all_finite``, ``accumulate``, ``assign`` and ``fingerprint``
 for ``"cuda"`` with the signatures and return values of
@@ -7,11 +7,12 @@ functions, not registered for the CPU).
 
 Every reduction here is deterministic: no float atomics.  Each thread
 accumulates its grid-stride elements in index order, each block sums its
-threads in shared memory along a fixed tree (:func:`block_sum`) and writes
-one row of a ``partials`` array, and a one-block kernel
-(:func:`sum_partials`) sums those rows in a fixed order.  The result depends
-only on the launch geometry (element count and block size), never on
-scheduling, so the same input gives the same bits on every call.
+threads in shared memory along a fixed tree
+(:func:`~raven_hpc.kernels.cuda._blocks.block_sum`) and writes one row of a
+``partials`` array, and a one-block kernel (:func:`sum_partials`) sums
+those rows in a fixed order.  The result depends only on the launch
+geometry (element count and block size), never on scheduling, so the same
+input gives the same bits on every call.
 
 The fingerprint derives the CPU's +-1 signs exactly (the same splitmix64
 hash of ``(seed, i // 16)`` in uint64 arithmetic); its sums differ from the
@@ -28,68 +29,15 @@ from numba import cuda, float64
 from .._registry import register
 from ..reduce import FP_PROJECTIONS, FP_SIZE
 from . import _launch
+from ._blocks import MAX_THREADS, block_sum
 
-__all__ = ["MAX_THREADS", "accumulate", "all_finite", "assign", "block_min", "block_sum", "dummy",
-           "fingerprint", "read_partials", "sum_partials"]
-
-#: the most threads a block can have; shared scratch is sized for any block size
-MAX_THREADS = 1024
-
-
-@cuda.jit(device=True)
-def block_sum(sh, v):
-    """The sum of ``v`` over the block's threads, returned to every thread.
-
-    ``sh`` is a shared float64 array of at least ``blockDim.x`` elements.
-    The tree pairs thread ``t`` with ``t + s`` for ``s`` halving from the
-    largest power of two below the block size (which need not be a power of
-    two), so the order of additions is fixed.  Every thread of the block
-    must call it (it synchronises); ``sh`` is free for reuse on return.
-    """
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    sh[tid] = v
-    cuda.syncthreads()
-    s = 1
-    while s < nt:
-        s *= 2
-    s //= 2
-    while s > 0:
-        if tid < s and tid + s < nt:
-            sh[tid] += sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    total = sh[0]
-    cuda.syncthreads()  # every thread has read sh[0] before anyone writes sh again
-    return total
-
-
-@cuda.jit(device=True)
-def block_min(sh, v):
-    """The minimum of ``v`` over the block's threads (``sh``: shared int64); as :func:`block_sum`."""
-    tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    sh[tid] = v
-    cuda.syncthreads()
-    s = 1
-    while s < nt:
-        s *= 2
-    s //= 2
-    while s > 0:
-        if tid < s and tid + s < nt:
-            if sh[tid + s] < sh[tid]:
-                sh[tid] = sh[tid + s]
-        cuda.syncthreads()
-        s //= 2
-    low = sh[0]
-    cuda.syncthreads()
-    return low
+__all__ = ["accumulate", "all_finite", "assign", "dummy", "fingerprint", "read_partials", "sum_partials"]
 
 
 @cuda.jit(device=True)
 def _column_total(sh, parts, k):
     """Sum of column ``k`` of ``parts`` by one block: thread ``t`` adds rows
-    ``t, t + blockDim, ...`` in order, then :func:`block_sum`."""
+    ``t, t + blockDim, ...`` in order, then :func:`~._blocks.block_sum`."""
     tid = cuda.threadIdx.x
     acc = 0.0
     for b in range(tid, parts.shape[0], cuda.blockDim.x):
