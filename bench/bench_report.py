@@ -227,8 +227,8 @@ def main() -> int:
             info = Synth(rd, args.records, args.ranks).write()
         info["synth_s"] = round(time.perf_counter() - t, 1)
         info["ledger_mib"] = round((rd / "ledger.jsonl").stat().st_size / 2**20, 1)
-        print(f"synthesized {info['records']:,} records, {info['steps']:,} steps "
-              f"({info['ledger_mib']} MiB) in {info['synth_s']} s: {rd}")
+        made = "found" if args.reuse else f"synthesized in {info['synth_s']} s"
+        print(f"{rd}: {info['records']:,} records, {info['steps']:,} steps ({info['ledger_mib']} MiB), {made}")
         text = timed(_raven() + ["report", str(rd)])
         print(f"report (text):  {text['wall_s']:6.2f} s ({text['cpu_s']:.2f} s CPU), peak RSS "
               f"{text['peak_rss_mib']:7.1f} MiB (rc {text['rc']})")

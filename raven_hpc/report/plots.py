@@ -246,9 +246,9 @@ def draw_timeline(pd: PlotData, max_bars: int | None = None):
     rows = tl["rows"]
     kw = {} if max_bars is None else {"max_bars": max_bars}
     geo = timeline_bars(tl, **kw)
-    fig = _figure(14, min(40.0, 2.4 + 0.28 * max(len(rows), 3)), constrained=False)
+    fig = _figure(14, min(40.0, 1.7 + max(1.6, 0.28 * len(rows))), constrained=False)
     ax = fig.subplots()
-    _margins(fig, 1, 1, left=1.2, right=0.3, top=0.7, bottom=1.0)
+    _margins(fig, 1, 1, left=1.2, right=0.3, top=0.65, bottom=1.05)
     fig.geo = geo       # what was drawn, for the tests
     if not rows:
         _nothing(ax, "no task copies in the ledger")
@@ -295,8 +295,8 @@ def draw_timeline(pd: PlotData, max_bars: int | None = None):
     ax.set_title(f"task copies by rank, assigned to finished; suspects in red\n{how}", fontsize=11)
     ax.set_xlabel("run time (s)")
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 8), fontsize=8,
-               frameon=False)
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.005), ncol=(len(handles) + 1) // 2,
+               fontsize=8, frameon=False)
     return fig
 
 
