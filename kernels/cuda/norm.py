@@ -357,27 +357,25 @@ def _dropout_k(x, u, rate, scale, y):
         y[i] = x[i] * scale if u[i] >= rate else 0
 
 
-def _dropout_scalars(data, u, rate, scale):
-    """``rate`` in ``u``'s dtype and ``scale`` in the data dtype, as the CPU kernel casts them."""
-    return np.dtype(u.dtype).type(rate), np.dtype(data.dtype).type(scale)
+def _dropout(data, u, rate, scale, out):
+    """Launch :func:`_dropout_k` over 1-D ``data``, with ``rate`` in ``u``'s
+    dtype and ``scale`` in the data dtype, as the CPU kernel casts them."""
+    if data.shape[0] == 0:
+        return
+    r, s = np.dtype(u.dtype).type(rate), np.dtype(data.dtype).type(scale)
+    _dropout_k[_launch.grid(data.shape[0])](data, u, r, s, out)
 
 
 @register("dropout_forward", "cuda")
 def dropout_forward(x, u, rate, scale, y):
     """``y = x * scale`` where ``u >= rate``, else 0 (1-D arrays; ``y`` may be ``x``)."""
-    if x.shape[0] == 0:
-        return
-    r, s = _dropout_scalars(x, u, rate, scale)
-    _dropout_k[_launch.grid(x.shape[0])](x, u, r, s, y)
+    _dropout(x, u, rate, scale, y)
 
 
 @register("dropout_backward", "cuda")
 def dropout_backward(g, u, rate, scale, dx):
     """``dx = g * scale`` where ``u >= rate``, else 0 (the same mask as forward)."""
-    if g.shape[0] == 0:
-        return
-    r, s = _dropout_scalars(g, u, rate, scale)
-    _dropout_k[_launch.grid(g.shape[0])](g, u, r, s, dx)
+    _dropout(g, u, rate, scale, dx)
 
 
 # -- embedding ---------------------------------------------------------------------
