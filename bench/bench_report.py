@@ -203,8 +203,9 @@ def timed(cmd: list[str]) -> dict:
             "p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)\n"
             "dt = time.perf_counter() - t\n"
             "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-            "print(json.dumps({'rc': p.returncode, 'wall_s': round(dt, 2), 'cpu_s': round(ru.ru_utime + ru.ru_stime, 2), "
-            "'peak_rss_mib': round(ru.ru_maxrss / 1024, 1), 'stderr': p.stderr[-2000:]}))\n")
+            "print(json.dumps({'rc': p.returncode, 'wall_s': round(dt, 2), "
+            "'cpu_s': round(ru.ru_utime + ru.ru_stime, 2), 'peak_rss_mib': round(ru.ru_maxrss / 1024, 1), "
+            "'stderr': p.stderr[-2000:]}))\n")
     out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -80,28 +81,35 @@ def _rate(v: float) -> str:
 
 def progress_line(*, step: int, total: int | None, epoch: int, epochs: int, samples_per_s: float, eta_s,
                   loss, workers: int, out: dict, notice: str, width: int) -> str:
-    """The live line: ``step 120/504 [###.....] 24% | epoch 2/8 | 1.2k samples/s | ETA 1:05 | loss
-    0.1409 | workers 2/3 (1 excluded) | <the last notice>``, cut to ``width`` characters (the notice
-    goes first)."""
-    if total:
-        frac = min(max(step / total, 0.0), 1.0)
-        fill = int(12 * frac)
-        head = f"step {step:,}/{total:,} [{'#' * fill}{'.' * (12 - fill)}] {100 * frac:.0f}%"
-    else:
-        head = f"step {step:,}"
-    gone = {}
+    """The live line, e.g. ``step 120/504 [###.........] 24% | epoch 2/8 | 1.2k samples/s | ETA 1:05 |
+    loss 0.1409 | workers 2/3 (1 excluded) | <the last notice>``, in at most ``width`` characters: on a
+    narrower terminal without the bar, then in short words; the notice only where it has room."""
+    frac = min(max(step / total, 0.0), 1.0) if total else None
+    gone: dict[str, int] = {}
     for state in out.values():
         gone[state] = gone.get(state, 0) + 1
     active = max(workers - len(out), 0)
-    who = f"workers {active}/{workers}" + (" (" + ", ".join(f"{n} {k}" for k, n in sorted(gone.items())) + ")"
-                                             if gone else "")
-    parts = [head, f"epoch {min(epoch + 1, epochs)}/{epochs}", f"{_rate(samples_per_s)} samples/s",
-             f"ETA {_clock(eta_s)}", f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss ?", who]
-    line = " | ".join(parts)
-    if notice:
-        room = width - len(line) - 3
-        if room >= 12:
-            line += " | " + (notice if len(notice) <= room else notice[:room - 3] + "...")
+    left = ", ".join(f"{n} {k}" for k, n in sorted(gone.items()))
+    loss_s = f"{loss:.4f}" if isinstance(loss, (int, float)) else "?"
+    at = f"{step:,}/{total:,}" if total else f"{step:,}"
+    pct = f" {100 * frac:.0f}%" if total else ""
+    bar = f" [{'#' * int(12 * frac)}{'.' * (12 - int(12 * frac))}]" if total else ""
+    ep = f"{min(epoch + 1, epochs)}/{epochs}"
+    variants = (
+        (" | ", [f"step {at}{bar}{pct}", f"epoch {ep}", f"{_rate(samples_per_s)} samples/s", f"ETA {_clock(eta_s)}",
+                 f"loss {loss_s}", f"workers {active}/{workers}" + (f" ({left})" if left else "")]),
+        ("  ", [f"step {at}{pct}", f"epoch {ep}", f"{_rate(samples_per_s)} samples/s", f"ETA {_clock(eta_s)}",
+                f"loss {loss_s}", f"workers {active}/{workers}" + (f" ({left})" if left else "")]),
+        (" ", [f"{at}{pct}", f"ep {ep}", f"{_rate(samples_per_s)}/s", f"ETA {_clock(eta_s)}", f"loss {loss_s}",
+               f"wk {active}/{workers}"]),
+    )
+    for sep, parts in variants:
+        line = sep.join(parts)
+        if len(line) <= width:
+            break
+    room = width - len(line) - len(sep)
+    if notice and room >= 12:
+        line += sep + (notice if len(notice) <= room else notice[:room - 3] + "...")
     return line[:width]
 
 
@@ -141,27 +149,15 @@ class _Progress:
             self._barlen = 0
 
     def _columns(self) -> int:
-        if self.width:
-            return self.width
-        import shutil
-
-        return max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+        return self.width or max(40, shutil.get_terminal_size((120, 24)).columns - 1)
 
     def eta(self) -> float | None:
         """Seconds to the last planned step at the pace of the last logged steps."""
-        info = self.last
-        if not info:
-            return None
         total = self.total()
-        if not total:
+        if not total or not self.recent:
             return None
-        if len(self.recent) >= 2:
-            (w0, s0), (w1, s1) = self.recent[0], self.recent[-1]
-        else:
-            (w0, s0), (w1, s1) = (0.0, self.start_step), self.recent[-1]
-        if s1 <= s0 or w1 <= w0:
-            return None
-        return max(total - info["step"], 0) * (w1 - w0) / (s1 - s0)
+        (w0, s0), (w1, s1) = self.recent[0] if len(self.recent) > 1 else (0.0, self.start_step), self.recent[-1]
+        return max(total - self.last["step"], 0) * (w1 - w0) / (s1 - s0) if s1 > s0 and w1 > w0 else None
 
     def total(self) -> int | None:
         info = self.last

@@ -250,7 +250,7 @@ def draw_timeline(pd: PlotData, max_bars: int | None = None):
     ax = fig.subplots()
     _margins(fig, 1, 1, left=1.2, right=0.3, top=0.65, bottom=1.05)
     fig.geo = geo       # what was drawn, for the tests
-    if not rows:
+    if not rows or not len(tl["start"]):
         _nothing(ax, "no task copies in the ledger")
         return fig
     totals = {f: sum(c.get(f, 0) for c in tl["counts"].values()) for f in FATES}
@@ -295,7 +295,7 @@ def draw_timeline(pd: PlotData, max_bars: int | None = None):
     ax.set_title(f"task copies by rank, assigned to finished; suspects in red\n{how}", fontsize=11)
     ax.set_xlabel("run time (s)")
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.005), ncol=(len(handles) + 1) // 2,
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.005), ncol=max(1, (len(handles) + 1) // 2),
                fontsize=8, frameon=False)
     return fig
 

@@ -288,7 +288,8 @@ def test_report_plots_out_and_json(tmp_path):
     assert not (rd / "report").exists()
     res = report(rd, "--plots")
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[-1] == f"plots: {rd / 'report' / 'report.html'} (5 figures, also as PNG files beside it)"
+    assert res.stdout.splitlines()[-1] == (f"plots: {rd / 'report' / 'report.html'} (5 figures, also as PNG files "
+                                           "beside it)")
     assert "integrity: OK" in res.stdout
 
 

@@ -309,3 +309,15 @@ def test_tap_skips_copies_without_times():
     assert len(tap.rank) == 1 and tap.skipped == 2
     tl = timeline(tap, tap.offsets())
     assert tl["counts"] == {1: {"accepted": 1}}
+
+
+def test_a_ledger_without_copies_still_draws(tmp_path):
+    L = Run()
+    L.run(0)
+    L.end(0)
+    rd = make_run_dir(tmp_path / "idle", L)
+    res = write_plots(rd)
+    assert len(res["files"]) == 5
+    fig = draw_timeline(res["data"])
+    assert [t.get_text() for t in fig.axes[0].texts] == ["no task copies in the ledger"]
+    assert not fig.axes[0].collections

@@ -29,6 +29,15 @@ def test_progress_line_fields_and_width():
     assert short.startswith("step 30/100 [###.........] 30% | epoch 1/2 | 2.50M samples/s | ETA 3:01:02 | loss ? | "
                             "workers 4/4 | xxx")
     assert short.endswith("...") and len(short) == 120
+    # an 80-column terminal: no bar, then short words; never wider than the terminal
+    kw = dict(step=30, total=100, epoch=0, epochs=2, samples_per_s=12345.0, eta_s=75.0, loss=0.25, workers=4,
+              out={3: "excluded"}, notice="")
+    assert progress_line(**kw, width=100) == ("step 30/100 30%  epoch 1/2  12.3k samples/s  ETA 1:15  loss 0.2500  "
+                                              "workers 3/4 (1 excluded)")
+    core = "30/100 30% ep 1/2 12.3k/s ETA 1:15 loss 0.2500 wk 3/4"
+    assert progress_line(**kw, width=80) == core
+    line = progress_line(**dict(kw, notice="step 21: rank 3 (n3) excluded: 3 strikes (last: off by 3e3 x)"), width=80)
+    assert line == core + " step 21: rank 3 (n3) ex..." and len(line) == 80
     assert len(progress_line(step=1, total=None, epoch=0, epochs=1, samples_per_s=5.0, eta_s=None, loss=1.0,
                              workers=1, out={}, notice="", width=30)) <= 30
 
