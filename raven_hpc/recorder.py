@@ -139,6 +139,14 @@ class Recorder:
         where = f"the checkpoint of step {to_step}" if path is not None else f"the start of step {to_step}"
         self.notice(f"step {from_step}: rolled back to {where}: {reason}")
 
+    #: ledger events that change whether a rank takes part
+    MEMBERSHIP = (EXCLUDE, READMIT, LOST, DRAIN, UNDRAIN)
+
+    def member(self, rank: int, event: str) -> None:
+        """A rank's membership changed (``event``: a ledger record kind of
+        :attr:`MEMBERSHIP`): the ``member`` event for the live display."""
+        self.on_event("member", {"rank": int(rank), "event": event})
+
     def notice(self, text: str) -> None:
         """Something an operator should see (membership changes)."""
         self.on_event("notice", {"text": text})
@@ -156,6 +164,8 @@ class Recorder:
                 r = e.get("rank")
                 who = "master" if r == 0 else f"rank {r} ({hosts.get(r, '?')})"
                 self.notice(f"step {e.get('step')}: {who} {what.format(**e)}: {e.get('reason', '')}")
+                if e.get(EV) in self.MEMBERSHIP:
+                    self.member(r, e[EV])
         if self._ledger is None or not events:
             return
         t0 = self.t0

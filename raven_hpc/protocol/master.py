@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, ProtocolError
-from ..ledger_schema import ACCEPTED, COPY, EV, GRAD, REJECTED, TRANSIT
+from ..ledger_schema import ACCEPTED, COPY, EV, EXCLUDE as LEDGER_EXCLUDE, GRAD, REJECTED, TRANSIT
 from ..kernels.reduce import FP_SIZE, fingerprint, warm_up
 from .messages import KIND_EVAL, TAG_CTRL, TAG_RESULT, ResultBuffer, check_hello, hello_backends
 from .housekeeping import Housekeeper
@@ -464,6 +464,8 @@ class Master:
             self.sched.pardon(src, now, f"collector {src} proved {them} of its group wrong (task {task}) and "
                                         f"excluded {'them' if len(ranks) > 1 else 'it'}")
             self.rec.notice(f"collector {src} excluded {them}: proven wrong by its recomputation")
+            for r in ranks:
+                self.rec.member(r, LEDGER_EXCLUDE)
             for r in ranks:
                 if self.sched.is_worker(r) and self.sched.status(r) != EXCLUDED:
                     self.sched.convict(r, now, f"collector {src}'s recomputation proved its part of task {task} "

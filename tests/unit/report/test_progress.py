@@ -1,11 +1,11 @@
-"""Rank 0's live display (raven_hpc.cli._Progress): the line a terminal
+"""Rank 0's live display (raven_hpc.progress.Progress): the line a terminal
 sees rewritten in place, and the plain lines of a batch log."""
 from __future__ import annotations
 
 import io
 
 from raven_hpc import __version__
-from raven_hpc.cli import _Progress, progress_line
+from raven_hpc.progress import Progress, progress_line
 
 BEGIN = {"epochs": 2, "workers": 3, "ranks": 4, "num_params": 1234, "run_dir": "runs/x", "resumed_at_step": 0,
          "collectors": []}
@@ -44,7 +44,7 @@ def test_progress_line_fields_and_width():
 
 def test_bar_rewrites_one_line_and_follows_membership():
     buf = io.StringIO()
-    p = _Progress("bar", max_steps=80, stream=buf, width=400)
+    p = Progress("bar", max_steps=80, stream=buf, width=400)
     p("begin", BEGIN)
     p("step", step(10, 1.0))
     p("step", step(20, 2.0))
@@ -55,14 +55,18 @@ def test_bar_rewrites_one_line_and_follows_membership():
     assert last.startswith("step 20/80 [###.........] 25% | epoch 1/2 | 12.3k samples/s | ETA 0:06 | loss 0.5000 | "
                            "workers 3/3")
     p("notice", {"text": "step 21: rank 2 (n2) excluded: 3 strikes (last: disagreed with the quorum)"})
+    p("member", {"rank": 2, "event": "exclude"})
     p("notice", {"text": "step 22: rank 3 (n3) drained: listed in RUN_DIR/drain"})
+    p("member", {"rank": 3, "event": "drain"})
     p("step", step(30, 3.0))
     last = buf.getvalue().split("\r")[-1]
     assert "workers 1/3 (1 drained, 1 excluded) | step 22: rank 3 (n3) drained" in last
     assert "note: step 21: rank 2 (n2) excluded: 3 strikes" in buf.getvalue()      # notices stay as lines too
-    p("notice", {"text": "step 40: rank 3 (n3) undrained: readmitted by the operator"})
-    p("notice", {"text": "step 41: rank 2 (n2) readmitted: probation over"})
+    p("member", {"rank": 3, "event": "undrain"})
+    p("member", {"rank": 2, "event": "readmit"})
     p("notice", {"text": "collector 1 excluded ranks 5, 6: proven wrong by its recomputation"})
+    p("member", {"rank": 5, "event": "exclude"})
+    p("member", {"rank": 6, "event": "exclude"})
     p("step", step(40, 4.0))
     assert "workers 1/3 (2 excluded)" in buf.getvalue().split("\r")[-1]
     assert p.gone == {5: "excluded", 6: "excluded"}
@@ -76,7 +80,7 @@ def test_bar_rewrites_one_line_and_follows_membership():
 
 def test_lines_mode_prints_what_a_batch_log_always_got():
     buf = io.StringIO()
-    p = _Progress("auto", stream=buf)          # not a terminal: lines
+    p = Progress("auto", stream=buf)          # not a terminal: lines
     assert p.mode == "lines"
     p("resume", {"path": "runs/x/checkpoint.h5", "epoch": 1, "step": 50})
     p("begin", dict(BEGIN, resumed_at_step=50))
@@ -95,7 +99,21 @@ def test_lines_mode_prints_what_a_batch_log_always_got():
     assert lines[4:] == ["done: 100 steps, 6,400 samples in 5.0 s = 1,280 samples/s; master CPU 0.5 s (10% of wall)",
                          "final test accuracy: 93.12%"]
     quiet = io.StringIO()
-    p = _Progress("none", stream=quiet)
+    p = Progress("none", stream=quiet)
     p("begin", BEGIN)
     p("step", step(1, 0.1))
     assert quiet.getvalue() == ""
+
+
+def test_the_recorder_says_membership_as_events_not_only_words(tmp_path):
+    """The live line follows membership from the Recorder's ``member``
+    events, which the ledger's membership records produce."""
+    from raven_hpc.recorder import Recorder
+
+    got = []
+    rec = Recorder(tmp_path, {"run": {"dir": str(tmp_path)}}, lambda kind, info: got.append((kind, info)), 3)
+    rec.ledger([{"ev": "exclude", "rank": 2, "step": 5, "reason": "3 strikes"},
+                {"ev": "strike", "rank": 1, "step": 5, "strikes": 1, "reason": "x"},
+                {"ev": "drain", "rank": 1, "step": 6, "reason": "listed"}], {1: "n1", 2: "n2"})
+    assert [i for k, i in got if k == "member"] == [{"rank": 2, "event": "exclude"}, {"rank": 1, "event": "drain"}]
+    assert len([k for k, _ in got if k == "notice"]) == 3
