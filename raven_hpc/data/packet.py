@@ -71,6 +71,14 @@ class DatasetInfo:
     splits: dict                      # name -> {"samples": N, "snippets": S}, in file order
     _counts: dict = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self):
+        # asked for on every packet: computed once
+        self._names = list(self.splits)
+        self._index = {n: i for i, n in enumerate(self._names)}
+        self._stored = stored_dtype(np.dtype(self.feature_dtype))
+        self._sample_nbytes = (int(np.prod(self.feature_shape, dtype=np.int64)) * self._stored.itemsize
+                               + LABEL_DTYPE.itemsize)
+
     @classmethod
     def from_dataset(cls, ds) -> "DatasetInfo":
         """From an open :class:`~raven_hpc.data.reader.PreparedDataset`."""
@@ -91,19 +99,19 @@ class DatasetInfo:
 
     @property
     def split_names(self) -> list[str]:
-        return list(self.splits)
+        return self._names
 
     def split_index(self, name: str) -> int:
-        return self.split_names.index(name)
+        return self._index[name]
 
     @property
     def stored(self) -> np.dtype:
-        return stored_dtype(np.dtype(self.feature_dtype))
+        return self._stored
 
     @property
     def sample_nbytes(self) -> int:
         """Bytes of one sample as stored (features) plus its label."""
-        return int(np.prod(self.feature_shape, dtype=np.int64)) * self.stored.itemsize + LABEL_DTYPE.itemsize
+        return self._sample_nbytes
 
     def counts(self, split: str) -> np.ndarray:
         """Samples per snippet of ``split`` (snippets tile it in order)."""

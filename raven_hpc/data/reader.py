@@ -253,6 +253,7 @@ class Split:
         self._stored = stored_dtype(ds.feature_dtype)
         self._norm = ds._normalizer
         self._raw = None  # memory cache of raw features (stored dtype), when enabled
+        self._labels_mem = None  # every label, when kept in memory (keep_labels)
         self._y = None
         self._have = None
         self._verified = None
@@ -299,6 +300,16 @@ class Split:
             self._verify_cached(np.flatnonzero(~self._verified))
         return self
 
+    def keep_labels(self) -> "Split":
+        """Read every label once and serve labels from memory (8 bytes a
+        sample); features are still read per snippet.  One HDF5 read per
+        snippet instead of two, for a rank that reads many small ones
+        (rank 0 scattering the data)."""
+        if self._labels_mem is None:
+            self._file_check()
+            self._labels_mem = np.asarray(self._labels_ds[()], LABEL_DTYPE)
+        return self
+
     # ---- reading -----------------------------------------------------------
     def _file_check(self):
         if self._ds.closed:
@@ -310,7 +321,7 @@ class Split:
             # Dataset.__getitem__ on a plain row range takes h5py's fast path,
             # cheaper per chunk than read_direct.
             xout[...] = self._features[a:b]
-            yout[...] = self._labels_ds[a:b]
+            yout[...] = self._labels_ds[a:b] if self._labels_mem is None else self._labels_mem[a:b]
         except (OSError, ValueError, TypeError) as exc:
             raise DatasetError(
                 f"{self._where}: cannot read samples {a}..{b - 1} ({exc}); the file may be "

@@ -474,7 +474,12 @@ class Collector:
             msg = task.message()
             msg["type"] = "task"
             if self.scatter is not None:
-                data = self.open[self.sub_of[task.task_id]].data
+                entry = self.open.get(self.sub_of.get(task.task_id))
+                if entry is None or entry.data is None:
+                    # its parent task is gone (dropped): nothing to send it with
+                    self.sched.skipped(rank, task.task_id, self.clock(), reason="its parent's task was dropped")
+                    continue
+                data = entry.data
                 crc = [data.checksums[int(i)] for i in msg["snippets"]]
                 fetch = lambda split, ids, d=data.data: {i: d[i] for i in ids}   # noqa: E731
                 self.pump.send_data(rank, self.scatter.packet(rank, msg, crc, fetch))

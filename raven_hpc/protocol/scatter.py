@@ -50,6 +50,8 @@ MIB = 1 << 20
 FEEDER_MIN_BYTES = 64 * MIB
 #: ... and of at least this many steps' data
 FEEDER_STEPS = 8
+#: rank 0 keeps a split's labels in memory (one file read per snippet, not two) up to this size
+FEEDER_LABELS_BYTES = 64 * MIB
 
 
 def dataset_info(cfg: dict) -> DatasetInfo:
@@ -293,6 +295,9 @@ class Feeder:
         self.info = info
         self.capacity = int(capacity)
         self.clock = clock
+        for sp in splits.values():
+            if sp.num_samples * 8 <= FEEDER_LABELS_BYTES:
+                sp.keep_labels()
         self._store: OrderedDict = OrderedDict()     # (split, id) -> (features, labels)
         self._used = 0
         self._queue: deque = deque()

@@ -16,6 +16,15 @@ excluded or drained by its own parent, releases its group (a ``reattach``
 message naming the ancestors).  Either way the tasks it held are dropped
 and it says hello again, with the reason, to the new parent, which sends
 parameters, then tasks.
+
+With ``data.delivery = "scatter"`` a worker never opens ``data.path``: each
+task comes right after a packet of its snippets' stored bytes (``TAG_DATA``,
+:mod:`raven_hpc.data.packet`).  It checks every snippet's checksum on
+arrival (:class:`~raven_hpc.protocol.scatter.Inbox`), keeps what it was
+sent within ``cluster.worker_cache_mb`` (its parent leaves out the bytes it
+still holds), and computes from them exactly as from the file.  Snippets
+that fail their checksum are named to the parent (``bad_data``); the task
+is not computed.  A new parent means an empty cache.
 """
 from __future__ import annotations
 

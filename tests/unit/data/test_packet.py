@@ -129,3 +129,14 @@ def test_float_features_keep_their_dtype(tmp_path):
         got = TaskData(info, "train", {i: view.snippet(k) for k, i in enumerate([3, 0])}).read_snippets([3, 0])
         want = d.split("train").read_snippets([3, 0])
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_labels_kept_in_memory_read_the_same(ds):
+    sp = ds.split("train")
+    want = sp.read_raw([2, 12, 0])
+    got = sp.keep_labels().read_raw([2, 12, 0])
+    assert sp._labels_mem is not None
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    sp._labels_mem[17] = (sp._labels_mem[17] + 1) % 10       # what memory says is what is checked
+    with pytest.raises(Exception, match="checksum mismatch in snippet 2"):
+        sp.read_raw([2])
