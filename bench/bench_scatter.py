@@ -90,7 +90,7 @@ def config(model: str, tmp: Path, data: Path, steps: int) -> Path:
 
 def one(cfg: Path, tmp: Path, sets) -> dict:
     rd = tmp / f"run-{time.time_ns()}"
-    cmd = raven_command(cfg, rd, 3, sets)
+    cmd = raven_command(cfg, rd, 3, [*sets, 'run.progress="lines"'])   # (lines: the notes are printed)
     res = subprocess.run(cmd, capture_output=True, text=True, env=bench_env(), timeout=1800)
     if res.returncode != 0:
         raise SystemExit(f"raven-hpc failed ({' '.join(cmd)}):\n{res.stdout[-5000:]}\n{res.stderr[-5000:]}")
