@@ -347,6 +347,9 @@ def cmd_report(args) -> int:
     else:
         plots = None
     rep = plots["report"] if plots else run_report(args.run_dir)
+    from .report.exposure import exposure, exposure_lines
+
+    rep["exposure"] = exposure(args.run_dir)
     rc = REPORT_EXIT[rep["ledger"]["integrity"]["status"]] if rep["ledger"] is not None else 0
     if args.json:
         if plots:
@@ -375,6 +378,9 @@ def cmd_report(args) -> int:
     for r in rep["rollbacks"]:
         print(f"  (metrics: rolled back at step {r.get('step')} to step {r.get('to_step')}; the lines it voided "
               "are not shown)")
+    lines = exposure_lines(rep["exposure"])
+    if lines:
+        print("\n".join(lines))
     _print_ledger(rep)
     if rep["drain"] and rep["drain"]["ranks"]:
         print(f"drain file {rep['drain']['path']} lists rank {', '.join(map(str, rep['drain']['ranks']))}")

@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..ledger_schema import (ACCEPTED, COLLECTOR, COLLECTOR_LEDGER, COPY, COPY_STATES, EV, EXONERATE, GRAD,
-                             GROUP_SUM, STRIKE)
+                             GROUP_SUM, SENT, STRIKE)
 from .common import MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, int_list
 from .integrity import ids_words
 
@@ -206,6 +206,8 @@ class _Reader:
                 self.member(ev, rec)
             elif ev == EXONERATE:
                 s.exonerate(rec)
+            elif ev == SENT:
+                pass   # read by raven_hpc.report.exposure
             else:
                 s.ignored[str(ev)] = s.ignored.get(str(ev), 0) + 1
         if self.segments:

@@ -6,7 +6,7 @@ import statistics
 from typing import Iterable
 
 from ..ledger_schema import (ACCEPTED, ARBITRATED, AUDIT, CHECKPOINT, COPY, COPY_STATES, END, EV, EXONERATE, GRAD,
-                            RETURNED_STATES, ROLLBACK, RUN, STEP, STRIKE)
+                            RETURNED_STATES, ROLLBACK, RUN, SENT, STEP, STRIKE)
 from .common import (MAX_LISTED, MEMBERSHIP, NUMBER_TYPES, RETURNED, TASK_ID_TYPES, RankRow, int_list, median,
                      ranks_words, run_plan, suspect)
 from .integrity import Epoch, Problems, Segment, Steps, integrity_verdict
@@ -108,6 +108,8 @@ class Summary:
             seg.end = {"status": rec.get("status"), "step": rec.get("step"), "t": rec.get("t")}
             if self.runs:
                 self.runs[-1]["end"] = seg.end
+        elif ev == SENT:
+            pass   # which snippets went where: raven_hpc.report.exposure reads them
         else:
             self.ignored[str(ev)] = self.ignored.get(str(ev), 0) + 1
 
